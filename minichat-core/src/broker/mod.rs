@@ -1,0 +1,45 @@
+//! The broker: carries events to the nodes where their users are connected.
+//!
+//! [`Broker`] is the seam between the service and the rest of the cluster. [`LocalBroker`]
+//! (the default) hands events straight to this node's [`Hub`](crate::Hub); [`RedisBroker`]
+//! (chosen when `REDIS_URL` is set) publishes each event once on the target user's channel, and
+//! every node subscribed to that channel (the nodes where the user has a connection) hands it to
+//! its own hub.
+
+mod local;
+mod redis;
+
+pub use self::redis::RedisBroker;
+pub use local::LocalBroker;
+
+use crate::error::Result;
+use crate::hub::{ConnectionId, Event};
+use crate::model::UserId;
+use async_trait::async_trait;
+
+/// One event for one user, to every connection of theirs except `exclude` (the connection
+/// the event came from, which gets an acknowledgement instead).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub user: UserId,
+    pub exclude: Option<ConnectionId>,
+    pub event: Event,
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes each delivery once to the cluster. Returns, per delivery in order, whether any
+    /// node had a connection of its user. When the cluster cannot be reached, delivers to this
+    /// node's connections only and still returns `Ok`: sends never fail for lack of fan-out.
+    async fn publish(&self, deliveries: &[Delivery]) -> Result<Vec<bool>>;
+
+    /// Called when `user` gets their first connection on this node; returns once events
+    /// published for them anywhere will reach this node (or, while the cluster is unreachable,
+    /// once it is arranged that they will when it returns).
+    async fn watch_user(&self, user: UserId) -> Result<()>;
+
+    /// What this broker is, for `/health` (`"local"`, `"redis"`).
+    fn kind(&self) -> &'static str;
+
+    async fn check(&self) -> Result<()>;
+}

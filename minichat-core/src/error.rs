@@ -1,0 +1,80 @@
+//! The one error type of `minichat-core`.
+//!
+//! Every fallible operation of the library returns [`Error`]. Each variant is a distinct
+//! outcome a caller may handle differently; the server maps them to HTTP statuses in one place
+//! (`minichat-server/src/error.rs`), so this file says nothing of statuses.
+
+use crate::model::ValidationError;
+use std::fmt;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which backend failed, for "storage unavailable" style messages and `/health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Where users and messages live (PostgreSQL, or memory).
+    Storage,
+    /// The recent-messages cache (Redis, or memory).
+    Cache,
+    /// Cross-node fan-out and presence (Redis, or in-process).
+    Broker,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Storage => "storage",
+            Backend::Cache => "cache",
+            Backend::Broker => "broker",
+        })
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input broke a rule of the model; every failing field is listed.
+    #[error("invalid input: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("Username already registered")]
+    UsernameTaken,
+    #[error("User not found")]
+    UserNotFound,
+    #[error("Sender not found")]
+    SenderNotFound,
+    #[error("Receiver not found")]
+    ReceiverNotFound,
+    /// A `client_id` was reused by the same sender for a different message.
+    #[error("client_id was already used for a different message")]
+    ClientIdConflict,
+    /// A backend could not be reached or failed; nothing was half-done.
+    #[error("{backend} unavailable")]
+    Unavailable {
+        backend: Backend,
+        #[source]
+        source: BoxError,
+    },
+    /// Configuration that cannot work (a malformed URL, a missing database name, ...).
+    #[error("{setting}: {reason}")]
+    Config {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+impl Error {
+    pub fn unavailable(backend: Backend, source: impl Into<BoxError>) -> Self {
+        Error::Unavailable {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    pub fn config(setting: &'static str, reason: impl fmt::Display) -> Self {
+        Error::Config {
+            setting,
+            reason: reason.to_string(),
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! The fan-out hub: who is connected to this node, and handing each of them their events.
+//!
+//! The hub is a registry of local subscribers per user. Each subscriber owns a bounded queue;
+//! [`Hub::deliver`] puts one [`Event`] (already serialised, its bytes shared by reference count)
+//! into the queue of every subscriber of a user without ever waiting: a subscriber whose queue is
+//! full is evicted and learns it was a slow consumer, so one stalled client cannot hold up a
+//! sender or anyone else. A [`Subscription`] unregisters itself when dropped.
+//!
+//! The hub knows nothing of transports: the server turns a subscription into a WebSocket, an
+//! embedding application reads it directly. Nor does it know of other nodes: a broker feeds it
+//! events that arrive from elsewhere, and learns through [`Departures`] when a user's last local
+//! subscriber has gone.
+
+use crate::model::{Seq, UserId};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, Notify};
+
+/// Identifies one subscriber (one WebSocket connection, one device) across the cluster: the
+/// high 32 bits are random per hub, the low 32 count up.
+pub type ConnectionId = u64;
+
+/// Default capacity of each subscriber's queue.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+
+const SHARDS: usize = 16;
+
+/// One event for one user: the serialised frame, and the user's update sequence number when the
+/// event is a stored one (messages), so a resuming reader can drop what it already replayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub seq: Option<Seq>,
+    pub payload: Bytes,
+}
+
+/// Why a subscription ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The subscriber's queue filled up: it was evicted and should resume from storage.
+    SlowConsumer,
+    /// The hub was shut down.
+    Shutdown,
+}
+
+struct Slot {
+    id: ConnectionId,
+    tx: mpsc::Sender<Event>,
+    evicted: Arc<AtomicBool>,
+}
+
+type Shard = Mutex<HashMap<UserId, Vec<Slot>>>;
+
+struct Inner {
+    shards: Box<[Shard]>,
+    capacity: usize,
+    id_base: u64,
+    next_id: AtomicU64,
+    /// Users whose last local subscriber left, awaiting the broker (only while tracked).
+    departed: Mutex<Option<HashSet<UserId>>>,
+    departure: Notify,
+}
+
+/// A cheap, cloneable handle to the hub of this node.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(DEFAULT_QUEUE_CAPACITY)
+    }
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("capacity", &self.inner.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a hub lock cannot leave the maps inconsistent (every update is a
+    // single insert or remove), so a poisoned lock is still safe to use.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// A hub whose subscribers each queue at most `capacity` events.
+    pub fn new(capacity: usize) -> Hub {
+        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        Hub {
+            inner: Arc::new(Inner {
+                shards,
+                capacity: capacity.max(1),
+                id_base: (rand::random::<u32>() as u64) << 32,
+                next_id: AtomicU64::new(1),
+                departed: Mutex::new(None),
+                departure: Notify::new(),
+            }),
+        }
+    }
+
+    fn shard(&self, user: UserId) -> &Shard {
+        &self.inner.shards[(user as u64 % SHARDS as u64) as usize]
+    }
+
+    /// Registers a new subscriber for `user`. The flag is true when it is the user's first
+    /// subscriber on this node (the moment a broker must start listening for the user).
+    pub fn subscribe(&self, user: UserId) -> (Subscription, bool) {
+        let id =
+            self.inner.id_base | (self.inner.next_id.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
+        let (tx, rx) = mpsc::channel(self.inner.capacity);
+        let evicted = Arc::new(AtomicBool::new(false));
+        let first = {
+            let mut map = lock(self.shard(user));
+            let slots = map.entry(user).or_default();
+            slots.push(Slot {
+                id,
+                tx,
+                evicted: evicted.clone(),
+            });
+            slots.len() == 1
+        };
+        let sub = Subscription {
+            user,
+            id,
+            rx,
+            evicted,
+            hub: self.clone(),
+        };
+        (sub, first)
+    }
+
+    /// Queues `event` for every local subscriber of `user` except `exclude`, without waiting.
+    /// Returns how many subscribers received it. A subscriber whose queue is full is evicted.
+    pub fn deliver(&self, user: UserId, exclude: Option<ConnectionId>, event: &Event) -> usize {
+        let mut delivered = 0;
+        let mut departed = false;
+        {
+            let mut map = lock(self.shard(user));
+            let Some(slots) = map.get_mut(&user) else {
+                return 0;
+            };
+            slots.retain(|slot| {
+                if Some(slot.id) == exclude {
+                    return true;
+                }
+                match slot.tx.try_send(event.clone()) {
+                    Ok(()) => {
+                        delivered += 1;
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        // Dropping the sender ends the subscriber's stream once it has read
+                        // what is queued; the flag tells it why.
+                        slot.evicted.store(true, Ordering::Release);
+                        tracing::debug!(user, conn = slot.id, "slow consumer evicted");
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+            if slots.is_empty() {
+                map.remove(&user);
+                departed = true;
+            }
+        }
+        if departed {
+            self.note_departure(user);
+        }
+        delivered
+    }
+
+    /// Whether `user` has at least one subscriber on this node.
+    pub fn is_connected(&self, user: UserId) -> bool {
+        lock(self.shard(user)).contains_key(&user)
+    }
+
+    /// How many subscribers `user` has on this node.
+    pub fn connections(&self, user: UserId) -> usize {
+        lock(self.shard(user)).get(&user).map_or(0, Vec::len)
+    }
+
+    /// Every user with at least one subscriber on this node.
+    pub fn connected_users(&self) -> Vec<UserId> {
+        let mut users = Vec::new();
+        for shard in self.inner.shards.iter() {
+            users.extend(lock(shard).keys().copied());
+        }
+        users
+    }
+
+    /// Closes every subscription (their streams end with [`Closed::Shutdown`]).
+    pub fn close_all(&self) {
+        for shard in self.inner.shards.iter() {
+            lock(shard).clear();
+        }
+    }
+
+    /// Starts recording users whose last local subscriber leaves, for a broker that must stop
+    /// listening for them. The record holds each user at most once until taken.
+    pub fn departures(&self) -> Departures {
+        let mut departed = lock(&self.inner.departed);
+        departed.get_or_insert_with(HashSet::new);
+        Departures { hub: self.clone() }
+    }
+
+    fn unsubscribe(&self, user: UserId, id: ConnectionId) {
+        let departed = {
+            let mut map = lock(self.shard(user));
+            match map.get_mut(&user) {
+                Some(slots) => {
+                    slots.retain(|s| s.id != id);
+                    if slots.is_empty() {
+                        map.remove(&user);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if departed {
+            self.note_departure(user);
+        }
+    }
+
+    fn note_departure(&self, user: UserId) {
+        if let Some(set) = lock(&self.inner.departed).as_mut() {
+            set.insert(user);
+            self.inner.departure.notify_one();
+        }
+    }
+}
+
+/// Tells a broker which users lost their last local subscriber (see [`Hub::departures`]).
+pub struct Departures {
+    hub: Hub,
+}
+
+impl Departures {
+    /// Waits until at least one user has departed, then takes every departure recorded so far.
+    /// A user in the batch may have come back since: check [`Hub::is_connected`].
+    pub async fn next(&self) -> Vec<UserId> {
+        loop {
+            {
+                let mut departed = lock(&self.hub.inner.departed);
+                if let Some(set) = departed.as_mut() {
+                    if !set.is_empty() {
+                        return set.drain().collect();
+                    }
+                }
+            }
+            self.hub.inner.departure.notified().await;
+        }
+    }
+}
+
+/// One local subscriber's stream of events; unregisters itself when dropped.
+pub struct Subscription {
+    user: UserId,
+    id: ConnectionId,
+    rx: mpsc::Receiver<Event>,
+    evicted: Arc<AtomicBool>,
+    hub: Hub,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("user", &self.user)
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl Subscription {
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+
+    /// This subscriber's id, to exclude it from the echo of its own sends.
+    pub fn id(&self) -> ConnectionId {
+        self.id
+    }
+
+    /// The next event, or why there will be none.
+    pub async fn recv(&mut self) -> Result<Event, Closed> {
+        match self.rx.recv().await {
+            Some(event) => Ok(event),
+            None => Err(self.closed_reason()),
+        }
+    }
+
+    /// The next event if one is queued now; `Ok(None)` when the queue is empty.
+    pub fn try_recv(&mut self) -> Result<Option<Event>, Closed> {
+        match self.rx.try_recv() {
+            Ok(event) => Ok(Some(event)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(self.closed_reason()),
+        }
+    }
+
+    fn closed_reason(&self) -> Closed {
+        if self.evicted.load(Ordering::Acquire) {
+            Closed::SlowConsumer
+        } else {
+            Closed::Shutdown
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(self.user, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(text: &'static str) -> Event {
+        Event {
+            seq: None,
+            payload: Bytes::from_static(text.as_bytes()),
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_the_same_bytes_to_every_subscriber_of_the_user() {
+        let hub = Hub::new(8);
+        let (mut a, first_a) = hub.subscribe(1);
+        let (mut b, first_b) = hub.subscribe(1);
+        let (mut other, _) = hub.subscribe(2);
+        assert!(first_a && !first_b);
+        let e = event("hello");
+        assert_eq!(hub.deliver(1, None, &e), 2);
+        let got_a = a.recv().await.unwrap();
+        let got_b = b.recv().await.unwrap();
+        assert_eq!(got_a, e);
+        // Shared, not copied: both point at the same buffer.
+        assert_eq!(got_a.payload.as_ptr(), got_b.payload.as_ptr());
+        assert_eq!(other.try_recv().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn excludes_the_origin_connection() {
+        let hub = Hub::new(8);
+        let (mut a, _) = hub.subscribe(1);
+        let (mut b, _) = hub.subscribe(1);
+        assert_eq!(hub.deliver(1, Some(a.id()), &event("x")), 1);
+        assert_eq!(a.try_recv().unwrap(), None);
+        assert_eq!(b.recv().await.unwrap(), event("x"));
+    }
+
+    #[tokio::test]
+    async fn dropping_a_subscription_unregisters_it() {
+        let hub = Hub::new(8);
+        let departures = hub.departures();
+        let (a, _) = hub.subscribe(5);
+        let (b, _) = hub.subscribe(5);
+        assert_eq!(hub.connections(5), 2);
+        drop(a);
+        assert_eq!(hub.connections(5), 1);
+        drop(b);
+        assert!(!hub.is_connected(5));
+        assert_eq!(hub.deliver(5, None, &event("x")), 0);
+        assert_eq!(departures.next().await, vec![5]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_evicts_the_slow_subscriber_without_blocking_the_sender() {
+        let hub = Hub::new(2);
+        let (mut slow, _) = hub.subscribe(1);
+        let (mut fast, _) = hub.subscribe(1);
+        for i in 0..2 {
+            assert_eq!(hub.deliver(1, None, &event("e")), 2, "event {i}");
+            fast.recv().await.unwrap();
+        }
+        // The slow one's queue is full: the third event evicts it, the fast one still gets it.
+        assert_eq!(hub.deliver(1, None, &event("e")), 1);
+        assert_eq!(hub.connections(1), 1);
+        fast.recv().await.unwrap();
+        // What was queued is still readable, then the stream ends as a slow consumer.
+        assert!(slow.recv().await.is_ok());
+        assert!(slow.recv().await.is_ok());
+        assert_eq!(slow.recv().await, Err(Closed::SlowConsumer));
+    }
+
+    #[tokio::test]
+    async fn close_all_ends_streams_with_shutdown() {
+        let hub = Hub::new(2);
+        let (mut a, _) = hub.subscribe(1);
+        hub.close_all();
+        assert_eq!(a.recv().await, Err(Closed::Shutdown));
+    }
+
+    #[test]
+    fn connection_ids_are_unique() {
+        let hub = Hub::new(1);
+        let subs: Vec<_> = (0..100).map(|_| hub.subscribe(1).0).collect();
+        let ids: HashSet<_> = subs.iter().map(|s| s.id()).collect();
+        assert_eq!(ids.len(), 100);
+        assert_eq!(hub.connected_users(), vec![1]);
+    }
+}

@@ -1,0 +1,38 @@
+//! # minichat-core
+//!
+//! The library behind Minichat, a real-time chat backend. It has no HTTP in it: an application
+//! embeds it directly, and `minichat-server` mounts it as REST and WebSocket endpoints.
+//!
+//! - [`model`]: users, messages and every validation rule.
+//! - [`ChatService`]: the contract every transport uses; [`Chat`] implements it over three
+//!   seams: [`storage::Storage`], [`cache::RecentCache`] and [`broker::Broker`].
+//! - [`Hub`]: the transport-agnostic fan-out of events to this node's subscribers.
+//!
+//! ```no_run
+//! # async fn demo() -> minichat_core::Result<()> {
+//! use minichat_core::{Chat, ChatService, NewMessage, NewUser};
+//! let chat = Chat::in_memory();
+//! let alice = chat.create_user(NewUser { username: "alice".into(), display_name: None }).await?;
+//! let bob = chat.create_user(NewUser { username: "bob".into(), display_name: None }).await?;
+//! let mut inbox = chat.subscribe(bob.id).await?;
+//! chat.send_message(NewMessage { sender_id: alice.id, receiver_id: bob.id, content: "hi".into(), client_id: None }, None).await?;
+//! let event = inbox.recv().await.expect("delivered");
+//! # Ok(()) }
+//! ```
+
+pub mod broker;
+pub mod cache;
+mod error;
+pub mod event;
+pub mod hub;
+pub mod model;
+mod redis_support;
+mod service;
+pub mod storage;
+
+pub use error::{Backend, Error, Result};
+pub use hub::{Closed, ConnectionId, Event, Hub, Subscription};
+pub use model::{
+    HistoryRequest, Message, MessageId, NewMessage, NewUser, Seq, User, UserId, ValidationError,
+};
+pub use service::{BackendStatus, Chat, ChatConfig, ChatService, Health, SentMessage};

@@ -1,0 +1,536 @@
+//! The chat model: users, messages, the queries over them, and every validation rule.
+//!
+//! This file is the one place where input is judged. Transports (the HTTP server, an embedding
+//! application) hand raw input to [`ChatService`](crate::ChatService), which calls the `validate`
+//! functions here; storage backends only ever see the validated types ([`ValidUser`],
+//! [`ValidMessage`], [`HistoryQuery`]), whose fields cannot be built any other way.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use utoipa::ToSchema;
+
+/// A user's id, assigned by storage, starting at 1.
+pub type UserId = i64;
+/// A message's id, assigned by storage, increasing.
+pub type MessageId = i64;
+/// A user's update sequence number: gapless and increasing per user, starting at 1.
+pub type Seq = i64;
+
+/// Username length bounds, in characters (Unicode scalar values, as Python's `len`).
+pub const USERNAME_MIN_CHARS: usize = 3;
+pub const USERNAME_MAX_CHARS: usize = 50;
+pub const DISPLAY_NAME_MAX_CHARS: usize = 100;
+pub const CONTENT_MAX_CHARS: usize = 1000;
+pub const CLIENT_ID_MAX_CHARS: usize = 64;
+/// `GET /users/` and `GET /messages/` accept `limit` in `1..=MAX_PAGE_LIMIT`.
+pub const MAX_PAGE_LIMIT: i64 = 1000;
+pub const DEFAULT_USERS_LIMIT: i64 = 100;
+pub const DEFAULT_HISTORY_LIMIT: i64 = 50;
+/// How many messages `recent_messages` returns.
+pub const RECENT_LIMIT: usize = 50;
+
+/// The current time, at the precision every backend stores (microseconds).
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// RFC 3339 in UTC with microseconds: `2026-11-24T10:15:30.123456Z`.
+pub mod timestamp {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let raw = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&raw)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+
+    /// The same format, for `Option<DateTime<Utc>>` (`null` when absent).
+    pub mod option {
+        use super::*;
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+/// A registered user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    pub display_name: String,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-24T10:15:30.123456Z")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// The constant `"message"` tag every message carries in its `type` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageType {
+    #[default]
+    Message,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Message {
+    pub id: MessageId,
+    pub sender_id: UserId,
+    pub sender_username: String,
+    pub receiver_id: UserId,
+    pub content: String,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime, example = "2026-11-24T10:15:30.123456Z")]
+    pub timestamp: DateTime<Utc>,
+    #[serde(rename = "type", default)]
+    pub kind: MessageType,
+}
+
+/// A message as storage returns it after a send: the message, the update sequence numbers it
+/// was given in the sender's and the receiver's streams, and whether this call stored it (false
+/// when `(sender, client_id)` had already been stored, and this is that earlier message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub message: Message,
+    pub sender_seq: Seq,
+    pub receiver_seq: Seq,
+    pub created: bool,
+}
+
+/// Input of "create a user", as a client sends it.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct NewUser {
+    pub username: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// Input of "send a message", as a client sends it.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct NewMessage {
+    pub sender_id: UserId,
+    pub receiver_id: UserId,
+    pub content: String,
+    /// Optional idempotency key: a retry with the same `(sender_id, client_id)` returns the
+    /// message stored the first time instead of storing it again.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// One field that failed validation, and why. `field` is the input's field name
+/// (`username`, `content`, `limit`, ...); `message` is a sentence for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Every field of one input that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    pub errors: Vec<FieldError>,
+}
+
+impl ValidationError {
+    pub fn single(field: &'static str, message: impl Into<String>) -> Self {
+        ValidationError {
+            errors: vec![FieldError {
+                field,
+                message: message.into(),
+            }],
+        }
+    }
+
+    fn push(&mut self, field: &'static str, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field,
+            message: message.into(),
+        });
+    }
+
+    fn into_result<T>(self, ok: T) -> Result<T, ValidationError> {
+        if self.errors.is_empty() {
+            Ok(ok)
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", e.field, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+/// A user that passed validation; only [`NewUser::validate`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidUser {
+    username: String,
+    display_name: String,
+}
+
+impl ValidUser {
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+    pub fn display_name(&self) -> &str {
+        &self.display_name
+    }
+}
+
+/// Python's `str.isalnum` for one character: a letter or a numeric character.
+fn is_alnum(c: char) -> bool {
+    c.is_alphanumeric()
+}
+
+impl NewUser {
+    /// Usernames are 3–50 characters, every one a Unicode letter or digit; display names are
+    /// at most 100 characters and default to the username when absent or blank.
+    pub fn validate(self) -> Result<ValidUser, ValidationError> {
+        let mut errs = ValidationError { errors: Vec::new() };
+        let len = self.username.chars().count();
+        if !(USERNAME_MIN_CHARS..=USERNAME_MAX_CHARS).contains(&len) {
+            errs.push(
+                "username",
+                format!(
+                    "Username must be between {USERNAME_MIN_CHARS} and {USERNAME_MAX_CHARS} characters"
+                ),
+            );
+        } else if !self.username.chars().all(is_alnum) {
+            errs.push("username", "Username must contain only letters and digits");
+        }
+        let display_name = match self.display_name {
+            Some(d) if !d.trim().is_empty() => d,
+            _ => self.username.clone(),
+        };
+        if display_name.chars().count() > DISPLAY_NAME_MAX_CHARS {
+            errs.push(
+                "display_name",
+                format!("Display name must be at most {DISPLAY_NAME_MAX_CHARS} characters"),
+            );
+        }
+        errs.into_result(ValidUser {
+            username: self.username,
+            display_name,
+        })
+    }
+}
+
+/// A message that passed validation; only [`NewMessage::validate`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidMessage {
+    sender_id: UserId,
+    receiver_id: UserId,
+    content: String,
+    client_id: Option<String>,
+}
+
+impl ValidMessage {
+    pub fn sender_id(&self) -> UserId {
+        self.sender_id
+    }
+    pub fn receiver_id(&self) -> UserId {
+        self.receiver_id
+    }
+    /// The content, stripped of surrounding white space.
+    pub fn content(&self) -> &str {
+        &self.content
+    }
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+}
+
+impl NewMessage {
+    /// Content is stripped of surrounding white space, then must be 1–1000 characters; a user
+    /// cannot message themself; a `client_id`, when given, is 1–64 characters.
+    pub fn validate(self) -> Result<ValidMessage, ValidationError> {
+        let mut errs = ValidationError { errors: Vec::new() };
+        let content = self.content.trim();
+        let len = content.chars().count();
+        if len == 0 {
+            errs.push("content", "Message content cannot be empty");
+        } else if len > CONTENT_MAX_CHARS {
+            errs.push(
+                "content",
+                format!("Message content cannot exceed {CONTENT_MAX_CHARS} characters"),
+            );
+        }
+        if self.sender_id == self.receiver_id {
+            errs.push("receiver_id", "Cannot send message to yourself");
+        }
+        if let Some(id) = &self.client_id {
+            let n = id.chars().count();
+            if n == 0 || n > CLIENT_ID_MAX_CHARS {
+                errs.push(
+                    "client_id",
+                    format!("client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters"),
+                );
+            }
+        }
+        let content = if content.len() == self.content.len() {
+            self.content
+        } else {
+            content.to_owned()
+        };
+        errs.into_result(ValidMessage {
+            sender_id: self.sender_id,
+            receiver_id: self.receiver_id,
+            content,
+            client_id: self.client_id,
+        })
+    }
+}
+
+/// An offset page: `skip` rows, then at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    skip: i64,
+    limit: i64,
+}
+
+impl Page {
+    /// `skip` must be ≥ 0 and `limit` in `1..=1000`.
+    pub fn new(skip: i64, limit: i64) -> Result<Page, ValidationError> {
+        let mut errs = ValidationError { errors: Vec::new() };
+        if skip < 0 {
+            errs.push("skip", "skip must be greater than or equal to 0");
+        }
+        if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
+            errs.push(
+                "limit",
+                format!("limit must be between 1 and {MAX_PAGE_LIMIT}"),
+            );
+        }
+        errs.into_result(Page { skip, limit })
+    }
+    pub fn skip(&self) -> i64 {
+        self.skip
+    }
+    pub fn limit(&self) -> i64 {
+        self.limit
+    }
+}
+
+/// Raw input of a history request, as a client sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryRequest {
+    pub user_id: UserId,
+    pub chat_with: Option<UserId>,
+    pub skip: i64,
+    pub limit: i64,
+    /// Cursor for deep history: only messages with an id below this one.
+    pub before_id: Option<MessageId>,
+}
+
+impl HistoryRequest {
+    pub fn new(user_id: UserId) -> Self {
+        HistoryRequest {
+            user_id,
+            chat_with: None,
+            skip: 0,
+            limit: DEFAULT_HISTORY_LIMIT,
+            before_id: None,
+        }
+    }
+
+    pub fn validate(self) -> Result<HistoryQuery, ValidationError> {
+        let page = Page::new(self.skip, self.limit)?;
+        Ok(HistoryQuery {
+            user_id: self.user_id,
+            chat_with: self.chat_with,
+            page,
+            before_id: self.before_id,
+        })
+    }
+}
+
+/// A validated history query: the messages `user_id` sent or received (only those exchanged
+/// with `chat_with` when set), newest first, below `before_id` when set, then `page`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    user_id: UserId,
+    chat_with: Option<UserId>,
+    page: Page,
+    before_id: Option<MessageId>,
+}
+
+impl HistoryQuery {
+    pub fn user_id(&self) -> UserId {
+        self.user_id
+    }
+    pub fn chat_with(&self) -> Option<UserId> {
+        self.chat_with
+    }
+    pub fn page(&self) -> Page {
+        self.page
+    }
+    pub fn before_id(&self) -> Option<MessageId> {
+        self.before_id
+    }
+    /// Whether `m` belongs to this query's conversation (ignoring paging).
+    pub fn matches(&self, m: &Message) -> bool {
+        let involved = m.sender_id == self.user_id || m.receiver_id == self.user_id;
+        let peer_ok = match self.chat_with {
+            None => true,
+            Some(peer) => m.sender_id == peer || m.receiver_id == peer,
+        };
+        let cursor_ok = self.before_id.is_none_or(|b| m.id < b);
+        involved && peer_ok && cursor_ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, display: Option<&str>) -> Result<ValidUser, ValidationError> {
+        NewUser {
+            username: name.into(),
+            display_name: display.map(Into::into),
+        }
+        .validate()
+    }
+
+    fn msg(s: UserId, r: UserId, c: &str) -> Result<ValidMessage, ValidationError> {
+        NewMessage {
+            sender_id: s,
+            receiver_id: r,
+            content: c.into(),
+            client_id: None,
+        }
+        .validate()
+    }
+
+    #[test]
+    fn username_length_is_counted_in_characters() {
+        assert!(user("ab", None).is_err());
+        assert!(user("abc", None).is_ok());
+        assert!(user(&"a".repeat(50), None).is_ok());
+        assert!(user(&"a".repeat(51), None).is_err());
+        // Three Cyrillic letters are six bytes but three characters.
+        assert!(user("Жан", None).is_ok());
+        assert_eq!(user("ab", None).unwrap_err().errors[0].field, "username");
+    }
+
+    #[test]
+    fn username_must_be_letters_and_digits() {
+        assert!(user("alice42", None).is_ok());
+        assert!(user("Алиса", None).is_ok());
+        assert!(user("名前です", None).is_ok());
+        for bad in [
+            "al ice", "al-ice", "alice!", "ali_ce", "al\0ice", "<script>",
+        ] {
+            let e = user(bad, None).unwrap_err();
+            assert_eq!(e.errors[0].field, "username", "{bad}");
+            assert!(e.errors[0].message.contains("letters and digits"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn display_name_defaults_to_username_and_is_capped() {
+        assert_eq!(user("alice", None).unwrap().display_name(), "alice");
+        assert_eq!(user("alice", Some("  ")).unwrap().display_name(), "alice");
+        assert_eq!(
+            user("alice", Some("Alice S")).unwrap().display_name(),
+            "Alice S"
+        );
+        assert!(user("alice", Some(&"x".repeat(100))).is_ok());
+        let e = user("alice", Some(&"x".repeat(101))).unwrap_err();
+        assert_eq!(e.errors[0].field, "display_name");
+    }
+
+    #[test]
+    fn every_failing_field_is_reported() {
+        let e = user("a!", Some(&"x".repeat(101))).unwrap_err();
+        let fields: Vec<_> = e.errors.iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["username", "display_name"]);
+    }
+
+    #[test]
+    fn content_is_stripped_and_bounded() {
+        assert_eq!(msg(1, 2, "  hi \n").unwrap().content(), "hi");
+        assert_eq!(
+            msg(1, 2, "").unwrap_err().errors[0].message,
+            "Message content cannot be empty"
+        );
+        assert!(msg(1, 2, " \t\n ").is_err());
+        assert!(msg(1, 2, &"я".repeat(1000)).is_ok());
+        let padded = format!("  {}  ", "x".repeat(1000));
+        assert_eq!(msg(1, 2, &padded).unwrap().content().len(), 1000);
+        assert_eq!(
+            msg(1, 2, &"x".repeat(1001)).unwrap_err().errors[0].field,
+            "content"
+        );
+    }
+
+    #[test]
+    fn cannot_message_yourself() {
+        let e = msg(7, 7, "hi").unwrap_err();
+        assert_eq!(e.errors[0].field, "receiver_id");
+        assert_eq!(e.errors[0].message, "Cannot send message to yourself");
+    }
+
+    #[test]
+    fn client_id_is_bounded() {
+        let with = |id: &str| {
+            NewMessage {
+                sender_id: 1,
+                receiver_id: 2,
+                content: "x".into(),
+                client_id: Some(id.into()),
+            }
+            .validate()
+        };
+        assert!(with("abc-123").is_ok());
+        assert!(with("").is_err());
+        assert!(with(&"k".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn page_bounds() {
+        assert!(Page::new(0, 1).is_ok());
+        assert!(Page::new(0, 1000).is_ok());
+        assert_eq!(Page::new(0, 0).unwrap_err().errors[0].field, "limit");
+        assert_eq!(Page::new(0, 1001).unwrap_err().errors[0].field, "limit");
+        assert_eq!(Page::new(-1, 10).unwrap_err().errors[0].field, "skip");
+    }
+
+    #[test]
+    fn timestamps_have_microseconds_and_z() {
+        let u = User {
+            id: 1,
+            username: "abc".into(),
+            display_name: "abc".into(),
+            created_at: DateTime::parse_from_rfc3339("2026-11-24T10:15:30.123456789Z")
+                .unwrap()
+                .with_timezone(&Utc)
+                .trunc_subsecs(6),
+        };
+        let v = serde_json::to_value(&u).unwrap();
+        assert_eq!(v["created_at"], "2026-11-24T10:15:30.123456Z");
+    }
+}

@@ -1,0 +1,343 @@
+//! The `ChatService` contract, and `Chat`, its implementation over the three backend seams.
+//!
+//! Every transport (the HTTP server, an embedding application, a test) talks to the chat
+//! through [`ChatService`]. [`Chat`] validates input with the model, stores through
+//! [`Storage`], records recent messages in the [`RecentCache`], and fans events out through the
+//! [`Broker`] to the [`Hub`]s of the nodes where their users are connected.
+
+use crate::broker::{Broker, Delivery, LocalBroker, RedisBroker};
+use crate::cache::{MemoryCache, RecentCache, RedisCache};
+use crate::error::{Error, Result};
+use crate::event::message_event;
+use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
+use crate::model::{
+    HistoryRequest, Message, NewMessage, NewUser, Page, Seq, User, UserId, RECENT_LIMIT,
+};
+use crate::redis_support::RedisConfig;
+use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// The outcome of a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentMessage {
+    pub message: Message,
+    /// The message's seq in the sender's stream.
+    pub sender_seq: Seq,
+    /// The message's seq in the receiver's stream.
+    pub receiver_seq: Seq,
+    /// Whether the receiver had a live connection on any node when it was sent (false for a
+    /// retried `client_id`, which is not delivered again).
+    pub delivered: bool,
+    /// False when this was a retry of an already stored `(sender, client_id)`.
+    pub created: bool,
+}
+
+/// How one backend is doing, for `/health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// What it is (`"memory"`, `"postgresql"`, `"redis"`, `"local"`).
+    pub kind: &'static str,
+    /// `None` when it answers; otherwise why not.
+    pub error: Option<String>,
+}
+
+/// The health of every backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub storage: BackendStatus,
+    pub cache: BackendStatus,
+    pub broker: BackendStatus,
+}
+
+impl Health {
+    pub fn is_ok(&self) -> bool {
+        self.storage.error.is_none() && self.cache.error.is_none() && self.broker.error.is_none()
+    }
+}
+
+/// The public contract of a chat: users, messages, history, recent messages, subscriptions.
+#[async_trait]
+pub trait ChatService: Send + Sync + 'static {
+    async fn create_user(&self, new: NewUser) -> Result<User>;
+
+    /// Users ordered by id; `skip ≥ 0`, `limit` in `1..=1000`.
+    async fn list_users(&self, skip: i64, limit: i64) -> Result<Vec<User>>;
+
+    /// `Error::UserNotFound` when there is no such user.
+    async fn get_user(&self, id: UserId) -> Result<User>;
+
+    /// Validates, stores (committed when this returns), then delivers to the receiver's
+    /// connections and the sender's other connections on every node. `origin` is the sending
+    /// connection, which is not sent its own message.
+    async fn send_message(
+        &self,
+        new: NewMessage,
+        origin: Option<ConnectionId>,
+    ) -> Result<SentMessage>;
+
+    /// A user's messages, newest first.
+    async fn history(&self, request: HistoryRequest) -> Result<Vec<Message>>;
+
+    /// The newest 50 messages a user received, newest first.
+    async fn recent_messages(&self, user: UserId) -> Result<Vec<Message>>;
+
+    /// A live stream of the user's events on this node. `Error::UserNotFound` for an unknown
+    /// user. When this returns, every event sent to the user from then on reaches the stream.
+    async fn subscribe(&self, user: UserId) -> Result<Subscription>;
+
+    /// Stored events of the user's stream with a seq above `since`, oldest first, at most
+    /// `limit`: what a reconnecting client missed.
+    async fn events_since(
+        &self,
+        user: UserId,
+        since: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Message)>>;
+
+    async fn health(&self) -> Health;
+}
+
+/// Which backends to use; the defaults are all in-process.
+#[derive(Debug, Clone)]
+pub struct ChatConfig {
+    /// PostgreSQL URL; `None` keeps everything in memory.
+    pub database_url: Option<String>,
+    /// Maximum PostgreSQL connections of this node.
+    pub database_pool_size: usize,
+    /// Redis URL; `None` keeps fan-out and the cache in this process.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel.
+    pub redis_prefix: String,
+    /// Capacity of each subscriber's queue.
+    pub queue_capacity: usize,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            database_url: None,
+            database_pool_size: 16,
+            redis_url: None,
+            redis_prefix: "minichat:".into(),
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// The chat: a [`ChatService`] over a storage, a cache and a broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Chat {
+    storage: Arc<dyn Storage>,
+    cache: Arc<dyn RecentCache>,
+    broker: Arc<dyn Broker>,
+    hub: Hub,
+}
+
+impl std::fmt::Debug for Chat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chat")
+            .field("storage", &self.storage.kind())
+            .field("cache", &self.cache.kind())
+            .field("broker", &self.broker.kind())
+            .finish()
+    }
+}
+
+impl Chat {
+    /// Everything in this process: nothing to set up, nothing kept after exit.
+    pub fn in_memory() -> Chat {
+        let hub = Hub::default();
+        Chat::from_parts(
+            Arc::new(MemoryStorage::new()),
+            Arc::new(MemoryCache::default()),
+            Arc::new(LocalBroker::new(hub.clone())),
+            hub,
+        )
+    }
+
+    /// Assembles a chat from backends of your choice. `hub` must be the one `broker` feeds.
+    pub fn from_parts(
+        storage: Arc<dyn Storage>,
+        cache: Arc<dyn RecentCache>,
+        broker: Arc<dyn Broker>,
+        hub: Hub,
+    ) -> Chat {
+        Chat {
+            storage,
+            cache,
+            broker,
+            hub,
+        }
+    }
+
+    /// Connects the backends `config` names (PostgreSQL migrations run first), falling back to
+    /// the in-process ones for what it leaves unset. Fails when a configured backend cannot be
+    /// reached, with an error that names the setting.
+    pub async fn connect(config: &ChatConfig) -> Result<Chat> {
+        let hub = Hub::new(config.queue_capacity);
+        let storage: Arc<dyn Storage> = match &config.database_url {
+            Some(url) => Arc::new(
+                PostgresStorage::connect(&PostgresConfig {
+                    url: url.clone(),
+                    pool_size: config.database_pool_size,
+                })
+                .await?,
+            ),
+            None => Arc::new(MemoryStorage::new()),
+        };
+        let (cache, broker): (Arc<dyn RecentCache>, Arc<dyn Broker>) = match &config.redis_url {
+            Some(url) => {
+                let redis = RedisConfig {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                };
+                let cache = RedisCache::connect(&redis).await?;
+                let broker = RedisBroker::connect(&redis, hub.clone()).await?;
+                (Arc::new(cache), Arc::new(broker))
+            }
+            None => (
+                Arc::new(MemoryCache::default()),
+                Arc::new(LocalBroker::new(hub.clone())),
+            ),
+        };
+        Ok(Chat::from_parts(storage, cache, broker, hub))
+    }
+
+    /// This node's hub (to count connections, or close them all at shutdown).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Runs storage migrations alone (`minichat-server migrate`); a no-op in memory.
+    pub async fn migrate(database_url: &str) -> Result<()> {
+        PostgresStorage::migrate_only(database_url).await
+    }
+}
+
+async fn status<F>(kind: &'static str, check: F) -> BackendStatus
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    BackendStatus {
+        kind,
+        error: check.await.err().map(|e| e.to_string()),
+    }
+}
+
+#[async_trait]
+impl ChatService for Chat {
+    async fn create_user(&self, new: NewUser) -> Result<User> {
+        let valid = new.validate()?;
+        self.storage.create_user(&valid).await
+    }
+
+    async fn list_users(&self, skip: i64, limit: i64) -> Result<Vec<User>> {
+        let page = Page::new(skip, limit)?;
+        self.storage.list_users(page).await
+    }
+
+    async fn get_user(&self, id: UserId) -> Result<User> {
+        self.storage.get_user(id).await?.ok_or(Error::UserNotFound)
+    }
+
+    async fn send_message(
+        &self,
+        new: NewMessage,
+        origin: Option<ConnectionId>,
+    ) -> Result<SentMessage> {
+        let valid = new.validate()?;
+        let stored = self.storage.store_message(&valid).await?;
+        let message = stored.message;
+        let mut delivered = false;
+        if stored.created {
+            let deliveries = [
+                Delivery {
+                    user: message.receiver_id,
+                    exclude: None,
+                    event: message_event(&message, stored.receiver_seq),
+                },
+                Delivery {
+                    user: message.sender_id,
+                    exclude: origin,
+                    event: message_event(&message, stored.sender_seq),
+                },
+            ];
+            // The message is committed; the cache and the fan-out are best effort from here,
+            // and a client that missed the event recovers it from storage.
+            let (cached, published) =
+                tokio::join!(self.cache.push(&message), self.broker.publish(&deliveries));
+            if let Err(e) = cached {
+                tracing::warn!(error = %e, "recent-messages cache push failed");
+            }
+            match published {
+                Ok(reached) => delivered = reached.first().copied().unwrap_or(false),
+                Err(e) => tracing::warn!(error = %e, "fan-out failed"),
+            }
+        }
+        Ok(SentMessage {
+            message,
+            sender_seq: stored.sender_seq,
+            receiver_seq: stored.receiver_seq,
+            delivered,
+            created: stored.created,
+        })
+    }
+
+    async fn history(&self, request: HistoryRequest) -> Result<Vec<Message>> {
+        let query = request.validate()?;
+        self.storage.history(&query).await
+    }
+
+    async fn recent_messages(&self, user: UserId) -> Result<Vec<Message>> {
+        // A list shorter than asked for may be partial (a cache that was flushed, or filled
+        // after a restart): only a full one is trusted; storage answers otherwise.
+        match self.cache.recent(user, RECENT_LIMIT).await {
+            Ok(Some(mut cached)) if cached.len() >= RECENT_LIMIT => {
+                // Pushes from several nodes may land out of order.
+                cached.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+                return Ok(cached);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "recent-messages cache unavailable, reading storage")
+            }
+        }
+        self.storage.recent_received(user, RECENT_LIMIT).await
+    }
+
+    async fn subscribe(&self, user: UserId) -> Result<Subscription> {
+        if self.storage.get_user(user).await?.is_none() {
+            return Err(Error::UserNotFound);
+        }
+        let (subscription, _first) = self.hub.subscribe(user);
+        // Always ask: the broker's call is idempotent, and a second connection must not return
+        // before the first one's cluster subscription is in place.
+        if let Err(e) = self.broker.watch_user(user).await {
+            tracing::warn!(user, error = %e, "cluster subscription failed; local delivery only until it recovers");
+        }
+        Ok(subscription)
+    }
+
+    async fn events_since(
+        &self,
+        user: UserId,
+        since: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Message)>> {
+        self.storage.events_since(user, since, limit).await
+    }
+
+    async fn health(&self) -> Health {
+        let (storage, cache, broker) = tokio::join!(
+            status(self.storage.kind(), self.storage.check()),
+            status(self.cache.kind(), self.cache.check()),
+            status(self.broker.kind(), self.broker.check()),
+        );
+        Health {
+            storage,
+            cache,
+            broker,
+        }
+    }
+}

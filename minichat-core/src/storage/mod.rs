@@ -1,0 +1,56 @@
+//! Storage: where users and messages durably live.
+//!
+//! [`Storage`] is the seam between the service and its database. Two implementations:
+//! [`MemoryStorage`] (the zero-set-up default; gone with the process) and
+//! [`PostgresStorage`] (chosen when `DATABASE_URL` is set). Both assign each message a place in
+//! the sender's and the receiver's update sequence (`seq`) in the same step that stores it.
+
+mod memory;
+mod postgres;
+
+pub use memory::MemoryStorage;
+pub use postgres::{PostgresConfig, PostgresStorage};
+
+use crate::error::Result;
+use crate::model::{
+    HistoryQuery, Message, Page, Seq, StoredMessage, User, UserId, ValidMessage, ValidUser,
+};
+use async_trait::async_trait;
+
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Stores a new user. `Error::UsernameTaken` when the username exists.
+    async fn create_user(&self, user: &ValidUser) -> Result<User>;
+
+    /// Users ordered by id.
+    async fn list_users(&self, page: Page) -> Result<Vec<User>>;
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>>;
+
+    /// Stores a message and gives it the next `seq` of its sender and of its receiver, atomically:
+    /// when this returns `Ok`, the message is committed. When `(sender, client_id)` was stored
+    /// before, returns that message with `created: false` and stores nothing.
+    /// `Error::SenderNotFound` / `Error::ReceiverNotFound` when either user does not exist.
+    async fn store_message(&self, message: &ValidMessage) -> Result<StoredMessage>;
+
+    /// A user's messages, newest first (see [`HistoryQuery`]).
+    async fn history(&self, query: &HistoryQuery) -> Result<Vec<Message>>;
+
+    /// The newest `limit` messages `user` received, newest first.
+    async fn recent_received(&self, user: UserId, limit: usize) -> Result<Vec<Message>>;
+
+    /// The messages of `user`'s update stream with a seq above `since`, oldest first, at most
+    /// `limit`, each with the seq it has in `user`'s stream.
+    async fn events_since(
+        &self,
+        user: UserId,
+        since: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, Message)>>;
+
+    /// What this backend is, for `/health` (`"memory"`, `"postgresql"`).
+    fn kind(&self) -> &'static str;
+
+    /// Whether the backend answers now.
+    async fn check(&self) -> Result<()>;
+}
