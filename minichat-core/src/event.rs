@@ -9,11 +9,11 @@ use bytes::Bytes;
 use serde::Serialize;
 
 /// A message as a connected user receives it: the message, plus its seq in that user's stream.
-#[derive(Serialize)]
-struct MessageFrame<'a> {
+#[derive(Debug, Serialize)]
+pub struct MessageFrame<'a> {
     #[serde(flatten)]
-    message: &'a Message,
-    seq: Seq,
+    pub message: &'a Message,
+    pub seq: Seq,
 }
 
 /// Serialises the frame of `message` for the user whose stream gives it `seq`.

@@ -29,10 +29,13 @@ pub mod model;
 mod redis_support;
 mod service;
 pub mod storage;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 
 pub use error::{Backend, Error, Result};
 pub use hub::{Closed, ConnectionId, Event, Hub, Subscription};
 pub use model::{
     HistoryRequest, Message, MessageId, NewMessage, NewUser, Seq, User, UserId, ValidationError,
 };
+pub use redis_support::RedisConfig;
 pub use service::{BackendStatus, Chat, ChatConfig, ChatService, Health, SentMessage};

@@ -226,7 +226,9 @@ impl NewUser {
             Some(d) if !d.trim().is_empty() => d,
             _ => self.username.clone(),
         };
-        if display_name.chars().count() > DISPLAY_NAME_MAX_CHARS {
+        if display_name.contains('\0') {
+            errs.push("display_name", "Display name cannot contain NUL characters");
+        } else if display_name.chars().count() > DISPLAY_NAME_MAX_CHARS {
             errs.push(
                 "display_name",
                 format!("Display name must be at most {DISPLAY_NAME_MAX_CHARS} characters"),
@@ -273,6 +275,9 @@ impl NewMessage {
         let len = content.chars().count();
         if len == 0 {
             errs.push("content", "Message content cannot be empty");
+        } else if content.contains('\0') {
+            // PostgreSQL text cannot hold U+0000; refusing it everywhere keeps backends alike.
+            errs.push("content", "Message content cannot contain NUL characters");
         } else if len > CONTENT_MAX_CHARS {
             errs.push(
                 "content",
@@ -284,10 +289,12 @@ impl NewMessage {
         }
         if let Some(id) = &self.client_id {
             let n = id.chars().count();
-            if n == 0 || n > CLIENT_ID_MAX_CHARS {
+            if n == 0 || n > CLIENT_ID_MAX_CHARS || id.contains('\0') {
                 errs.push(
                     "client_id",
-                    format!("client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters"),
+                    format!(
+                        "client_id must be 1 to {CLIENT_ID_MAX_CHARS} characters, none of them NUL"
+                    ),
                 );
             }
         }
@@ -484,6 +491,15 @@ mod tests {
         assert_eq!(
             msg(1, 2, &"x".repeat(1001)).unwrap_err().errors[0].field,
             "content"
+        );
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_stored_text() {
+        assert_eq!(msg(1, 2, "a\0b").unwrap_err().errors[0].field, "content");
+        assert_eq!(
+            user("alice", Some("A\0")).unwrap_err().errors[0].field,
+            "display_name"
         );
     }
 

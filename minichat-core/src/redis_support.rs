@@ -1,9 +1,271 @@
-//! Redis connection set-up shared by the Redis cache and broker: URL parsing, key naming.
-//! (Filled in by the Redis backend work.)
+//! Redis plumbing shared by the Redis cache and the Redis broker.
+//!
+//! Both backends need the same few things, and getting them subtly different would hurt:
+//!
+//! - **One way to read `REDIS_URL`.** A malformed URL is a configuration mistake, reported as
+//!   [`Error::Config`] naming the setting, never a panic. So is a Redis that cannot be reached
+//!   when the node starts: better to refuse to start than to run half-connected.
+//! - **One naming scheme.** Every key and channel lives under the configured prefix
+//!   (`MINICHAT_REDIS_PREFIX`, `minichat:` by default), so deployments and test runs can share
+//!   one Redis without seeing each other:
+//!
+//!   | name | kind | what |
+//!   |---|---|---|
+//!   | `{prefix}recent:{user_id}` | list | the user's newest received messages (the cache) |
+//!   | `{prefix}user:{user_id}` | channel | events for the user (the broker) |
+//!   | `{prefix}presence:...` | reserved | presence, later |
+//!
+//! - **One pool policy.** Commands go through a small [`bb8`] pool of multiplexed connections
+//!   ([`RedisPool`]) with a short checkout timeout ([`CONNECT_TIMEOUT`]). While Redis is down
+//!   a checkout fails with [`Error::Unavailable`] instead of stalling the caller: the first
+//!   within that timeout, later ones at once until a background probe finds Redis back. The
+//!   pool reconnects by itself (each checkout PINGs the connection first and replaces a dead
+//!   one).
+
+use crate::error::{Backend, Error, Result};
+use crate::model::UserId;
+use bb8_redis::RedisConnectionManager;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Where Redis is, and the prefix of every key and channel.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     pub url: String,
     pub prefix: String,
+}
+
+/// How long a connection attempt, a pool checkout or a start-up probe may take before Redis is
+/// considered unreachable.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections per pool. They are multiplexed, so a handful serves many concurrent callers.
+const POOL_SIZE: u32 = 8;
+
+/// The setting every Redis configuration error names.
+const SETTING: &str = "REDIS_URL";
+
+/// A connection checked out of a [`RedisPool`].
+pub(crate) type Pooled<'a> = bb8::PooledConnection<'a, RedisConnectionManager>;
+
+/// A pool of multiplexed Redis connections that fails fast while Redis is known unreachable.
+///
+/// bb8 cannot tell "Redis is down" from "the pool is busy": while Redis is down every checkout
+/// waits out the whole [`CONNECT_TIMEOUT`]. So once a checkout has failed, the pool is marked
+/// down and later checkouts fail at once, while a background probe keeps trying (capped
+/// backoff) and reopens the pool as soon as it gets a connection. An outage then costs the
+/// timeout once, not on every send.
+pub(crate) struct RedisPool {
+    inner: Arc<PoolInner>,
+}
+
+struct PoolInner {
+    pool: bb8::Pool<RedisConnectionManager>,
+    /// The last checkout failed and the probe has not yet succeeded.
+    down: AtomicBool,
+    /// A probe task is running.
+    probing: AtomicBool,
+}
+
+/// Pauses between the probe's attempts while Redis stays away.
+const PROBE_MIN: Duration = Duration::from_millis(100);
+const PROBE_MAX: Duration = Duration::from_secs(1);
+
+impl RedisPool {
+    fn new(pool: bb8::Pool<RedisConnectionManager>) -> RedisPool {
+        RedisPool {
+            inner: Arc::new(PoolInner {
+                pool,
+                down: AtomicBool::new(false),
+                probing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Checks a connection out: fails within [`CONNECT_TIMEOUT`] when Redis goes away, and at
+    /// once while it is known to be away.
+    pub(crate) async fn get(&self, backend: Backend) -> Result<Pooled<'_>> {
+        if self.inner.down.load(Ordering::Acquire) {
+            return Err(Error::unavailable(
+                backend,
+                "Redis is unreachable (reconnecting in the background)",
+            ));
+        }
+        self.inner.pool.get().await.map_err(|e| {
+            self.mark_down();
+            match e {
+                bb8::RunError::User(e) => Error::unavailable(backend, e),
+                bb8::RunError::TimedOut => Error::unavailable(
+                    backend,
+                    format!("no Redis connection within {} s", CONNECT_TIMEOUT.as_secs()),
+                ),
+            }
+        })
+    }
+
+    fn mark_down(&self) {
+        self.inner.down.store(true, Ordering::Release);
+        if self.inner.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // The probe holds the pool weakly, so it ends with the backend that owns the pool.
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut pause = PROBE_MIN;
+            loop {
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.pool.get().await.is_ok() {
+                    // In this order: a failure in between then starts a new probe.
+                    inner.probing.store(false, Ordering::Release);
+                    inner.down.store(false, Ordering::Release);
+                    return;
+                }
+                drop(inner);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(PROBE_MAX);
+            }
+        });
+    }
+
+    /// PINGs Redis: the health check of both backends.
+    pub(crate) async fn ping(&self, backend: Backend) -> Result<()> {
+        let mut conn = self.get(backend).await?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut *conn)
+            .await
+            .map(drop)
+            .map_err(|e| Error::unavailable(backend, e))
+    }
+}
+
+/// Parses and checks `REDIS_URL` without connecting.
+pub(crate) fn connection_info(url: &str) -> Result<ConnectionInfo> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(Error::config(
+            SETTING,
+            "is empty; expected redis://host:port[/db]",
+        ));
+    }
+    url.into_connection_info().map_err(|e| {
+        Error::config(
+            SETTING,
+            format!("not a valid Redis URL ({e}); expected redis://host:port[/db]"),
+        )
+    })
+}
+
+/// Connects once and PINGs, so that an unreachable Redis stops the start with a clear line.
+async fn probe(info: &ConnectionInfo) -> Result<()> {
+    let unreachable =
+        |e: &dyn std::fmt::Display| Error::config(SETTING, format!("cannot connect to Redis: {e}"));
+    let client = Client::open(info.clone()).map_err(|e| unreachable(&e))?;
+    let attempt = async {
+        let mut conn = single_connection(&client).await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(&e)),
+        Err(_) => Err(unreachable(&format_args!(
+            "no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// One multiplexed connection whose connect and replies are bounded by [`CONNECT_TIMEOUT`].
+async fn single_connection(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(CONNECT_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// Validates `config.url`, checks that Redis answers, and builds the command pool.
+pub(crate) async fn connect_pool(config: &RedisConfig) -> Result<(RedisPool, ConnectionInfo)> {
+    let info = connection_info(&config.url)?;
+    probe(&info).await?;
+    let manager = RedisConnectionManager::new(info.clone())
+        .map_err(|e| Error::config(SETTING, format!("not a valid Redis URL ({e})")))?;
+    let pool = bb8::Pool::builder()
+        .max_size(POOL_SIZE)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .build(manager)
+        .await
+        .map_err(|e| Error::config(SETTING, format!("cannot connect to Redis: {e}")))?;
+    Ok((RedisPool::new(pool), info))
+}
+
+/// The names of every key and channel, all under one prefix (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The list of messages `user` received, newest first: `{prefix}recent:{user}`.
+    pub(crate) fn recent(&self, user: UserId) -> String {
+        format!("{}recent:{user}", self.prefix)
+    }
+
+    /// The channel of `user`'s events: `{prefix}user:{user}`.
+    pub(crate) fn user_channel(&self, user: UserId) -> String {
+        format!("{}user:{user}", self.prefix)
+    }
+
+    /// The user whose channel `channel` is, if it is one of ours.
+    pub(crate) fn user_of_channel(&self, channel: &[u8]) -> Option<UserId> {
+        let rest = channel.strip_prefix(self.prefix.as_bytes())?;
+        let id = rest.strip_prefix(b"user:")?;
+        std::str::from_utf8(id).ok()?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_live_under_the_prefix() {
+        let keys = Keys::new("mc:");
+        assert_eq!(keys.recent(7), "mc:recent:7");
+        assert_eq!(keys.user_channel(7), "mc:user:7");
+        assert_eq!(keys.user_of_channel(b"mc:user:7"), Some(7));
+        assert_eq!(keys.user_of_channel(b"other:user:7"), None);
+        assert_eq!(keys.user_of_channel(b"mc:recent:7"), None);
+        assert_eq!(keys.user_of_channel(b"mc:user:x"), None);
+    }
+
+    #[test]
+    fn malformed_urls_are_config_errors_naming_the_setting() {
+        for url in [
+            "",
+            "   ",
+            "http://localhost:6379",
+            "redis://host:notaport",
+            "garbage",
+        ] {
+            match connection_info(url) {
+                Err(Error::Config { setting, .. }) => assert_eq!(setting, "REDIS_URL", "{url}"),
+                other => panic!("{url:?}: expected a config error, got {other:?}"),
+            }
+        }
+        assert!(connection_info("redis://127.0.0.1:6379/0").is_ok());
+    }
 }

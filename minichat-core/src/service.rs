@@ -295,7 +295,7 @@ impl ChatService for Chat {
         match self.cache.recent(user, RECENT_LIMIT).await {
             Ok(Some(mut cached)) if cached.len() >= RECENT_LIMIT => {
                 // Pushes from several nodes may land out of order.
-                cached.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+                cached.sort_unstable_by_key(|m| std::cmp::Reverse(m.id));
                 return Ok(cached);
             }
             Ok(_) => {}

@@ -1,0 +1,605 @@
+//! The Redis cache and broker against a real Redis.
+//!
+//! Most tests use the shared Redis at 127.0.0.1:6379 (override with `MINICHAT_TEST_REDIS_URL`),
+//! each under a prefix of its own, deleting its keys at the end; they never flush, stop or
+//! reconfigure that server. The fault test starts a throw-away `redis-server` on a free port so
+//! that it can kill and restart it. Every wait is bounded by a deadline; nothing relies on a
+//! fixed sleep to be right.
+
+use bytes::Bytes;
+use minichat_core::broker::{Broker, Delivery, RedisBroker};
+use minichat_core::cache::{RecentCache, RedisCache, CACHE_CAPACITY, CACHE_TTL};
+use minichat_core::model::{now, MessageType};
+use minichat_core::{
+    Backend, ConnectionId, Error, Event, Hub, Message, RedisConfig, Subscription, UserId,
+};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::time::{sleep, timeout, Instant};
+
+const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+
+fn shared_redis() -> String {
+    std::env::var("MINICHAT_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS.into())
+}
+
+fn unique_prefix() -> String {
+    format!(
+        "minichat:test:{}:{:016x}:",
+        std::process::id(),
+        rand::random::<u64>()
+    )
+}
+
+fn config(url: &str, prefix: &str) -> RedisConfig {
+    RedisConfig {
+        url: url.into(),
+        prefix: prefix.into(),
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Deletes every key under a prefix when dropped, also when the test panics.
+struct Cleanup {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let pattern = format!("{}*", self.prefix);
+        let keys: Vec<String> = match redis::cmd("KEYS").arg(&pattern).query(&mut conn) {
+            Ok(keys) => keys,
+            Err(_) => return,
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+        }
+    }
+}
+
+async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("tests need Redis at {url}: {e}"))
+}
+
+fn message(id: i64, receiver: UserId) -> Message {
+    Message {
+        id,
+        sender_id: 1_000_000,
+        sender_username: "sender".into(),
+        receiver_id: receiver,
+        content: format!("message {id}"),
+        timestamp: now(),
+        kind: MessageType::Message,
+    }
+}
+
+fn event(seq: Option<i64>, text: &str) -> Event {
+    Event {
+        seq,
+        payload: Bytes::from(format!(r#"{{"type":"message","content":"{text}"}}"#)),
+    }
+}
+
+fn delivery(user: UserId, exclude: Option<ConnectionId>, event: &Event) -> Delivery {
+    Delivery {
+        user,
+        exclude,
+        event: event.clone(),
+    }
+}
+
+/// The next event of `sub`, failing the test if none comes within 5 s.
+async fn next(sub: &mut Subscription) -> Event {
+    match timeout(Duration::from_secs(5), sub.recv()).await {
+        Ok(Ok(event)) => event,
+        Ok(Err(closed)) => panic!("subscription of user {} closed: {closed:?}", sub.user()),
+        Err(_) => panic!("no event for user {} within 5 s", sub.user()),
+    }
+}
+
+/// Publishes `marker` to `user` and asserts it is the next thing `subs` receive: whatever was
+/// published before it arrived exactly as already asserted, and nothing else.
+async fn assert_next_is_marker(broker: &RedisBroker, user: UserId, subs: &mut [&mut Subscription]) {
+    let marker = event(None, &format!("marker for {user}"));
+    broker
+        .publish(&[delivery(user, None, &marker)])
+        .await
+        .expect("publish");
+    for sub in subs.iter_mut() {
+        assert_eq!(
+            next(sub).await,
+            marker,
+            "unexpected event before the marker"
+        );
+    }
+}
+
+async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> i64 {
+    let reply: (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(conn)
+        .await
+        .expect("PUBSUB NUMSUB");
+    reply.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_keeps_the_newest_hundred_newest_first_with_expiry() {
+    let url = shared_redis();
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let cache = RedisCache::connect(&config(&url, &prefix))
+        .await
+        .expect("connect");
+    assert_eq!(cache.kind(), "redis");
+    cache.check().await.expect("check");
+
+    assert_eq!(cache.recent(1, 50).await.expect("recent"), None, "cold");
+
+    let sent: Vec<Message> = (1..=120).map(|id| message(id, 1)).collect();
+    for m in &sent {
+        cache.push(m).await.expect("push");
+    }
+    cache.push(&message(500, 2)).await.expect("push");
+
+    let recent = cache.recent(1, 50).await.expect("recent").expect("warm");
+    let expected: Vec<Message> = sent.iter().rev().take(50).cloned().collect();
+    assert_eq!(recent, expected, "the newest 50, newest first, intact");
+
+    let all = cache.recent(1, 1000).await.expect("recent").expect("warm");
+    assert_eq!(all.len(), CACHE_CAPACITY);
+    assert_eq!(all.last().map(|m| m.id), Some(21));
+
+    let mut conn = admin(&url).await;
+    let key = format!("{prefix}recent:1");
+    let len: i64 = redis::cmd("LLEN")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("LLEN");
+    assert_eq!(len, CACHE_CAPACITY as i64);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl > 0 && ttl <= CACHE_TTL.as_millis() as i64,
+        "PTTL {ttl} out of range"
+    );
+
+    // Another receiver's list is its own.
+    let other = cache.recent(2, 50).await.expect("recent").expect("warm");
+    assert_eq!(other.iter().map(|m| m.id).collect::<Vec<_>>(), vec![500]);
+    assert_eq!(cache.recent(3, 50).await.expect("recent"), None);
+
+    // An entry this build cannot read makes the whole answer cold, not an error.
+    let _: i64 = redis::cmd("LPUSH")
+        .arg(&key)
+        .arg("not json")
+        .query_async(&mut conn)
+        .await
+        .expect("LPUSH");
+    assert_eq!(cache.recent(1, 50).await.expect("recent"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_exactly_once_with_seq_and_exclusion() {
+    let url = shared_redis();
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let (hub_a, hub_b) = (Hub::default(), Hub::default());
+    let a = RedisBroker::connect(&config(&url, &prefix), hub_a.clone())
+        .await
+        .expect("connect node A");
+    let b = RedisBroker::connect(&config(&url, &prefix), hub_b.clone())
+        .await
+        .expect("connect node B");
+    assert_eq!(a.kind(), "redis");
+    a.check().await.expect("check A");
+
+    // User 7 is connected to node B only; node A sends.
+    let (mut sub7, _) = hub_b.subscribe(7);
+    b.watch_user(7).await.expect("watch");
+    let sent = event(Some(42), "hello 7");
+    let reached = a
+        .publish(&[delivery(7, None, &sent)])
+        .await
+        .expect("publish");
+    assert_eq!(reached, vec![true]);
+    let got = next(&mut sub7).await;
+    assert_eq!(got.payload, sent.payload, "the exact payload bytes");
+    assert_eq!(got.seq, Some(42));
+    assert_next_is_marker(&a, 7, &mut [&mut sub7]).await;
+
+    // Nobody watches user 999; a pipeline answers per delivery, in order.
+    let reached = a
+        .publish(&[
+            delivery(999, None, &sent),
+            delivery(7, None, &event(None, "no seq")),
+        ])
+        .await
+        .expect("publish");
+    assert_eq!(reached, vec![false, true]);
+    assert_eq!(next(&mut sub7).await, event(None, "no seq"));
+
+    // Two connections of user 8 on node B; the event comes from the first one.
+    let (mut origin, _) = hub_b.subscribe(8);
+    let (mut other_device, _) = hub_b.subscribe(8);
+    b.watch_user(8).await.expect("watch");
+    b.watch_user(8).await.expect("watch is idempotent");
+    let echo = event(Some(3), "sent from a device");
+    let reached = a
+        .publish(&[delivery(8, Some(origin.id()), &echo)])
+        .await
+        .expect("publish");
+    assert_eq!(reached, vec![true]);
+    assert_eq!(next(&mut other_device).await, echo);
+    assert_next_is_marker(&a, 8, &mut [&mut origin, &mut other_device]).await;
+
+    // A node's own connections get their events back through Redis, once.
+    let (mut local, _) = hub_a.subscribe(9);
+    a.watch_user(9).await.expect("watch");
+    let own = event(Some(1), "local");
+    assert_eq!(
+        a.publish(&[delivery(9, None, &own)])
+            .await
+            .expect("publish"),
+        vec![true]
+    );
+    assert_eq!(next(&mut local).await, own);
+    assert_next_is_marker(&a, 9, &mut [&mut local]).await;
+    // Node B never heard of user 9.
+    assert!(!hub_b.is_connected(9));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribes_when_the_last_local_connection_leaves() {
+    let url = shared_redis();
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let hub = Hub::default();
+    let broker = RedisBroker::connect(&config(&url, &prefix), hub.clone())
+        .await
+        .expect("connect");
+    let mut conn = admin(&url).await;
+    let channel = format!("{prefix}user:5");
+
+    let (first, _) = hub.subscribe(5);
+    let (second, _) = hub.subscribe(5);
+    broker.watch_user(5).await.expect("watch");
+    assert_eq!(numsub(&mut conn, &channel).await, 1);
+
+    drop(first);
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while numsub(&mut conn, &channel).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "channel still subscribed after 5 s"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        broker
+            .publish(&[delivery(5, None, &event(None, "gone"))])
+            .await
+            .expect("publish"),
+        vec![false]
+    );
+
+    // Coming back subscribes again.
+    let (mut again, _) = hub.subscribe(5);
+    broker.watch_user(5).await.expect("watch");
+    assert_eq!(numsub(&mut conn, &channel).await, 1);
+    let back = event(Some(9), "back");
+    broker
+        .publish(&[delivery(5, None, &back)])
+        .await
+        .expect("publish");
+    assert_eq!(next(&mut again).await, back);
+}
+
+/// A `redis-server` of the test's own, killed when dropped (also on panic).
+struct ThrowawayRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl ThrowawayRedis {
+    async fn start() -> ThrowawayRedis {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("minichat-redis-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let mut server = ThrowawayRedis {
+            port,
+            dir,
+            child: None,
+        };
+        server.spawn().await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the fault test needs redis-server on PATH");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("URL");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ThrowawayRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Re-publishes to `user` until `sub` receives one of those events, or the deadline passes.
+async fn eventually_receives(
+    broker: &RedisBroker,
+    user: UserId,
+    sub: &mut Subscription,
+    deadline: Instant,
+) {
+    for attempt in 1.. {
+        assert!(
+            Instant::now() < deadline,
+            "user {user}: cross-node delivery did not resume"
+        );
+        let probe = event(None, &format!("retry {attempt}"));
+        broker
+            .publish(&[delivery(user, None, &probe)])
+            .await
+            .expect("publish never fails for lack of Redis");
+        if let Ok(Ok(got)) = timeout(Duration::from_millis(300), sub.recv()).await {
+            assert!(got
+                .payload
+                .starts_with(br#"{"type":"message","content":"retry "#));
+            return;
+        }
+    }
+}
+
+/// Receives until `wanted`, skipping the late re-publishes of [`eventually_receives`], and
+/// returns how many times `wanted` came before `marker`.
+async fn count_before_marker(sub: &mut Subscription, wanted: &Event, marker: &Event) -> usize {
+    let mut count = 0;
+    loop {
+        let got = next(sub).await;
+        if got == *marker {
+            return count;
+        }
+        if got == *wanted {
+            count += 1;
+        } else {
+            assert!(
+                got.payload
+                    .starts_with(br#"{"type":"message","content":"retry "#),
+                "unexpected event {got:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_redis_restart() {
+    let mut server = ThrowawayRedis::start().await;
+    let prefix = unique_prefix();
+    let (hub_a, hub_b) = (Hub::default(), Hub::default());
+    let a = RedisBroker::connect(&config(&server.url(), &prefix), hub_a.clone())
+        .await
+        .expect("connect node A");
+    let b = RedisBroker::connect(&config(&server.url(), &prefix), hub_b.clone())
+        .await
+        .expect("connect node B");
+    let cache = RedisCache::connect(&config(&server.url(), &prefix))
+        .await
+        .expect("connect the cache");
+
+    let (mut remote, _) = hub_b.subscribe(1);
+    b.watch_user(1).await.expect("watch");
+    let (mut local, _) = hub_a.subscribe(2);
+    a.watch_user(2).await.expect("watch");
+    let (leaves_during_outage, _) = hub_b.subscribe(6);
+    b.watch_user(6).await.expect("watch");
+    let before = event(Some(1), "before");
+    assert_eq!(
+        a.publish(&[delivery(1, None, &before)])
+            .await
+            .expect("publish"),
+        vec![true]
+    );
+    assert_eq!(next(&mut remote).await, before);
+
+    server.kill();
+
+    // Sends still succeed, and reach this node's own connections.
+    let started = Instant::now();
+    let during = event(Some(2), "during");
+    let reached = a
+        .publish(&[delivery(2, None, &during), delivery(1, None, &during)])
+        .await
+        .expect("publish succeeds while Redis is down");
+    assert_eq!(reached, vec![true, false], "user 1 has no connection on A");
+    assert_eq!(next(&mut local).await, during);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "publish stalled"
+    );
+    // Once the outage is known, sends no longer wait for Redis at all.
+    let started = Instant::now();
+    let again = event(Some(3), "during, again");
+    assert_eq!(
+        a.publish(&[delivery(2, None, &again)])
+            .await
+            .expect("publish"),
+        vec![true]
+    );
+    assert_eq!(next(&mut local).await, again);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "publish waited {:?} for a Redis known to be down",
+        started.elapsed()
+    );
+    // The cache reports itself unavailable (the service then reads storage).
+    match cache.push(&message(1, 1)).await {
+        Err(Error::Unavailable { backend, .. }) => assert_eq!(backend, Backend::Cache),
+        other => panic!("expected the cache to be unavailable, got {other:?}"),
+    }
+    assert!(cache.recent(1, 50).await.is_err());
+
+    // A user connecting during the outage: watch_user gives up quickly...
+    let (mut newcomer, _) = hub_b.subscribe(3);
+    let started = Instant::now();
+    let _ = b.watch_user(3).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "watch_user hung while Redis was down"
+    );
+    assert!(b.check().await.is_err(), "health must report Redis down");
+    drop(leaves_during_outage);
+
+    // ...and is subscribed once Redis is back, like everyone subscribed before.
+    server.spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    eventually_receives(&a, 1, &mut remote, deadline).await;
+    eventually_receives(&a, 3, &mut newcomer, deadline).await;
+    eventually_receives(&a, 2, &mut local, deadline).await;
+    while a.check().await.is_err() || b.check().await.is_err() || cache.check().await.is_err() {
+        assert!(Instant::now() < deadline, "health did not recover");
+        sleep(Duration::from_millis(50)).await;
+    }
+    // The user who left during the outage is not subscribed again.
+    let mut conn = admin(&server.url()).await;
+    let channel = format!("{prefix}user:6");
+    while numsub(&mut conn, &channel).await != 0 {
+        assert!(Instant::now() < deadline, "{channel} still subscribed");
+        sleep(Duration::from_millis(20)).await;
+    }
+    cache
+        .push(&message(2, 1))
+        .await
+        .expect("the cache works again");
+    let recent = cache.recent(1, 50).await.expect("recent").expect("warm");
+    assert_eq!(recent.iter().map(|m| m.id).collect::<Vec<_>>(), vec![2]);
+
+    // Exactly once again, for a connection from before the outage and one from during it.
+    for (user, sub) in [(1, &mut remote), (3, &mut newcomer)] {
+        let after = event(Some(10), &format!("after {user}"));
+        let marker = event(None, &format!("marker {user}"));
+        let reached = a
+            .publish(&[delivery(user, None, &after), delivery(user, None, &marker)])
+            .await
+            .expect("publish");
+        assert_eq!(reached, vec![true, true]);
+        assert_eq!(count_before_marker(sub, &after, &marker).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn malformed_urls_are_config_errors() {
+    for url in [
+        "redis://:::garbage",
+        "http://127.0.0.1:6379",
+        "not a url",
+        "",
+    ] {
+        let cfg = config(url, "minichat:test:");
+        match RedisCache::connect(&cfg).await {
+            Err(Error::Config { setting, .. }) => assert_eq!(setting, "REDIS_URL"),
+            other => panic!("{url:?}: expected a REDIS_URL config error, got {other:?}"),
+        }
+        match RedisBroker::connect(&cfg, Hub::default()).await {
+            Err(Error::Config { setting, .. }) => assert_eq!(setting, "REDIS_URL"),
+            other => panic!("{url:?}: expected a REDIS_URL config error, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_fails_fast_at_start() {
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let cfg = config(&url, "minichat:test:");
+    let started = Instant::now();
+    match RedisCache::connect(&cfg).await {
+        Err(Error::Config { setting, reason }) => {
+            assert_eq!(setting, "REDIS_URL");
+            assert!(reason.contains("cannot connect to Redis"), "{reason}");
+        }
+        other => panic!("expected a REDIS_URL config error, got {other:?}"),
+    }
+    match RedisBroker::connect(&cfg, Hub::default()).await {
+        Err(Error::Config { setting, .. }) => assert_eq!(setting, "REDIS_URL"),
+        other => panic!("expected a REDIS_URL config error, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
