@@ -1,1 +1,36 @@
-//! stub
+//! # minichat-server
+//!
+//! A thin hyper server that mounts a [`minichat_core::ChatService`] as the REST and WebSocket
+//! endpoints of the wire contract. It has no SQL in it: storage, caching and fan-out are the
+//! core's. Use it as the `minichat-server` binary, or embed it:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), minichat_server::ServerError> {
+//! let settings = minichat_server::Settings::default();
+//! let server = minichat_server::Server::bind(settings).await?;
+//! server.run_until(minichat_server::shutdown_signal()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Files, one concern each: `config` (flags and environment), `server` (accept loop and
+//! shutdown), `routes` (the routing table, CORS, request ids), `api` (REST handlers), `ws` (the
+//! WebSocket connection), `auth` (tokens and who may act as whom), `limits` (send rate, socket caps), `extract` (parsing input),
+//! `error` (statuses and error bodies), `docs` (OpenAPI, Swagger UI, ReDoc), `app` (the embedded web chat page).
+
+mod api;
+mod app;
+pub mod auth;
+pub mod config;
+mod docs;
+mod error;
+mod extract;
+mod limits;
+mod routes;
+mod server;
+mod ws;
+
+pub use auth::{AuthMode, Authenticator};
+pub use config::{Cli, CorsOrigins, Limits, Settings, Signup};
+pub use docs::ApiDoc;
+pub use error::ApiError;
+pub use server::{shutdown_signal, RunningServer, Server, ServerError};

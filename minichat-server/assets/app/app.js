@@ -1,0 +1,1 @@
+// Minichat web page

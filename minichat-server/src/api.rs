@@ -1,0 +1,263 @@
+//! The REST handlers of the wire contract (`shared/API.md` Parts 1 and 2).
+//!
+//! Each handler reads its input with `extract`, asks the caller's permission with `auth`, calls
+//! the [`ChatService`](minichat_core::ChatService) and answers JSON. The `#[utoipa::path]`
+//! attributes beside each one are the OpenAPI document, so it cannot drift from the code.
+
+use crate::auth::{AuthMode, DEFAULT_TOKEN_TTL};
+use crate::config::Signup;
+use crate::error::{ApiError, Location};
+use crate::extract::{parse_int, parse_json, read_body, Query};
+use crate::routes::{json, AppState, Response};
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use minichat_core::model::{timestamp, DEFAULT_USERS_LIMIT};
+use minichat_core::{BackendStatus, HistoryRequest, Message, NewMessage, NewUser, User};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// `POST /users/`: the new user, plus a token when auth is on.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedUser {
+    #[serde(flatten)]
+    pub user: User,
+    /// A bearer token acting as this user (absent when auth is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// `POST /messages/`: the stored message, and whether its receiver was connected.
+#[derive(Serialize, ToSchema)]
+pub struct SentMessageBody {
+    #[serde(flatten)]
+    pub message: Message,
+    /// True when the receiver had a live WebSocket on any node when it was sent.
+    pub delivered_via_websocket: bool,
+}
+
+/// `GET /messages/recent/{user_id}`.
+#[derive(Serialize, ToSchema)]
+pub struct RecentMessages {
+    pub messages: Vec<Message>,
+}
+
+/// `GET /health`.
+#[derive(Serialize, ToSchema)]
+pub struct HealthBody {
+    /// `OK`, or `ERROR` when a configured backend is down.
+    pub status: &'static str,
+    /// `memory`, `connected` or `unavailable`.
+    pub database: String,
+    /// `disabled`, `connected` or `unavailable`.
+    pub redis: String,
+    #[serde(with = "timestamp")]
+    #[schema(value_type = String, format = DateTime)]
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+}
+
+/// An error: `detail` is one sentence (or, for 422, FastAPI's list of invalid fields).
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+#[utoipa::path(get, path = "/", tag = "system",
+    responses((status = 200, description = "Service name, version and endpoints", body = Object)))]
+pub fn root() -> Response {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "message": "Mini Chat Backend API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "endpoints": {
+                "users": "/users/",
+                "messages": "/messages/",
+                "recent_messages": "/messages/recent/{user_id}",
+                "websocket": "/ws/{user_id}",
+                "health": "/health",
+                "docs": "/docs",
+                "redoc": "/redoc",
+                "openapi": "/openapi.json",
+                "app": "/app/",
+            }
+        }),
+    )
+}
+
+fn describe(status: &BackendStatus, in_process: &str) -> String {
+    match (&status.error, status.kind) {
+        (Some(_), _) => "unavailable".into(),
+        (None, "memory" | "local") => in_process.into(),
+        (None, _) => "connected".into(),
+    }
+}
+
+#[utoipa::path(get, path = "/health", tag = "system", responses(
+    (status = 200, description = "Every configured backend answers", body = HealthBody),
+    (status = 503, description = "A configured backend is down", body = HealthBody)))]
+pub async fn health(state: &AppState) -> Response {
+    let health = state.chat.health().await;
+    let database = describe(&health.storage, "memory");
+    // The cache and the broker are the same Redis when it is configured.
+    let redis = match (health.cache.kind, health.broker.kind) {
+        ("memory", "local") => "disabled".to_owned(),
+        _ if health.cache.error.is_some() || health.broker.error.is_some() => "unavailable".into(),
+        _ => "connected".into(),
+    };
+    for (name, status) in [
+        ("storage", &health.storage),
+        ("cache", &health.cache),
+        ("broker", &health.broker),
+    ] {
+        if let Some(error) = &status.error {
+            tracing::warn!(backend = name, kind = status.kind, error = %error, "health check failed");
+        }
+    }
+    let ok = health.is_ok();
+    json(
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &HealthBody {
+            status: if ok { "OK" } else { "ERROR" },
+            database,
+            redis,
+            timestamp: minichat_core::model::now(),
+        },
+    )
+}
+
+#[utoipa::path(post, path = "/users/", tag = "users", request_body = NewUser, responses(
+    (status = 200, description = "The new user (with a token when auth is on)", body = CreatedUser),
+    (status = 400, description = "Username already registered", body = ErrorBody),
+    (status = 401, description = "Signup is `admin` and no valid token was sent", body = ErrorBody),
+    (status = 403, description = "Signup is `admin` and the token is not an admin's", body = ErrorBody),
+    (status = 413, description = "Body too large", body = ErrorBody),
+    (status = 422, description = "Invalid username or display name", body = ErrorBody)))]
+pub async fn create_user(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
+    if state.signup == Signup::Admin {
+        state.caller(&req).require_admin()?;
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
+    let new: NewUser = parse_json(&parts.headers, &body)?;
+    let user = state.chat.create_user(new).await?;
+    let token = (state.auth.mode() == AuthMode::Token)
+        .then(|| state.auth.issue(user.id, DEFAULT_TOKEN_TTL));
+    tracing::info!(user = user.id, "user created");
+    Ok(json(StatusCode::OK, &CreatedUser { user, token }))
+}
+
+#[utoipa::path(get, path = "/users/", tag = "users",
+    params(("skip" = Option<i64>, Query, description = "Rows to skip (≥ 0)"),
+           ("limit" = Option<i64>, Query, description = "Rows to return, 1–1000 (default 100)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Users ordered by id", body = [User]),
+              (status = 401, description = "Missing or invalid token", body = ErrorBody),
+              (status = 422, description = "Bad numbers", body = ErrorBody)))]
+pub async fn list_users(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
+    state.caller(&req).require_any()?;
+    let query = Query::parse(req.uri().query());
+    let skip = query.int_or("skip", 0)?;
+    let limit = query.int_or("limit", DEFAULT_USERS_LIMIT)?;
+    let users = state.chat.list_users(skip, limit).await?;
+    Ok(json(StatusCode::OK, &users))
+}
+
+#[utoipa::path(get, path = "/users/{user_id}", tag = "users",
+    params(("user_id" = i64, Path, description = "User id")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "The user", body = User),
+              (status = 401, description = "Missing or invalid token", body = ErrorBody),
+              (status = 404, description = "User not found", body = ErrorBody),
+              (status = 422, description = "Non-integer id", body = ErrorBody)))]
+pub async fn get_user(
+    state: &AppState,
+    req: Request<Incoming>,
+    raw_id: &str,
+) -> Result<Response, ApiError> {
+    state.caller(&req).require_any()?;
+    let id = parse_int(Location::Path, "user_id", raw_id)?;
+    let user = state.chat.get_user(id).await?;
+    Ok(json(StatusCode::OK, &user))
+}
+
+#[utoipa::path(post, path = "/messages/", tag = "messages", request_body = NewMessage,
+    security(("bearer" = [])),
+    responses((status = 200, description = "The stored message", body = SentMessageBody),
+              (status = 401, description = "Missing or invalid token", body = ErrorBody),
+              (status = 403, description = "sender_id is not the token's user", body = ErrorBody),
+              (status = 404, description = "Sender not found / Receiver not found", body = ErrorBody),
+              (status = 409, description = "client_id reused for a different message", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 422, description = "Empty or too long content, or sending to yourself", body = ErrorBody),
+              (status = 429, description = "Sending too fast (see Retry-After)", body = ErrorBody),
+              (status = 503, description = "storage unavailable", body = ErrorBody)))]
+pub async fn send_message(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = state.caller(&req);
+    caller.require_any()?;
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
+    let new: NewMessage = parse_json(&parts.headers, &body)?;
+    caller.require_user(new.sender_id)?;
+    state.guards.check_send(new.sender_id)?;
+    let sent = state.chat.send_message(new, None).await?;
+    Ok(json(
+        StatusCode::OK,
+        &SentMessageBody {
+            message: sent.message,
+            delivered_via_websocket: sent.delivered,
+        },
+    ))
+}
+
+#[utoipa::path(get, path = "/messages/", tag = "messages",
+    params(("user_id" = i64, Query, description = "Whose messages"),
+           ("chat_with" = Option<i64>, Query, description = "Only those exchanged with this user"),
+           ("before_id" = Option<i64>, Query, description = "Only messages with a smaller id (deep paging)"),
+           ("skip" = Option<i64>, Query, description = "Rows to skip (≥ 0)"),
+           ("limit" = Option<i64>, Query, description = "Rows to return, 1–1000 (default 50)")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Messages, newest first", body = [Message]),
+              (status = 401, description = "Missing or invalid token", body = ErrorBody),
+              (status = 403, description = "user_id is not the token's user", body = ErrorBody),
+              (status = 422, description = "Missing user_id or bad numbers", body = ErrorBody)))]
+pub async fn history(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = state.caller(&req);
+    caller.require_any()?;
+    let query = Query::parse(req.uri().query());
+    let user_id = query.required_int("user_id")?;
+    caller.require_user(user_id)?;
+    let request = HistoryRequest {
+        chat_with: query.int("chat_with")?,
+        before_id: query.int("before_id")?,
+        skip: query.int_or("skip", 0)?,
+        limit: query.int_or("limit", minichat_core::model::DEFAULT_HISTORY_LIMIT)?,
+        ..HistoryRequest::new(user_id)
+    };
+    let messages = state.chat.history(request).await?;
+    Ok(json(StatusCode::OK, &messages))
+}
+
+#[utoipa::path(get, path = "/messages/recent/{user_id}", tag = "messages",
+    params(("user_id" = i64, Path, description = "Receiver")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "The newest 50 messages received, newest first", body = RecentMessages),
+              (status = 401, description = "Missing or invalid token", body = ErrorBody),
+              (status = 403, description = "Not the token's user", body = ErrorBody),
+              (status = 422, description = "Non-integer id", body = ErrorBody)))]
+pub async fn recent_messages(
+    state: &AppState,
+    req: Request<Incoming>,
+    raw_id: &str,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&req);
+    caller.require_any()?;
+    let id = parse_int(Location::Path, "user_id", raw_id)?;
+    caller.require_user(id)?;
+    let messages = state.chat.recent_messages(id).await?;
+    Ok(json(StatusCode::OK, &RecentMessages { messages }))
+}

@@ -1,0 +1,153 @@
+//! API documentation, served from the binary with no internet access: the OpenAPI document
+//! generated from the handlers' annotations, Swagger UI (vendored by `utoipa-swagger-ui`) at
+//! `/docs`, and ReDoc (its standalone bundle kept in `assets/`) at `/redoc`.
+
+use crate::api;
+use crate::error::ApiError;
+use crate::routes::{AppState, Response};
+use bytes::Bytes;
+use http::{header, HeaderValue, StatusCode};
+use http_body_util::Full;
+use std::sync::{Arc, OnceLock};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// `GET /ws/{user_id}`: documented here, served by `ws.rs`.
+#[utoipa::path(get, path = "/ws/{user_id}", tag = "websocket",
+    params(("user_id" = i64, Path, description = "The user to connect as"),
+           ("token" = Option<String>, Query, description = "Bearer token (browsers cannot set headers on WebSockets)"),
+           ("since" = Option<i64>, Query, description = "Replay stored events with a higher seq first")),
+    responses(
+        (status = 101, description = "Upgraded. First frame `{\"type\":\"system\",...}`; `{\"type\":\"ping\"}` → `{\"type\":\"pong\"}`; every message to the user arrives once as a Message frame with `seq`. Close 4004 unknown user, 4008 slow consumer, 1001 shutdown, 1009 message too big."),
+        (status = 400, description = "Not a WebSocket handshake", body = api::ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = api::ErrorBody),
+        (status = 403, description = "Token of another user", body = api::ErrorBody),
+        (status = 422, description = "Non-integer id", body = api::ErrorBody)))]
+#[allow(dead_code)]
+fn websocket() {}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Minichat", description = "Real-time chat backend: REST and WebSocket. Wire contract compatible with the original Mini Chat Backend."),
+    paths(api::root, api::health, api::create_user, api::list_users, api::get_user,
+          api::send_message, api::history, api::recent_messages, websocket),
+    components(schemas(minichat_core::User, minichat_core::Message, minichat_core::NewUser,
+                       minichat_core::NewMessage, minichat_core::model::MessageType,
+                       api::CreatedUser, api::SentMessageBody, api::RecentMessages,
+                       api::HealthBody, api::ErrorBody)),
+    modifiers(&BearerAuth),
+    tags((name = "users"), (name = "messages"), (name = "websocket"), (name = "system"))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as JSON, built once at start.
+pub fn openapi_json() -> Bytes {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    Bytes::from(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()))
+}
+
+fn bytes_response(content_type: &'static str, body: Bytes) -> Response {
+    let mut response = Response::new(Full::new(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+pub fn openapi(state: &AppState) -> Response {
+    bytes_response("application/json", state.openapi_json.clone())
+}
+
+fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {
+    static CONFIG: OnceLock<Arc<utoipa_swagger_ui::Config<'static>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| Arc::new(utoipa_swagger_ui::Config::from("/openapi.json")))
+        .clone()
+}
+
+/// `/docs` and everything under it: Swagger UI's files.
+pub fn swagger(path: &str, tail: &str) -> Result<Response, ApiError> {
+    if path == "/docs" {
+        // Swagger UI's page loads its files relative to the directory.
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+        response
+            .headers_mut()
+            .insert(header::LOCATION, HeaderValue::from_static("/docs/"));
+        return Ok(response);
+    }
+    match utoipa_swagger_ui::serve(tail, swagger_config()) {
+        Ok(Some(file)) => {
+            let mut response = Response::new(Full::new(Bytes::from(file.bytes.into_owned())));
+            if let Ok(v) = HeaderValue::from_str(&file.content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            if file.gzpipped {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            Ok(response)
+        }
+        Ok(None) => Err(ApiError::NotFound),
+        Err(e) => {
+            tracing::error!(error = %e, "Swagger UI file failed");
+            Err(ApiError::NotFound)
+        }
+    }
+}
+
+const REDOC_PAGE: &str = r#"<!DOCTYPE html>
+<html>
+  <head>
+    <title>Minichat API — ReDoc</title>
+    <meta charset="utf-8"/>
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <style>body { margin: 0; padding: 0; }</style>
+  </head>
+  <body>
+    <redoc spec-url="/openapi.json"></redoc>
+    <script src="/redoc/redoc.standalone.js"></script>
+  </body>
+</html>
+"#;
+
+/// ReDoc's bundle (redoc 2.5.4, MIT; see `assets/README.md`).
+static REDOC_JS: &[u8] = include_bytes!("../assets/redoc.standalone.js");
+
+pub fn redoc_page() -> Response {
+    bytes_response(
+        "text/html; charset=utf-8",
+        Bytes::from_static(REDOC_PAGE.as_bytes()),
+    )
+}
+
+pub fn redoc_script() -> Response {
+    let mut response = bytes_response(
+        "application/javascript; charset=utf-8",
+        Bytes::from_static(REDOC_JS),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=86400"),
+    );
+    response
+}

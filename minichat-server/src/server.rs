@@ -1,0 +1,212 @@
+//! The server loop: accept connections, serve them with hyper, shut down gracefully.
+//!
+//! [`Server::bind`] connects the chat's backends and binds the listener, so that every
+//! configuration problem surfaces before anything is served. [`Server::run_until`] accepts until
+//! its shutdown future resolves, then stops accepting, closes WebSockets with 1001 and lets
+//! in-flight requests finish (within [`Limits::shutdown_grace`]).
+
+use crate::auth::{AuthMode, Authenticator};
+use crate::config::{Limits, Settings};
+use crate::routes::{self, AppState};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use minichat_core::{Chat, ChatService};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("MINICHAT_BIND: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Backend(#[from] minichat_core::Error),
+}
+
+/// A bound, not yet running, server.
+pub struct Server {
+    listener: TcpListener,
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Connects the backends `settings` names and binds the listener.
+    pub async fn bind(settings: Settings) -> Result<Server, ServerError> {
+        let chat = Chat::connect(&settings.chat).await?;
+        Server::bind_with(settings, Arc::new(chat)).await
+    }
+
+    /// Binds a server over a chat you built yourself.
+    pub async fn bind_with(
+        settings: Settings,
+        chat: Arc<dyn ChatService>,
+    ) -> Result<Server, ServerError> {
+        let listener =
+            TcpListener::bind(settings.bind)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: settings.bind,
+                    source,
+                })?;
+        if settings.auth == AuthMode::Off {
+            tracing::warn!("MINICHAT_AUTH=off: anyone can read and send as any user; use only on a trusted network");
+        } else if settings.jwt_secret.is_none() {
+            tracing::warn!("MINICHAT_JWT_SECRET is unset: using a random secret, so tokens die with this process and differ per node");
+        }
+        let auth = Authenticator::new(settings.auth, settings.jwt_secret.as_deref());
+        let state = Arc::new(AppState::new(
+            chat,
+            auth,
+            settings.signup,
+            settings.limits,
+            settings.cors,
+            CancellationToken::new(),
+        ));
+        Ok(Server { listener, state })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down gracefully.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let Server { listener, state } = self;
+        let limits: Limits = state.limits.clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(64);
+        let graceful = GracefulShutdown::new();
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let first_byte_timeout = limits.header_read_timeout;
+            tokio::spawn(async move {
+                // hyper's header timer starts only once the protocol is known, which takes a
+                // first byte: a client that never sends one is dropped here instead.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => {
+                        tracing::debug!(%peer, "no request within the header timeout");
+                        return;
+                    }
+                }
+                let service = service_fn(move |req| routes::handle(state.clone(), req));
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(connection.into_owned()).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: closing WebSockets, finishing requests");
+        state.shutdown.cancel();
+        state.tasks.close();
+        let drained = async {
+            graceful.shutdown().await;
+            state.tasks.wait().await;
+        };
+        if tokio::time::timeout(limits.shutdown_grace, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; dropping what is left");
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Runs in a background task; the handle stops it.
+    pub fn spawn(self) -> RunningServer {
+        let addr = self.local_addr();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(self.run_until(async move { token.cancelled().await }));
+        RunningServer { addr, stop, task }
+    }
+}
+
+/// A server running in the background.
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, closes WebSockets with 1001, waits for in-flight requests.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
+
+/// Tasks outlive requests (WebSocket connections); the server waits for them at shutdown.
+pub(crate) fn new_task_tracker() -> TaskTracker {
+    TaskTracker::new()
+}
