@@ -203,7 +203,12 @@ async fn get_user_found_missing_and_malformed(kind: Backend) {
     let u = s.user(&name("carol")).await;
     let (status, body) = s.get(&format!("/users/{}", id(&u))).await;
     assert_eq!(status, 200);
-    assert_eq!(body, u);
+    for field in ["id", "username", "display_name", "created_at"] {
+        assert_eq!(body[field], u[field], "{field}");
+    }
+    // Part 3 adds presence; never connected: offline, never seen.
+    assert_eq!(body["online"], false);
+    assert_eq!(body["last_seen"], Value::Null);
     for missing in ["999999", "0", "-5"] {
         let (status, body) = s.get(&format!("/users/{missing}")).await;
         assert_eq!(status, 404, "{missing}");

@@ -64,7 +64,9 @@ async fn users_and_messages_survive_a_restart() {
     let second = TestServer::open(&backends).await;
     let (status, user) = second.get(&format!("/users/{}", id(&a))).await;
     assert_eq!(status, 200);
-    assert_eq!(user, a);
+    for field in ["id", "username", "display_name", "created_at"] {
+        assert_eq!(user[field], a[field], "{field}");
+    }
     let (_, history) = second.get(&format!("/messages/?user_id={}", id(&b))).await;
     assert_eq!(history[0]["id"], m["id"]);
     assert_eq!(history[0]["content"], "still here?");

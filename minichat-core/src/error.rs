@@ -45,6 +45,8 @@ pub enum Error {
     SenderNotFound,
     #[error("Receiver not found")]
     ReceiverNotFound,
+    #[error("Message not found")]
+    MessageNotFound,
     /// A `client_id` was reused by the same sender for a different message.
     #[error("client_id was already used for a different message")]
     ClientIdConflict,

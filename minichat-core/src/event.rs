@@ -4,8 +4,9 @@
 //! travel through the broker and the hub untouched to every connection of that user.
 
 use crate::hub::Event;
-use crate::model::{Message, Seq};
+use crate::model::{Message, MessageId, Seq, UserId};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 /// A message as a connected user receives it: the message, plus its seq in that user's stream.
@@ -23,6 +24,55 @@ pub fn message_event(message: &Message, seq: Seq) -> Event {
     Event {
         seq: Some(seq),
         payload: Bytes::from(json),
+    }
+}
+
+fn encode(value: &impl Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).expect("an event always serialises to JSON"))
+}
+
+/// `{"type": "typing", "sender_id"}`: `sender` is typing to the recipient (not stored).
+pub fn typing_event(sender: UserId) -> Event {
+    Event {
+        seq: None,
+        payload: encode(&serde_json::json!({"type": "typing", "sender_id": sender})),
+    }
+}
+
+/// `{"type": "read", "reader_id", "up_to"}`: `reader` has read the recipient's messages up to
+/// `up_to`.
+pub fn read_event(reader: UserId, up_to: MessageId) -> Event {
+    Event {
+        seq: None,
+        payload: encode(&serde_json::json!({"type": "read", "reader_id": reader, "up_to": up_to})),
+    }
+}
+
+/// The presence of one user, cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Presence {
+    pub user_id: UserId,
+    pub online: bool,
+    /// When the user was last seen online (now, while online); `None` if never.
+    #[serde(with = "crate::model::timestamp::option")]
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
+/// `{"type": "presence", "user_id", "online", "last_seen"}`.
+pub fn presence_event(presence: &Presence) -> Event {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(flatten)]
+        presence: &'a Presence,
+    }
+    Event {
+        seq: None,
+        payload: encode(&Frame {
+            kind: "presence",
+            presence,
+        }),
     }
 }
 

@@ -44,16 +44,57 @@ pub enum Closed {
     Shutdown,
 }
 
+/// Set when a subscriber is evicted; wakes its reader even while other handles to its queue
+/// (presence watches) are still alive.
+#[derive(Default)]
+struct Eviction {
+    evicted: AtomicBool,
+    wake: Notify,
+}
+
+impl Eviction {
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+}
+
+/// A handle to one subscriber's queue.
+#[derive(Clone)]
 struct Slot {
     id: ConnectionId,
     tx: mpsc::Sender<Event>,
-    evicted: Arc<AtomicBool>,
+    eviction: Arc<Eviction>,
+}
+
+impl Slot {
+    /// Queues without waiting; false when the subscriber is gone or was evicted just now.
+    fn offer(&self, event: &Event) -> bool {
+        match self.tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.eviction.evict();
+                tracing::debug!(conn = self.id, "slow consumer evicted");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 type Shard = Mutex<HashMap<UserId, Vec<Slot>>>;
 
+/// Most users one connection may watch for presence.
+pub const MAX_WATCHED: usize = 1000;
+
 struct Inner {
     shards: Box<[Shard]>,
+    /// Presence watchers: watched user → the connections watching them.
+    watchers: Box<[Shard]>,
     capacity: usize,
     id_base: u64,
     next_id: AtomicU64,
@@ -92,9 +133,11 @@ impl Hub {
     /// A hub whose subscribers each queue at most `capacity` events.
     pub fn new(capacity: usize) -> Hub {
         let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        let watchers = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
         Hub {
             inner: Arc::new(Inner {
                 shards,
+                watchers,
                 capacity: capacity.max(1),
                 id_base: (rand::random::<u32>() as u64) << 32,
                 next_id: AtomicU64::new(1),
@@ -108,20 +151,24 @@ impl Hub {
         &self.inner.shards[(user as u64 % SHARDS as u64) as usize]
     }
 
+    fn watcher_shard(&self, user: UserId) -> &Shard {
+        &self.inner.watchers[(user as u64 % SHARDS as u64) as usize]
+    }
+
     /// Registers a new subscriber for `user`. The flag is true when it is the user's first
     /// subscriber on this node (the moment a broker must start listening for the user).
     pub fn subscribe(&self, user: UserId) -> (Subscription, bool) {
         let id =
             self.inner.id_base | (self.inner.next_id.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
         let (tx, rx) = mpsc::channel(self.inner.capacity);
-        let evicted = Arc::new(AtomicBool::new(false));
+        let eviction = Arc::new(Eviction::default());
         let first = {
             let mut map = lock(self.shard(user));
             let slots = map.entry(user).or_default();
             slots.push(Slot {
                 id,
                 tx,
-                evicted: evicted.clone(),
+                eviction: eviction.clone(),
             });
             slots.len() == 1
         };
@@ -129,7 +176,8 @@ impl Hub {
             user,
             id,
             rx,
-            evicted,
+            eviction,
+            watching: Vec::new(),
             hub: self.clone(),
         };
         (sub, first)
@@ -149,20 +197,9 @@ impl Hub {
                 if Some(slot.id) == exclude {
                     return true;
                 }
-                match slot.tx.try_send(event.clone()) {
-                    Ok(()) => {
-                        delivered += 1;
-                        true
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // Dropping the sender ends the subscriber's stream once it has read
-                        // what is queued; the flag tells it why.
-                        slot.evicted.store(true, Ordering::Release);
-                        tracing::debug!(user, conn = slot.id, "slow consumer evicted");
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                }
+                let kept = slot.offer(event);
+                delivered += usize::from(kept);
+                kept
             });
             if slots.is_empty() {
                 map.remove(&user);
@@ -196,8 +233,67 @@ impl Hub {
 
     /// Closes every subscription (their streams end with [`Closed::Shutdown`]).
     pub fn close_all(&self) {
-        for shard in self.inner.shards.iter() {
+        for shard in self.inner.shards.iter().chain(self.inner.watchers.iter()) {
             lock(shard).clear();
+        }
+    }
+
+    /// Makes `subscription` receive the presence events of `users` (see
+    /// [`deliver_presence`](Hub::deliver_presence)), on top of those it watches already, up to
+    /// [`MAX_WATCHED`] users. Returns the users newly watched.
+    pub fn watch(&self, subscription: &mut Subscription, users: &[UserId]) -> Vec<UserId> {
+        let slot = {
+            let map = lock(self.shard(subscription.user));
+            map.get(&subscription.user)
+                .and_then(|slots| slots.iter().find(|s| s.id == subscription.id).cloned())
+        };
+        let Some(slot) = slot else {
+            return Vec::new();
+        };
+        let mut added = Vec::new();
+        for &user in users {
+            if subscription.watching.len() >= MAX_WATCHED {
+                break;
+            }
+            if subscription.watching.contains(&user) {
+                continue;
+            }
+            lock(self.watcher_shard(user))
+                .entry(user)
+                .or_default()
+                .push(slot.clone());
+            subscription.watching.push(user);
+            added.push(user);
+        }
+        added
+    }
+
+    /// Queues a presence event of `user` for every local connection watching them.
+    pub fn deliver_presence(&self, user: UserId, event: &Event) -> usize {
+        let mut delivered = 0;
+        let mut map = lock(self.watcher_shard(user));
+        if let Some(watchers) = map.get_mut(&user) {
+            watchers.retain(|slot| {
+                let kept = slot.offer(event);
+                delivered += usize::from(kept);
+                kept
+            });
+            if watchers.is_empty() {
+                map.remove(&user);
+            }
+        }
+        delivered
+    }
+
+    fn unwatch(&self, id: ConnectionId, users: &[UserId]) {
+        for &user in users {
+            let mut map = lock(self.watcher_shard(user));
+            if let Some(watchers) = map.get_mut(&user) {
+                watchers.retain(|s| s.id != id);
+                if watchers.is_empty() {
+                    map.remove(&user);
+                }
+            }
         }
     }
 
@@ -266,7 +362,9 @@ pub struct Subscription {
     user: UserId,
     id: ConnectionId,
     rx: mpsc::Receiver<Event>,
-    evicted: Arc<AtomicBool>,
+    eviction: Arc<Eviction>,
+    /// Users whose presence this subscriber watches.
+    watching: Vec<UserId>,
     hub: Hub,
 }
 
@@ -289,34 +387,42 @@ impl Subscription {
         self.id
     }
 
-    /// The next event, or why there will be none.
+    /// The next event, or why there will be none. An evicted subscriber learns it at once:
+    /// what was still queued is dropped, since it must resume from storage anyway.
     pub async fn recv(&mut self) -> Result<Event, Closed> {
-        match self.rx.recv().await {
-            Some(event) => Ok(event),
-            None => Err(self.closed_reason()),
+        loop {
+            if self.eviction.is_evicted() {
+                return Err(Closed::SlowConsumer);
+            }
+            tokio::select! {
+                biased;
+                _ = self.eviction.wake.notified() => continue,
+                event = self.rx.recv() => return event.ok_or(Closed::Shutdown),
+            }
         }
     }
 
     /// The next event if one is queued now; `Ok(None)` when the queue is empty.
     pub fn try_recv(&mut self) -> Result<Option<Event>, Closed> {
+        if self.eviction.is_evicted() {
+            return Err(Closed::SlowConsumer);
+        }
         match self.rx.try_recv() {
             Ok(event) => Ok(Some(event)),
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-            Err(mpsc::error::TryRecvError::Disconnected) => Err(self.closed_reason()),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(Closed::Shutdown),
         }
     }
 
-    fn closed_reason(&self) -> Closed {
-        if self.evicted.load(Ordering::Acquire) {
-            Closed::SlowConsumer
-        } else {
-            Closed::Shutdown
-        }
+    /// How many users this subscriber watches for presence.
+    pub fn watching(&self) -> &[UserId] {
+        &self.watching
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.hub.unwatch(self.id, &self.watching);
         self.hub.unsubscribe(self.user, self.id);
     }
 }
@@ -387,9 +493,7 @@ mod tests {
         assert_eq!(hub.deliver(1, None, &event("e")), 1);
         assert_eq!(hub.connections(1), 1);
         fast.recv().await.unwrap();
-        // What was queued is still readable, then the stream ends as a slow consumer.
-        assert!(slow.recv().await.is_ok());
-        assert!(slow.recv().await.is_ok());
+        // The evicted one learns it at once, without reading what was queued.
         assert_eq!(slow.recv().await, Err(Closed::SlowConsumer));
     }
 
@@ -399,6 +503,31 @@ mod tests {
         let (mut a, _) = hub.subscribe(1);
         hub.close_all();
         assert_eq!(a.recv().await, Err(Closed::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn presence_goes_to_watching_connections_only_until_they_drop() {
+        let hub = Hub::new(4);
+        let (mut watcher, _) = hub.subscribe(1);
+        let (mut other, _) = hub.subscribe(1);
+        assert_eq!(hub.watch(&mut watcher, &[7, 8, 7]), vec![7, 8]);
+        assert_eq!(hub.watch(&mut watcher, &[8]), Vec::<UserId>::new());
+        assert_eq!(hub.deliver_presence(7, &event("seven")), 1);
+        assert_eq!(watcher.recv().await.unwrap(), event("seven"));
+        assert_eq!(other.try_recv().unwrap(), None);
+        drop(watcher);
+        assert_eq!(hub.deliver_presence(7, &event("seven")), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_evicts_through_presence_too() {
+        let hub = Hub::new(1);
+        let (mut watcher, _) = hub.subscribe(1);
+        hub.watch(&mut watcher, &[2]);
+        assert_eq!(hub.deliver_presence(2, &event("a")), 1);
+        assert_eq!(hub.deliver_presence(2, &event("b")), 0);
+        // Evicted although the user registry still holds a handle to its queue.
+        assert_eq!(watcher.recv().await, Err(Closed::SlowConsumer));
     }
 
     #[test]

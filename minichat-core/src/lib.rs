@@ -33,6 +33,7 @@ pub mod storage;
 pub mod test_support;
 
 pub use error::{Backend, Error, Result};
+pub use event::Presence;
 pub use hub::{Closed, ConnectionId, Event, Hub, Subscription};
 pub use model::{
     HistoryRequest, Message, MessageId, NewMessage, NewUser, Seq, User, UserId, ValidationError,

@@ -36,6 +36,9 @@ use std::time::Duration;
 pub struct RedisConfig {
     pub url: String,
     pub prefix: String,
+    /// How long a node's presence report lasts without a heartbeat (heartbeats come three
+    /// times as often).
+    pub presence_ttl: std::time::Duration,
 }
 
 /// How long a connection attempt, a pool checkout or a start-up probe may take before Redis is
@@ -58,6 +61,7 @@ pub(crate) type Pooled<'a> = bb8::PooledConnection<'a, RedisConnectionManager>;
 /// down and later checkouts fail at once, while a background probe keeps trying (capped
 /// backoff) and reopens the pool as soon as it gets a connection. An outage then costs the
 /// timeout once, not on every send.
+#[derive(Clone)]
 pub(crate) struct RedisPool {
     inner: Arc<PoolInner>,
 }
@@ -229,6 +233,34 @@ impl Keys {
         format!("{}user:{user}", self.prefix)
     }
 
+    /// The nodes where `user` is connected, scored by when that expires:
+    /// `{prefix}online:{user}`.
+    pub(crate) fn online(&self, user: UserId) -> String {
+        format!("{}online:{user}", self.prefix)
+    }
+
+    /// When `user` was last seen online, in Unix milliseconds: `{prefix}seen:{user}`.
+    pub(crate) fn seen(&self, user: UserId) -> String {
+        format!("{}seen:{user}", self.prefix)
+    }
+
+    /// The channel of `user`'s presence changes: `{prefix}presence:{user}`.
+    pub(crate) fn presence_channel(&self, user: UserId) -> String {
+        format!("{}presence:{user}", self.prefix)
+    }
+
+    /// The pattern every node subscribes to for presence changes.
+    pub(crate) fn presence_pattern(&self) -> String {
+        format!("{}presence:*", self.prefix)
+    }
+
+    /// The user whose presence channel `channel` is, if it is one of ours.
+    pub(crate) fn user_of_presence_channel(&self, channel: &[u8]) -> Option<UserId> {
+        let rest = channel.strip_prefix(self.prefix.as_bytes())?;
+        let id = rest.strip_prefix(b"presence:")?;
+        std::str::from_utf8(id).ok()?.parse().ok()
+    }
+
     /// The user whose channel `channel` is, if it is one of ours.
     pub(crate) fn user_of_channel(&self, channel: &[u8]) -> Option<UserId> {
         let rest = channel.strip_prefix(self.prefix.as_bytes())?;
@@ -250,6 +282,10 @@ mod tests {
         assert_eq!(keys.user_of_channel(b"other:user:7"), None);
         assert_eq!(keys.user_of_channel(b"mc:recent:7"), None);
         assert_eq!(keys.user_of_channel(b"mc:user:x"), None);
+        assert_eq!(keys.online(7), "mc:online:7");
+        assert_eq!(keys.presence_pattern(), "mc:presence:*");
+        assert_eq!(keys.user_of_presence_channel(b"mc:presence:7"), Some(7));
+        assert_eq!(keys.user_of_presence_channel(b"mc:user:7"), None);
     }
 
     #[test]

@@ -5,18 +5,20 @@
 //! [`Storage`], records recent messages in the [`RecentCache`], and fans events out through the
 //! [`Broker`] to the [`Hub`]s of the nodes where their users are connected.
 
-use crate::broker::{Broker, Delivery, LocalBroker, RedisBroker};
+use crate::broker::{Broker, ClusterPresence, Delivery, LocalBroker, RedisBroker};
 use crate::cache::{MemoryCache, RecentCache, RedisCache};
 use crate::error::{Error, Result};
-use crate::event::message_event;
+use crate::event::{message_event, presence_event, read_event, typing_event, Presence};
 use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
 use crate::model::{
-    HistoryRequest, Message, NewMessage, NewUser, Page, Seq, User, UserId, RECENT_LIMIT,
+    HistoryRequest, Message, MessageId, NewMessage, NewUser, Page, Seq, User, UserId,
+    ValidationError, RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
 use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
 use async_trait::async_trait;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use tokio::task::AbortHandle;
 
 /// The outcome of a send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,25 @@ pub trait ChatService: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Seq, Message)>>;
 
+    /// Tells `receiver` that `sender` is typing (not stored; delivered to connected devices).
+    async fn typing(&self, sender: UserId, receiver: UserId) -> Result<()>;
+
+    /// Stores that `reader` read `peer`'s messages up to `up_to` (never moving backwards) and
+    /// tells `peer`. Returns the stored mark. `Error::MessageNotFound` when `up_to` is not a
+    /// message from `peer` to `reader`.
+    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId>;
+
+    /// Whether each of `users` is online anywhere in the cluster, and when they were last seen.
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>>;
+
+    /// Makes `subscription` receive presence events of `users` (at most
+    /// [`MAX_WATCHED`](crate::hub::MAX_WATCHED) in all), and returns their presence now.
+    async fn watch(
+        &self,
+        subscription: &mut Subscription,
+        users: &[UserId],
+    ) -> Result<Vec<Presence>>;
+
     async fn health(&self) -> Health;
 }
 
@@ -111,6 +132,9 @@ pub struct ChatConfig {
     pub redis_prefix: String,
     /// Capacity of each subscriber's queue.
     pub queue_capacity: usize,
+    /// With Redis: how long a node's report that a user is connected lasts without renewal, so
+    /// the users of a node that died without goodbye go offline by themselves.
+    pub presence_ttl: std::time::Duration,
 }
 
 impl Default for ChatConfig {
@@ -121,6 +145,7 @@ impl Default for ChatConfig {
             redis_url: None,
             redis_prefix: "minichat:".into(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            presence_ttl: crate::broker::PRESENCE_TTL,
         }
     }
 }
@@ -128,18 +153,33 @@ impl Default for ChatConfig {
 /// The chat: a [`ChatService`] over a storage, a cache and a broker. Cheap to clone.
 #[derive(Clone)]
 pub struct Chat {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     storage: Arc<dyn Storage>,
     cache: Arc<dyn RecentCache>,
     broker: Arc<dyn Broker>,
     hub: Hub,
+    /// Handles users whose last local connection left (started with the first subscription,
+    /// since that is when a runtime is sure to be there); ends with the chat.
+    departures: OnceLock<AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.departures.get() {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Chat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chat")
-            .field("storage", &self.storage.kind())
-            .field("cache", &self.cache.kind())
-            .field("broker", &self.broker.kind())
+            .field("storage", &self.inner.storage.kind())
+            .field("cache", &self.inner.cache.kind())
+            .field("broker", &self.inner.broker.kind())
             .finish()
     }
 }
@@ -164,10 +204,59 @@ impl Chat {
         hub: Hub,
     ) -> Chat {
         Chat {
-            storage,
-            cache,
-            broker,
-            hub,
+            inner: Arc::new(Inner {
+                storage,
+                cache,
+                broker,
+                hub,
+                departures: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Starts, once, the task that takes users off this node when their last connection
+    /// leaves: unsubscribe them from the cluster, and when that took them offline, record when
+    /// they were last seen and tell their watchers.
+    fn handle_departures(&self) {
+        self.inner.departures.get_or_init(|| {
+            let departures = self.inner.hub.departures();
+            let chat = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                loop {
+                    let users = departures.next().await;
+                    let Some(inner) = chat.upgrade() else { return };
+                    let chat = Chat { inner };
+                    for user in users {
+                        if chat.inner.hub.is_connected(user) {
+                            continue;
+                        }
+                        match chat.inner.broker.user_left(user).await {
+                            Ok(true) => chat.announce(user, false).await,
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(user, error = %e, "presence update failed"),
+                        }
+                    }
+                }
+            })
+            .abort_handle()
+        });
+    }
+
+    /// Records and publishes that `user` came online or went offline.
+    async fn announce(&self, user: UserId, online: bool) {
+        let now = crate::model::now();
+        if !online {
+            if let Err(e) = self.inner.storage.set_last_seen(user, now).await {
+                tracing::warn!(user, error = %e, "could not record last_seen");
+            }
+        }
+        let event = presence_event(&Presence {
+            user_id: user,
+            online,
+            last_seen: Some(now),
+        });
+        if let Err(e) = self.inner.broker.publish_presence(user, &event).await {
+            tracing::warn!(user, error = %e, "presence publish failed");
         }
     }
 
@@ -191,6 +280,7 @@ impl Chat {
                 let redis = RedisConfig {
                     url: url.clone(),
                     prefix: config.redis_prefix.clone(),
+                    presence_ttl: config.presence_ttl,
                 };
                 let cache = RedisCache::connect(&redis).await?;
                 let broker = RedisBroker::connect(&redis, hub.clone()).await?;
@@ -206,7 +296,7 @@ impl Chat {
 
     /// This node's hub (to count connections, or close them all at shutdown).
     pub fn hub(&self) -> &Hub {
-        &self.hub
+        &self.inner.hub
     }
 
     /// Runs storage migrations alone (`minichat-server migrate`); a no-op in memory.
@@ -229,16 +319,20 @@ where
 impl ChatService for Chat {
     async fn create_user(&self, new: NewUser) -> Result<User> {
         let valid = new.validate()?;
-        self.storage.create_user(&valid).await
+        self.inner.storage.create_user(&valid).await
     }
 
     async fn list_users(&self, skip: i64, limit: i64) -> Result<Vec<User>> {
         let page = Page::new(skip, limit)?;
-        self.storage.list_users(page).await
+        self.inner.storage.list_users(page).await
     }
 
     async fn get_user(&self, id: UserId) -> Result<User> {
-        self.storage.get_user(id).await?.ok_or(Error::UserNotFound)
+        self.inner
+            .storage
+            .get_user(id)
+            .await?
+            .ok_or(Error::UserNotFound)
     }
 
     async fn send_message(
@@ -247,7 +341,7 @@ impl ChatService for Chat {
         origin: Option<ConnectionId>,
     ) -> Result<SentMessage> {
         let valid = new.validate()?;
-        let stored = self.storage.store_message(&valid).await?;
+        let stored = self.inner.storage.store_message(&valid).await?;
         let message = stored.message;
         let mut delivered = false;
         if stored.created {
@@ -265,8 +359,10 @@ impl ChatService for Chat {
             ];
             // The message is committed; the cache and the fan-out are best effort from here,
             // and a client that missed the event recovers it from storage.
-            let (cached, published) =
-                tokio::join!(self.cache.push(&message), self.broker.publish(&deliveries));
+            let (cached, published) = tokio::join!(
+                self.inner.cache.push(&message),
+                self.inner.broker.publish(&deliveries)
+            );
             if let Err(e) = cached {
                 tracing::warn!(error = %e, "recent-messages cache push failed");
             }
@@ -286,13 +382,13 @@ impl ChatService for Chat {
 
     async fn history(&self, request: HistoryRequest) -> Result<Vec<Message>> {
         let query = request.validate()?;
-        self.storage.history(&query).await
+        self.inner.storage.history(&query).await
     }
 
     async fn recent_messages(&self, user: UserId) -> Result<Vec<Message>> {
         // A list shorter than asked for may be partial (a cache that was flushed, or filled
         // after a restart): only a full one is trusted; storage answers otherwise.
-        match self.cache.recent(user, RECENT_LIMIT).await {
+        match self.inner.cache.recent(user, RECENT_LIMIT).await {
             Ok(Some(mut cached)) if cached.len() >= RECENT_LIMIT => {
                 // Pushes from several nodes may land out of order.
                 cached.sort_unstable_by_key(|m| std::cmp::Reverse(m.id));
@@ -303,18 +399,23 @@ impl ChatService for Chat {
                 tracing::warn!(error = %e, "recent-messages cache unavailable, reading storage")
             }
         }
-        self.storage.recent_received(user, RECENT_LIMIT).await
+        self.inner.storage.recent_received(user, RECENT_LIMIT).await
     }
 
     async fn subscribe(&self, user: UserId) -> Result<Subscription> {
-        if self.storage.get_user(user).await?.is_none() {
+        if self.inner.storage.get_user(user).await?.is_none() {
             return Err(Error::UserNotFound);
         }
-        let (subscription, _first) = self.hub.subscribe(user);
+        self.handle_departures();
+        let (subscription, first) = self.inner.hub.subscribe(user);
         // Always ask: the broker's call is idempotent, and a second connection must not return
         // before the first one's cluster subscription is in place.
-        if let Err(e) = self.broker.watch_user(user).await {
-            tracing::warn!(user, error = %e, "cluster subscription failed; local delivery only until it recovers");
+        match self.inner.broker.user_arrived(user, first).await {
+            Ok(true) => self.announce(user, true).await,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(user, error = %e, "cluster subscription failed; local delivery only until it recovers")
+            }
         }
         Ok(subscription)
     }
@@ -325,14 +426,93 @@ impl ChatService for Chat {
         since: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, Message)>> {
-        self.storage.events_since(user, since, limit).await
+        self.inner.storage.events_since(user, since, limit).await
+    }
+
+    async fn typing(&self, sender: UserId, receiver: UserId) -> Result<()> {
+        if sender == receiver {
+            return Err(
+                ValidationError::single("receiver_id", "Cannot send typing to yourself").into(),
+            );
+        }
+        let delivery = Delivery {
+            user: receiver,
+            exclude: None,
+            event: typing_event(sender),
+        };
+        self.inner
+            .broker
+            .publish(std::slice::from_ref(&delivery))
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {
+        if reader == peer {
+            return Err(
+                ValidationError::single("peer_id", "Cannot mark your own messages read").into(),
+            );
+        }
+        if up_to < 1 {
+            return Err(ValidationError::single("up_to", "up_to must be a message id").into());
+        }
+        let mark = self.inner.storage.mark_read(reader, peer, up_to).await?;
+        let delivery = Delivery {
+            user: peer,
+            exclude: None,
+            event: read_event(reader, mark),
+        };
+        if let Err(e) = self
+            .inner
+            .broker
+            .publish(std::slice::from_ref(&delivery))
+            .await
+        {
+            tracing::warn!(error = %e, "read receipt fan-out failed");
+        }
+        Ok(mark)
+    }
+
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>> {
+        let (cluster, stored) = tokio::join!(
+            self.inner.broker.presence(users),
+            self.inner.storage.last_seen(users)
+        );
+        let stored = stored?;
+        let cluster = cluster.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cluster presence unavailable; reporting stored last_seen");
+            vec![ClusterPresence::default(); users.len()]
+        });
+        let now = crate::model::now();
+        Ok(users
+            .iter()
+            .zip(cluster.iter().zip(stored))
+            .map(|(&user_id, (c, s))| Presence {
+                user_id,
+                online: c.online,
+                last_seen: if c.online {
+                    Some(now)
+                } else {
+                    c.last_seen.max(s)
+                },
+            })
+            .collect())
+    }
+
+    async fn watch(
+        &self,
+        subscription: &mut Subscription,
+        users: &[UserId],
+    ) -> Result<Vec<Presence>> {
+        let added = self.inner.hub.watch(subscription, users);
+        self.presence(&added).await
     }
 
     async fn health(&self) -> Health {
         let (storage, cache, broker) = tokio::join!(
-            status(self.storage.kind(), self.storage.check()),
-            status(self.cache.kind(), self.cache.check()),
-            status(self.broker.kind(), self.broker.check()),
+            status(self.inner.storage.kind(), self.inner.storage.check()),
+            status(self.inner.cache.kind(), self.inner.cache.check()),
+            status(self.inner.broker.kind(), self.inner.broker.check()),
         );
         Health {
             storage,

@@ -35,6 +35,7 @@ fn config(url: &str, prefix: &str) -> RedisConfig {
     RedisConfig {
         url: url.into(),
         prefix: prefix.into(),
+        presence_ttl: minichat_core::broker::PRESENCE_TTL,
     }
 }
 
@@ -222,7 +223,7 @@ async fn two_nodes_deliver_exactly_once_with_seq_and_exclusion() {
 
     // User 7 is connected to node B only; node A sends.
     let (mut sub7, _) = hub_b.subscribe(7);
-    b.watch_user(7).await.expect("watch");
+    b.user_arrived(7, true).await.expect("watch");
     let sent = event(Some(42), "hello 7");
     let reached = a
         .publish(&[delivery(7, None, &sent)])
@@ -248,8 +249,8 @@ async fn two_nodes_deliver_exactly_once_with_seq_and_exclusion() {
     // Two connections of user 8 on node B; the event comes from the first one.
     let (mut origin, _) = hub_b.subscribe(8);
     let (mut other_device, _) = hub_b.subscribe(8);
-    b.watch_user(8).await.expect("watch");
-    b.watch_user(8).await.expect("watch is idempotent");
+    b.user_arrived(8, true).await.expect("watch");
+    b.user_arrived(8, true).await.expect("watch is idempotent");
     let echo = event(Some(3), "sent from a device");
     let reached = a
         .publish(&[delivery(8, Some(origin.id()), &echo)])
@@ -261,7 +262,7 @@ async fn two_nodes_deliver_exactly_once_with_seq_and_exclusion() {
 
     // A node's own connections get their events back through Redis, once.
     let (mut local, _) = hub_a.subscribe(9);
-    a.watch_user(9).await.expect("watch");
+    a.user_arrived(9, true).await.expect("watch");
     let own = event(Some(1), "local");
     assert_eq!(
         a.publish(&[delivery(9, None, &own)])
@@ -292,11 +293,13 @@ async fn unsubscribes_when_the_last_local_connection_leaves() {
 
     let (first, _) = hub.subscribe(5);
     let (second, _) = hub.subscribe(5);
-    broker.watch_user(5).await.expect("watch");
+    broker.user_arrived(5, true).await.expect("watch");
     assert_eq!(numsub(&mut conn, &channel).await, 1);
 
     drop(first);
     drop(second);
+    // The service calls this for every departure the hub reports.
+    assert!(broker.user_left(5).await.expect("leave"), "went offline");
     let deadline = Instant::now() + Duration::from_secs(5);
     while numsub(&mut conn, &channel).await != 0 {
         assert!(
@@ -315,7 +318,7 @@ async fn unsubscribes_when_the_last_local_connection_leaves() {
 
     // Coming back subscribes again.
     let (mut again, _) = hub.subscribe(5);
-    broker.watch_user(5).await.expect("watch");
+    broker.user_arrived(5, true).await.expect("watch");
     assert_eq!(numsub(&mut conn, &channel).await, 1);
     let back = event(Some(9), "back");
     broker
@@ -462,11 +465,11 @@ async fn survives_a_redis_restart() {
         .expect("connect the cache");
 
     let (mut remote, _) = hub_b.subscribe(1);
-    b.watch_user(1).await.expect("watch");
+    b.user_arrived(1, true).await.expect("watch");
     let (mut local, _) = hub_a.subscribe(2);
-    a.watch_user(2).await.expect("watch");
+    a.user_arrived(2, true).await.expect("watch");
     let (leaves_during_outage, _) = hub_b.subscribe(6);
-    b.watch_user(6).await.expect("watch");
+    b.user_arrived(6, true).await.expect("watch");
     let before = event(Some(1), "before");
     assert_eq!(
         a.publish(&[delivery(1, None, &before)])
@@ -513,13 +516,13 @@ async fn survives_a_redis_restart() {
     }
     assert!(cache.recent(1, 50).await.is_err());
 
-    // A user connecting during the outage: watch_user gives up quickly...
+    // A user connecting during the outage: user_arrived gives up quickly...
     let (mut newcomer, _) = hub_b.subscribe(3);
     let started = Instant::now();
-    let _ = b.watch_user(3).await;
+    let _ = b.user_arrived(3, true).await;
     assert!(
         started.elapsed() < Duration::from_secs(4),
-        "watch_user hung while Redis was down"
+        "user_arrived hung while Redis was down"
     );
     assert!(b.check().await.is_err(), "health must report Redis down");
     drop(leaves_during_outage);

@@ -26,6 +26,19 @@ pub struct CreatedUser {
     pub token: Option<String>,
 }
 
+/// `GET /users/{user_id}`: the user, and their presence across the cluster.
+#[derive(Serialize, ToSchema)]
+pub struct UserWithPresence {
+    #[serde(flatten)]
+    pub user: User,
+    /// Connected to any node now.
+    pub online: bool,
+    /// When last seen online (now, while online); null if never.
+    #[serde(with = "timestamp::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_seen: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// `POST /messages/`: the stored message, and whether its receiver was connected.
 #[derive(Serialize, ToSchema)]
 pub struct SentMessageBody {
@@ -170,7 +183,7 @@ pub async fn list_users(state: &AppState, req: Request<Incoming>) -> Result<Resp
 #[utoipa::path(get, path = "/users/{user_id}", tag = "users",
     params(("user_id" = i64, Path, description = "User id")),
     security(("bearer" = [])),
-    responses((status = 200, description = "The user", body = User),
+    responses((status = 200, description = "The user, with presence", body = UserWithPresence),
               (status = 401, description = "Missing or invalid token", body = ErrorBody),
               (status = 404, description = "User not found", body = ErrorBody),
               (status = 422, description = "Non-integer id", body = ErrorBody)))]
@@ -182,7 +195,18 @@ pub async fn get_user(
     state.caller(&req).require_any()?;
     let id = parse_int(Location::Path, "user_id", raw_id)?;
     let user = state.chat.get_user(id).await?;
-    Ok(json(StatusCode::OK, &user))
+    let presence = state.chat.presence(&[id]).await?;
+    let (online, last_seen) = presence
+        .first()
+        .map_or((false, None), |p| (p.online, p.last_seen));
+    Ok(json(
+        StatusCode::OK,
+        &UserWithPresence {
+            user,
+            online,
+            last_seen,
+        },
+    ))
 }
 
 #[utoipa::path(post, path = "/messages/", tag = "messages", request_body = NewMessage,

@@ -267,6 +267,7 @@ impl Options {
                 redis_url: self.redis_url.clone().filter(|s| !s.is_empty()),
                 redis_prefix: self.redis_prefix.clone(),
                 queue_capacity: self.ws_queue as usize,
+                ..ChatConfig::default()
             },
         }
     }

@@ -50,7 +50,7 @@ impl Modify for BearerAuth {
           api::send_message, api::history, api::recent_messages, websocket),
     components(schemas(minichat_core::User, minichat_core::Message, minichat_core::NewUser,
                        minichat_core::NewMessage, minichat_core::model::MessageType,
-                       api::CreatedUser, api::SentMessageBody, api::RecentMessages,
+                       api::CreatedUser, api::UserWithPresence, api::SentMessageBody, api::RecentMessages,
                        api::HealthBody, api::ErrorBody)),
     modifiers(&BearerAuth),
     tags((name = "users"), (name = "messages"), (name = "websocket"), (name = "system"))

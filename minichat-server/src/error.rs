@@ -85,7 +85,8 @@ impl ApiError {
                 CoreError::UsernameTaken => StatusCode::BAD_REQUEST,
                 CoreError::UserNotFound
                 | CoreError::SenderNotFound
-                | CoreError::ReceiverNotFound => StatusCode::NOT_FOUND,
+                | CoreError::ReceiverNotFound
+                | CoreError::MessageNotFound => StatusCode::NOT_FOUND,
                 CoreError::ClientIdConflict => StatusCode::CONFLICT,
                 CoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 CoreError::Config { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -160,6 +161,7 @@ fn backend_name(backend: Backend) -> &'static str {
 fn location_of(field: &str) -> Location {
     match field {
         "skip" | "limit" | "user_id" | "chat_with" | "before_id" | "since" => Location::Query,
+        // Socket frames' fields are reported as body fields, like REST bodies.
         _ => Location::Body,
     }
 }

@@ -16,9 +16,12 @@ use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use minichat_core::event::{message_event, MessageFrame};
+use minichat_core::event::{message_event, presence_event, MessageFrame};
+use minichat_core::hub::MAX_WATCHED;
 use minichat_core::model::timestamp;
-use minichat_core::{Closed, Error as CoreError, NewMessage, Seq, Subscription, User, UserId};
+use minichat_core::{
+    Closed, Error as CoreError, MessageId, NewMessage, Seq, Subscription, User, UserId,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +34,9 @@ use tokio_tungstenite::WebSocketStream;
 /// How long a socket may stay silent before the server pings it; twice that without any
 /// frame from the client and it is taken for dead.
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// How long one write to a socket may take before the client is taken for dead: a client
+/// that stops reading holds its connection task no longer than this.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Stored events replayed per storage round trip on `?since=`.
 const REPLAY_PAGE: usize = 500;
 
@@ -127,6 +133,16 @@ enum ClientFrame {
         content: String,
         #[serde(default)]
         client_id: Option<String>,
+    },
+    Typing {
+        receiver_id: UserId,
+    },
+    Read {
+        peer_id: UserId,
+        up_to: MessageId,
+    },
+    Watch {
+        user_ids: Vec<UserId>,
     },
 }
 
@@ -230,7 +246,8 @@ impl Connection {
         };
         let end = conn.serve(subscription, since).await;
         if let End::Close(code, reason) = end {
-            let _ = conn.socket.send(close_frame(code, reason)).await;
+            let _ = tokio::time::timeout(SEND_TIMEOUT, conn.socket.send(close_frame(code, reason)))
+                .await;
             // Wait briefly for the client's close reply, so the close is clean.
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
                 while let Some(Ok(_)) = conn.socket.next().await {}
@@ -241,7 +258,14 @@ impl Connection {
     }
 
     async fn send(&mut self, frame: Frame) -> Result<(), End> {
-        self.socket.send(frame).await.map_err(|_| End::Gone)
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => {
+                tracing::info!("client stopped reading: dropping the connection");
+                Err(End::Gone)
+            }
+        }
     }
 
     async fn serve(&mut self, mut subscription: Subscription, since: Option<Seq>) -> End {
@@ -288,7 +312,7 @@ impl Connection {
                     last_heard = Instant::now();
                     match frame {
                         None => return End::Gone,
-                        Some(Ok(Frame::Text(t))) => self.on_text(&t, subscription.id()).await,
+                        Some(Ok(Frame::Text(t))) => self.on_text(&t, &mut subscription).await,
                         Some(Ok(Frame::Binary(_))) => {
                             self.error_frame(None, StatusCode::BAD_REQUEST, "Binary frames are not supported; send JSON text".into()).await
                         }
@@ -363,12 +387,13 @@ impl Connection {
         self.send(frame).await
     }
 
-    async fn on_text(&mut self, raw: &str, origin: minichat_core::ConnectionId) -> Result<(), End> {
+    async fn on_text(&mut self, raw: &str, subscription: &mut Subscription) -> Result<(), End> {
+        let origin = subscription.id();
         let frame: ClientFrame = match serde_json::from_str(raw) {
             Ok(f) => f,
             Err(e) => {
                 let detail = if e.classify() == serde_json::error::Category::Data {
-                    "Unknown or malformed frame: expected {\"type\": \"ping\"} or {\"type\": \"message\", \"receiver_id\", \"content\", \"client_id\"}"
+                    "Unknown or malformed frame: expected a type of ping, message, typing, read or watch with its fields"
                 } else {
                     "Frames must be JSON objects"
                 };
@@ -414,14 +439,52 @@ impl Connection {
                         });
                         self.send(ack).await
                     }
-                    Err(e) => {
-                        let e = ApiError::from(e);
-                        let status = e.status();
-                        self.error_frame(client_id.as_deref(), status, e.detail())
-                            .await
+                    Err(e) => self.core_error(client_id.as_deref(), e).await,
+                }
+            }
+            ClientFrame::Typing { receiver_id } => {
+                match self.state.chat.typing(self.user.id, receiver_id).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.core_error(None, e).await,
+                }
+            }
+            ClientFrame::Read { peer_id, up_to } => {
+                match self
+                    .state
+                    .chat
+                    .mark_read(self.user.id, peer_id, up_to)
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) => self.core_error(None, e).await,
+                }
+            }
+            ClientFrame::Watch { user_ids } => {
+                if subscription.watching().len() + user_ids.len() > MAX_WATCHED {
+                    let detail = format!("A connection may watch at most {MAX_WATCHED} users");
+                    return self
+                        .error_frame(None, StatusCode::UNPROCESSABLE_ENTITY, detail.into())
+                        .await;
+                }
+                match self.state.chat.watch(subscription, &user_ids).await {
+                    Ok(now) => {
+                        for presence in &now {
+                            if let Ok(text) = Utf8Bytes::try_from(presence_event(presence).payload)
+                            {
+                                self.send(Frame::Text(text)).await?;
+                            }
+                        }
+                        Ok(())
                     }
+                    Err(e) => self.core_error(None, e).await,
                 }
             }
         }
+    }
+
+    /// Answers a failed request with an error frame; the connection stays open.
+    async fn core_error(&mut self, client_id: Option<&str>, e: CoreError) -> Result<(), End> {
+        let e = ApiError::from(e);
+        self.error_frame(client_id, e.status(), e.detail()).await
     }
 }

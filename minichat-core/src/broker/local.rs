@@ -1,8 +1,8 @@
 //! The single-node broker: every connection is local, so publishing is delivering.
 
-use super::{Broker, Delivery};
+use super::{Broker, ClusterPresence, Delivery};
 use crate::error::Result;
-use crate::hub::Hub;
+use crate::hub::{Event, Hub};
 use crate::model::UserId;
 use async_trait::async_trait;
 
@@ -31,7 +31,26 @@ impl Broker for LocalBroker {
             .collect())
     }
 
-    async fn watch_user(&self, _user: UserId) -> Result<()> {
+    async fn user_arrived(&self, _user: UserId, first_here: bool) -> Result<bool> {
+        Ok(first_here)
+    }
+
+    async fn user_left(&self, user: UserId) -> Result<bool> {
+        Ok(!self.hub.is_connected(user))
+    }
+
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<ClusterPresence>> {
+        Ok(users
+            .iter()
+            .map(|&u| ClusterPresence {
+                online: self.hub.is_connected(u),
+                last_seen: None,
+            })
+            .collect())
+    }
+
+    async fn publish_presence(&self, user: UserId, event: &Event) -> Result<()> {
+        self.hub.deliver_presence(user, event);
         Ok(())
     }
 

@@ -9,13 +9,14 @@
 mod local;
 mod redis;
 
-pub use self::redis::RedisBroker;
+pub use self::redis::{RedisBroker, PRESENCE_TTL};
 pub use local::LocalBroker;
 
 use crate::error::Result;
 use crate::hub::{ConnectionId, Event};
 use crate::model::UserId;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 /// One event for one user, to every connection of theirs except `exclude` (the connection
 /// the event came from, which gets an acknowledgement instead).
@@ -26,6 +27,14 @@ pub struct Delivery {
     pub event: Event,
 }
 
+/// A user's presence as the cluster knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClusterPresence {
+    pub online: bool,
+    /// The last time a node reported the user connected, when the cluster keeps that.
+    pub last_seen: Option<DateTime<Utc>>,
+}
+
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes each delivery once to the cluster. Returns, per delivery in order, whether any
@@ -33,10 +42,21 @@ pub trait Broker: Send + Sync + 'static {
     /// node's connections only and still returns `Ok`: sends never fail for lack of fan-out.
     async fn publish(&self, deliveries: &[Delivery]) -> Result<Vec<bool>>;
 
-    /// Called when `user` gets their first connection on this node; returns once events
-    /// published for them anywhere will reach this node (or, while the cluster is unreachable,
-    /// once it is arranged that they will when it returns).
-    async fn watch_user(&self, user: UserId) -> Result<()>;
+    /// Called for every new connection of `user` on this node (`first_here` when it is their
+    /// first); returns once events published for them anywhere will reach this node (or, while
+    /// the cluster is unreachable, once it is arranged that they will when it returns). Returns
+    /// whether the user just came online cluster-wide.
+    async fn user_arrived(&self, user: UserId, first_here: bool) -> Result<bool>;
+
+    /// Called when `user`'s last connection on this node has gone: stop listening for them and
+    /// drop this node from their presence. Returns whether they went offline cluster-wide.
+    async fn user_left(&self, user: UserId) -> Result<bool>;
+
+    /// Whether each of `users` is online anywhere, and when the cluster last saw them.
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<ClusterPresence>>;
+
+    /// Hands a presence event of `user` to every node's connections watching them.
+    async fn publish_presence(&self, user: UserId, event: &Event) -> Result<()>;
 
     /// What this broker is, for `/health` (`"local"`, `"redis"`).
     fn kind(&self) -> &'static str;

@@ -50,9 +50,17 @@
 //!
 //! `SUBSCRIBE` and `UNSUBSCRIBE` go out under one async mutex, which also guards this node's
 //! record of which channels Redis confirmed, so they reach Redis in the order they were decided.
-//! [`Broker::watch_user`] returns once Redis has confirmed the subscription. A background task
-//! takes the users the hub reports as departed (their last local connection left) and
-//! unsubscribes those still without a connection.
+//! [`Broker::user_arrived`] returns once Redis has confirmed the subscription. The service
+//! calls [`Broker::user_left`] for users the hub reports as departed (their last local
+//! connection left); it unsubscribes those still without a connection.
+//!
+//! # Presence
+//!
+//! Each user has a sorted set `{prefix}online:{user}` of the nodes where they are connected,
+//! scored by when that report expires ([`PRESENCE_TTL`]); every node renews its users every
+//! heartbeat, so a node that dies without goodbye drops out by itself. Arrivals and departures
+//! are Lua scripts, so "came online" and "went offline" are decided atomically across nodes.
+//! Presence changes travel on `{prefix}presence:{user}`, which every node pattern-subscribes.
 //!
 //! # Redis restarts
 //!
@@ -62,14 +70,14 @@
 //! `UNSUBSCRIBE`. So the drop also marks the link down, and a resync task (capped exponential
 //! backoff, [`RETRY_MIN`] to [`RETRY_MAX`]) PINGs until Redis answers, then makes the
 //! subscriptions match the hub: it subscribes every user of [`Hub::connected_users`] and
-//! unsubscribes every channel no local connection wants. Until then [`Broker::watch_user`] fails
+//! unsubscribes every channel no local connection wants. Until then [`Broker::user_arrived`] fails
 //! at once (the service logs it and carries on; the resync subscribes the user later) and
 //! [`Broker::check`] reports the subscriber down. A command that fails or times out while the link
 //! looks up (every one is bounded by [`COMMAND_TIMEOUT`]) schedules the same resync.
 
-use super::{Broker, Delivery};
+use super::{Broker, ClusterPresence, Delivery};
 use crate::error::{Backend, Error, Result};
-use crate::hub::{Departures, Hub};
+use crate::hub::{Event, Hub};
 use crate::model::UserId;
 use crate::redis_support::{self, Keys, RedisConfig, RedisPool, CONNECT_TIMEOUT};
 use async_trait::async_trait;
@@ -84,7 +92,7 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::AbortHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 
-/// Bound on each subscriber command (`SUBSCRIBE`, `UNSUBSCRIBE`, `PING`) and on `watch_user`.
+/// Bound on each subscriber command (`SUBSCRIBE`, `UNSUBSCRIBE`, `PING`) and on `user_arrived`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// First pause between resync attempts while Redis is away (it doubles each time).
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -212,6 +220,7 @@ impl AsyncPushSender for Inbox {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
         match info.kind {
             PushKind::Message => self.deliver(info.data),
+            PushKind::PMessage => self.deliver_presence(info.data),
             PushKind::Disconnection => {
                 tracing::warn!("lost the Redis subscriber connection; reconnecting");
                 self.state.lost();
@@ -224,6 +233,26 @@ impl AsyncPushSender for Inbox {
 }
 
 impl Inbox {
+    /// A presence change: `[pattern, channel, payload]` → the connections watching that user.
+    fn deliver_presence(&self, data: Vec<Value>) {
+        let mut data = data.into_iter().skip(1);
+        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+            (data.next(), data.next())
+        else {
+            tracing::warn!("dropped a malformed presence message from Redis");
+            return;
+        };
+        let Some(user) = self.keys.user_of_presence_channel(&channel) else {
+            return;
+        };
+        match envelope::decode(Bytes::from(payload)) {
+            Ok((_, event)) => {
+                self.hub.deliver_presence(user, &event);
+            }
+            Err(why) => tracing::warn!(user, why, "dropped an undecodable presence envelope"),
+        }
+    }
+
     fn deliver(&self, data: Vec<Value>) {
         let mut data = data.into_iter();
         let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
@@ -469,13 +498,51 @@ impl Subscriber {
         }
     }
 
-    /// Unsubscribes users as their last local connection leaves.
-    async fn run_departures(self: Arc<Self>, departures: Departures) {
-        loop {
-            let users = departures.next().await;
-            self.unwatch(users).await;
+    /// Listens for presence changes of every user (one pattern subscription per node).
+    async fn listen_presence(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        match timeout(
+            COMMAND_TIMEOUT,
+            conn.psubscribe(self.keys.presence_pattern()),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(timed_out("the presence subscription")),
         }
     }
+}
+
+/// How long a node's presence report for a user lasts without a heartbeat, by default: a node
+/// that stops without goodbye drops out of its users' presence within this time. Nodes renew
+/// their users' reports three times per TTL.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// How long `{prefix}seen:{user}` is kept.
+const SEEN_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Adds this node to a user's presence; 1 when that made them online (no other live node).
+const ARRIVE: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local added = redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if added == 1 and redis.call('ZCARD', KEYS[1]) == 1 then return 1 end
+return 0
+"#;
+
+/// Removes this node from a user's presence and records when they were seen; 1 when that made
+/// them offline (no other live node).
+const LEAVE: &str = r#"
+local removed = redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+if removed == 1 and redis.call('ZCARD', KEYS[1]) == 0 then return 1 end
+return 0
+"#;
+
+fn unix_millis(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Fan-out through Redis pub/sub: one channel per user (`{prefix}user:{id}`), subscribed by the
@@ -485,10 +552,11 @@ impl Subscriber {
 ///   per delivery, whether any node is subscribed. Each event travels as a small binary header
 ///   (version, flags, excluded connection id, seq) followed by its JSON payload, which receiving
 ///   nodes hand to their hub without copying or parsing it.
-/// - [`watch_user`](Broker::watch_user) returns once Redis has confirmed the subscription; the
-///   broker unsubscribes by itself when the user's last local connection leaves.
+/// - [`user_arrived`](Broker::user_arrived) returns once Redis has confirmed the subscription; the
+///   broker unsubscribes in [`user_left`](Broker::user_left), when the user's last local
+///   connection has left.
 /// - While Redis is unreachable, `publish` delivers to this node's connections and still
-///   succeeds, `watch_user` fails fast, and [`check`](Broker::check) reports the broker down;
+///   succeeds, `user_arrived` fails fast, and [`check`](Broker::check) reports the broker down;
 ///   when Redis returns, the subscriber reconnects and every connected user is subscribed again.
 ///
 /// Background tasks keep the subscriptions in line with the hub; they end when the broker is
@@ -500,6 +568,14 @@ pub struct RedisBroker {
     subscriber: Arc<Subscriber>,
     /// Whether the last publish failed (to log an outage once, not per message).
     publish_failing: AtomicBool,
+    /// This node's name in users' presence sets.
+    node: String,
+    presence_ttl: Duration,
+    /// Serialises arrivals and departures, so a user who leaves and comes back at once cannot
+    /// be taken offline after they returned.
+    presence_lock: Mutex<()>,
+    arrive: redis::Script,
+    leave: redis::Script,
     tasks: Vec<AbortHandle>,
 }
 
@@ -567,10 +643,23 @@ impl RedisBroker {
             state,
             channels: Mutex::new(Channels::default()),
         });
-        let departures = hub.departures();
+        if let Err(e) = subscriber.listen_presence().await {
+            return Err(Error::config(
+                "REDIS_URL",
+                format!("cannot subscribe to presence changes: {e}"),
+            ));
+        }
+        let node = format!("{:016x}", rand::random::<u64>());
         let tasks = vec![
             tokio::spawn(subscriber.clone().run_resync()).abort_handle(),
-            tokio::spawn(subscriber.clone().run_departures(departures)).abort_handle(),
+            tokio::spawn(heartbeat(
+                pool.clone(),
+                keys.clone(),
+                hub.clone(),
+                node.clone(),
+                config.presence_ttl,
+            ))
+            .abort_handle(),
         ];
         Ok(RedisBroker {
             pool,
@@ -578,6 +667,11 @@ impl RedisBroker {
             hub,
             subscriber,
             publish_failing: AtomicBool::new(false),
+            node,
+            presence_ttl: config.presence_ttl,
+            presence_lock: Mutex::new(()),
+            arrive: redis::Script::new(ARRIVE),
+            leave: redis::Script::new(LEAVE),
             tasks,
         })
     }
@@ -637,8 +731,97 @@ impl Broker for RedisBroker {
         }
     }
 
-    async fn watch_user(&self, user: UserId) -> Result<()> {
-        self.subscriber.watch(user).await
+    async fn user_arrived(&self, user: UserId, _first_here: bool) -> Result<bool> {
+        self.subscriber.watch(user).await?;
+        let _serial = self.presence_lock.lock().await;
+        let now = std::time::SystemTime::now();
+        let mut conn = self.pool.get(Backend::Broker).await?;
+        let came_online: i64 = self
+            .arrive
+            .key(self.keys.online(user))
+            .arg(unix_millis(now))
+            .arg(unix_millis(now + self.presence_ttl))
+            .arg(&self.node)
+            .arg(i64::try_from((self.presence_ttl * 2).as_millis()).unwrap_or(i64::MAX))
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(came_online == 1)
+    }
+
+    async fn user_left(&self, user: UserId) -> Result<bool> {
+        let _serial = self.presence_lock.lock().await;
+        if self.hub.is_connected(user) {
+            // They came back meanwhile: still here, still subscribed.
+            return Ok(false);
+        }
+        self.subscriber.unwatch(vec![user]).await;
+        let mut conn = self.pool.get(Backend::Broker).await?;
+        let went_offline: i64 = self
+            .leave
+            .key(self.keys.online(user))
+            .key(self.keys.seen(user))
+            .arg(unix_millis(std::time::SystemTime::now()))
+            .arg(&self.node)
+            .arg(i64::try_from(SEEN_TTL.as_millis()).unwrap_or(i64::MAX))
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(went_offline == 1)
+    }
+
+    async fn presence(&self, users: &[UserId]) -> Result<Vec<ClusterPresence>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = unix_millis(std::time::SystemTime::now());
+        let mut pipe = redis::pipe();
+        for &user in users {
+            pipe.cmd("ZCOUNT")
+                .arg(self.keys.online(user))
+                .arg(now)
+                .arg("+inf");
+            pipe.cmd("GET").arg(self.keys.seen(user));
+        }
+        let mut conn = self.pool.get(Backend::Broker).await?;
+        let answers: Vec<(i64, Option<i64>)> = pipe
+            .query_async::<Vec<Value>>(&mut *conn)
+            .await
+            .map_err(unavailable)?
+            .chunks(2)
+            .map(|pair| {
+                let count = redis::from_redis_value::<i64>(pair[0].clone()).unwrap_or(0);
+                let seen = redis::from_redis_value::<Option<i64>>(pair[1].clone()).unwrap_or(None);
+                (count, seen)
+            })
+            .collect();
+        Ok(answers
+            .into_iter()
+            .map(|(count, seen)| ClusterPresence {
+                online: count > 0,
+                last_seen: seen.and_then(chrono::DateTime::from_timestamp_millis),
+            })
+            .collect())
+    }
+
+    async fn publish_presence(&self, user: UserId, event: &Event) -> Result<()> {
+        let published = async {
+            let mut conn = self.pool.get(Backend::Broker).await?;
+            redis::cmd("PUBLISH")
+                .arg(self.keys.presence_channel(user))
+                .arg(Envelope {
+                    exclude: None,
+                    event,
+                })
+                .query_async::<i64>(&mut *conn)
+                .await
+                .map_err(unavailable)
+        };
+        if let Err(e) = published.await {
+            tracing::debug!(user, error = %e, "presence publish failed; local watchers only");
+            self.hub.deliver_presence(user, event);
+        }
+        Ok(())
     }
 
     fn kind(&self) -> &'static str {
@@ -653,6 +836,49 @@ impl Broker for RedisBroker {
             ));
         }
         Ok(())
+    }
+}
+
+/// Renews this node's presence report for every user connected here, and when they were seen,
+/// in one pipelined round trip per chunk of users, three times per `ttl`.
+async fn heartbeat(pool: RedisPool, keys: Keys, hub: Hub, node: String, ttl: Duration) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let users = hub.connected_users();
+        let now = std::time::SystemTime::now();
+        let (now_ms, expiry) = (unix_millis(now), unix_millis(now + ttl));
+        for chunk in users.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            for &user in chunk {
+                pipe.cmd("ZADD")
+                    .arg(keys.online(user))
+                    .arg(expiry)
+                    .arg(&node)
+                    .ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(keys.online(user))
+                    .arg(i64::try_from((ttl * 2).as_millis()).unwrap_or(i64::MAX))
+                    .ignore();
+                pipe.cmd("SET")
+                    .arg(keys.seen(user))
+                    .arg(now_ms)
+                    .arg("PX")
+                    .arg(i64::try_from(SEEN_TTL.as_millis()).unwrap_or(i64::MAX))
+                    .ignore();
+            }
+            let sent = async {
+                let mut conn = pool.get(Backend::Broker).await?;
+                pipe.query_async::<()>(&mut *conn)
+                    .await
+                    .map_err(unavailable)
+            };
+            if let Err(e) = sent.await {
+                tracing::debug!(error = %e, "presence heartbeat failed; retrying next beat");
+                break;
+            }
+        }
     }
 }
 

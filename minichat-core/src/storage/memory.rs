@@ -6,10 +6,11 @@
 use super::Storage;
 use crate::error::{Error, Result};
 use crate::model::{
-    now, HistoryQuery, Message, MessageType, Page, Seq, StoredMessage, User, UserId, ValidMessage,
-    ValidUser,
+    now, HistoryQuery, Message, MessageId, MessageType, Page, Seq, StoredMessage, User, UserId,
+    ValidMessage, ValidUser,
 };
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -25,6 +26,9 @@ struct State {
     stream: HashMap<UserId, Vec<usize>>,
     /// `(sender, client_id)` → message index.
     client_ids: HashMap<(UserId, String), usize>,
+    /// `(reader, peer)` → the newest message of `peer`'s that `reader` has read.
+    read_marks: HashMap<(UserId, UserId), MessageId>,
+    last_seen: HashMap<UserId, DateTime<Utc>>,
 }
 
 #[derive(Default)]
@@ -198,6 +202,34 @@ impl Storage for MemoryStorage {
             .take(limit)
             .enumerate()
             .map(|(k, &i)| ((start + k) as Seq + 1, state.messages[i].clone()))
+            .collect())
+    }
+
+    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {
+        let mut state = self.state();
+        let is_theirs = index(up_to, state.messages.len())
+            .map(|i| &state.messages[i])
+            .is_some_and(|m| m.sender_id == peer && m.receiver_id == reader);
+        if !is_theirs {
+            return Err(Error::MessageNotFound);
+        }
+        let mark = state.read_marks.entry((reader, peer)).or_insert(up_to);
+        *mark = (*mark).max(up_to);
+        Ok(*mark)
+    }
+
+    async fn set_last_seen(&self, user: UserId, at: DateTime<Utc>) -> Result<()> {
+        let mut state = self.state();
+        let seen = state.last_seen.entry(user).or_insert(at);
+        *seen = (*seen).max(at);
+        Ok(())
+    }
+
+    async fn last_seen(&self, users: &[UserId]) -> Result<Vec<Option<DateTime<Utc>>>> {
+        let state = self.state();
+        Ok(users
+            .iter()
+            .map(|u| state.last_seen.get(u).copied())
             .collect())
     }
 

@@ -13,9 +13,11 @@ pub use postgres::{PostgresConfig, PostgresStorage};
 
 use crate::error::Result;
 use crate::model::{
-    HistoryQuery, Message, Page, Seq, StoredMessage, User, UserId, ValidMessage, ValidUser,
+    HistoryQuery, Message, MessageId, Page, Seq, StoredMessage, User, UserId, ValidMessage,
+    ValidUser,
 };
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -47,6 +49,17 @@ pub trait Storage: Send + Sync + 'static {
         since: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, Message)>>;
+
+    /// Records that `reader` has read the messages `peer` sent them up to `up_to` (a message
+    /// from `peer` to `reader`), never moving backwards; returns the stored mark.
+    /// `Error::MessageNotFound` when `up_to` is not such a message.
+    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId>;
+
+    /// Records when `user` was last seen online (never moving backwards).
+    async fn set_last_seen(&self, user: UserId, at: DateTime<Utc>) -> Result<()>;
+
+    /// When each of `users` was last seen online, as recorded; `None` for never (or unknown).
+    async fn last_seen(&self, users: &[UserId]) -> Result<Vec<Option<DateTime<Utc>>>>;
 
     /// What this backend is, for `/health` (`"memory"`, `"postgresql"`).
     fn kind(&self) -> &'static str;

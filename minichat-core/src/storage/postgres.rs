@@ -27,10 +27,11 @@
 use super::Storage;
 use crate::error::{Backend, Error, Result};
 use crate::model::{
-    now, HistoryQuery, Message, MessageType, Page, Seq, StoredMessage, User, UserId, ValidMessage,
-    ValidUser,
+    now, HistoryQuery, Message, MessageId, MessageType, Page, Seq, StoredMessage, User, UserId,
+    ValidMessage, ValidUser,
 };
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -360,6 +361,18 @@ const EVENTS_SINCE: &str =
      JOIN users u ON u.id = e.sender_id
      ORDER BY e.seq";
 
+/// Only a message of the peer's to the reader can be marked; the mark never moves back.
+const MARK_READ: &str = "INSERT INTO read_receipts (user_id, peer_id, up_to_message_id, updated_at)
+     SELECT $1, $2, id, now() FROM messages WHERE id = $3 AND sender_id = $2 AND receiver_id = $1
+     ON CONFLICT (user_id, peer_id) DO UPDATE
+         SET up_to_message_id = GREATEST(read_receipts.up_to_message_id, EXCLUDED.up_to_message_id),
+             updated_at = EXCLUDED.updated_at
+     RETURNING up_to_message_id";
+
+const SET_LAST_SEEN: &str = "UPDATE users SET last_seen = GREATEST(last_seen, $2) WHERE id = $1";
+
+const LAST_SEEN: &str = "SELECT id, last_seen FROM users WHERE id = ANY($1)";
+
 const CHECK: &str = "SELECT 1";
 
 // ---- Rows ---------------------------------------------------------------------------------
@@ -620,6 +633,52 @@ impl Storage for PostgresStorage {
             .iter()
             .map(|row| Ok((row.try_get(0).map_err(unavailable)?, message_from(row, 1)?)))
             .collect()
+    }
+
+    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(MARK_READ)
+            .await
+            .map_err(unavailable)?;
+        let row = client
+            .query_opt(&stmt, &[&reader, &peer, &up_to])
+            .await
+            .map_err(unavailable)?
+            .ok_or(Error::MessageNotFound)?;
+        row.try_get(0).map_err(unavailable)
+    }
+
+    async fn set_last_seen(&self, user: UserId, at: DateTime<Utc>) -> Result<()> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(SET_LAST_SEEN)
+            .await
+            .map_err(unavailable)?;
+        client
+            .execute(&stmt, &[&user, &at])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn last_seen(&self, users: &[UserId]) -> Result<Vec<Option<DateTime<Utc>>>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(LAST_SEEN)
+            .await
+            .map_err(unavailable)?;
+        let rows = client.query(&stmt, &[&users]).await.map_err(unavailable)?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: UserId = row.try_get(0).map_err(unavailable)?;
+            let seen: Option<DateTime<Utc>> = row.try_get(1).map_err(unavailable)?;
+            found.insert(id, seen);
+        }
+        Ok(users
+            .iter()
+            .map(|u| found.get(u).copied().flatten())
+            .collect())
     }
 
     fn kind(&self) -> &'static str {
