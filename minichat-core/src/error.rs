@@ -20,13 +20,20 @@ pub enum Backend {
     Broker,
 }
 
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Backend {
+    /// `storage`, `cache` or `broker`: for messages and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
             Backend::Storage => "storage",
             Backend::Cache => "cache",
             Backend::Broker => "broker",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -66,7 +73,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// A failed backend operation. Every one is made here, so this is also where they are
+    /// counted (`minichat_backend_errors_total`).
     pub fn unavailable(backend: Backend, source: impl Into<BoxError>) -> Self {
+        metrics::counter!(crate::telemetry::BACKEND_ERRORS, "backend" => backend.name())
+            .increment(1);
         Error::Unavailable {
             backend,
             source: source.into(),

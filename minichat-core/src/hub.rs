@@ -4,7 +4,9 @@
 //! [`Hub::deliver`] puts one [`Event`] (already serialised, its bytes shared by reference count)
 //! into the queue of every subscriber of a user without ever waiting: a subscriber whose queue is
 //! full is evicted and learns it was a slow consumer, so one stalled client cannot hold up a
-//! sender or anyone else. A [`Subscription`] unregisters itself when dropped.
+//! sender or anyone else. A [`Subscription`] unregisters itself when dropped. Each queued event
+//! keeps when it was queued ([`Subscription::recv_timed`]), so a transport can measure how long
+//! delivery took.
 //!
 //! The hub knows nothing of transports: the server turns a subscription into a WebSocket, an
 //! embedding application reads it directly. Nor does it know of other nodes: a broker feeds it
@@ -16,6 +18,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
 /// Identifies one subscriber (one WebSocket connection, one device) across the cluster: the
@@ -63,18 +66,27 @@ impl Eviction {
     }
 }
 
+/// An event in a subscriber's queue, with when it was queued (for delivery-time metrics).
+struct Queued {
+    event: Event,
+    at: Instant,
+}
+
 /// A handle to one subscriber's queue.
 #[derive(Clone)]
 struct Slot {
     id: ConnectionId,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Queued>,
     eviction: Arc<Eviction>,
 }
 
 impl Slot {
     /// Queues without waiting; false when the subscriber is gone or was evicted just now.
-    fn offer(&self, event: &Event) -> bool {
-        match self.tx.try_send(event.clone()) {
+    fn offer(&self, event: &Event, at: Instant) -> bool {
+        match self.tx.try_send(Queued {
+            event: event.clone(),
+            at,
+        }) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.eviction.evict();
@@ -186,6 +198,7 @@ impl Hub {
     /// Queues `event` for every local subscriber of `user` except `exclude`, without waiting.
     /// Returns how many subscribers received it. A subscriber whose queue is full is evicted.
     pub fn deliver(&self, user: UserId, exclude: Option<ConnectionId>, event: &Event) -> usize {
+        let now = Instant::now();
         let mut delivered = 0;
         let mut departed = false;
         {
@@ -197,7 +210,7 @@ impl Hub {
                 if Some(slot.id) == exclude {
                     return true;
                 }
-                let kept = slot.offer(event);
+                let kept = slot.offer(event, now);
                 delivered += usize::from(kept);
                 kept
             });
@@ -270,11 +283,12 @@ impl Hub {
 
     /// Queues a presence event of `user` for every local connection watching them.
     pub fn deliver_presence(&self, user: UserId, event: &Event) -> usize {
+        let now = Instant::now();
         let mut delivered = 0;
         let mut map = lock(self.watcher_shard(user));
         if let Some(watchers) = map.get_mut(&user) {
             watchers.retain(|slot| {
-                let kept = slot.offer(event);
+                let kept = slot.offer(event, now);
                 delivered += usize::from(kept);
                 kept
             });
@@ -361,7 +375,7 @@ impl Departures {
 pub struct Subscription {
     user: UserId,
     id: ConnectionId,
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Queued>,
     eviction: Arc<Eviction>,
     /// Users whose presence this subscriber watches.
     watching: Vec<UserId>,
@@ -390,6 +404,12 @@ impl Subscription {
     /// The next event, or why there will be none. An evicted subscriber learns it at once:
     /// what was still queued is dropped, since it must resume from storage anyway.
     pub async fn recv(&mut self) -> Result<Event, Closed> {
+        self.recv_timed().await.map(|(event, _)| event)
+    }
+
+    /// Like [`recv`](Subscription::recv), with when the hub queued the event: a transport
+    /// measures from there how long delivery took.
+    pub async fn recv_timed(&mut self) -> Result<(Event, Instant), Closed> {
         loop {
             if self.eviction.is_evicted() {
                 return Err(Closed::SlowConsumer);
@@ -397,7 +417,9 @@ impl Subscription {
             tokio::select! {
                 biased;
                 _ = self.eviction.wake.notified() => continue,
-                event = self.rx.recv() => return event.ok_or(Closed::Shutdown),
+                queued = self.rx.recv() => {
+                    return queued.map(|q| (q.event, q.at)).ok_or(Closed::Shutdown)
+                }
             }
         }
     }
@@ -408,7 +430,7 @@ impl Subscription {
             return Err(Closed::SlowConsumer);
         }
         match self.rx.try_recv() {
-            Ok(event) => Ok(Some(event)),
+            Ok(queued) => Ok(Some(queued.event)),
             Err(mpsc::error::TryRecvError::Empty) => Ok(None),
             Err(mpsc::error::TryRecvError::Disconnected) => Err(Closed::Shutdown),
         }

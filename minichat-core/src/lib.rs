@@ -7,6 +7,7 @@
 //! - [`ChatService`]: the contract every transport uses; [`Chat`] implements it over three
 //!   seams: [`storage::Storage`], [`cache::RecentCache`] and [`broker::Broker`].
 //! - [`Hub`]: the transport-agnostic fan-out of events to this node's subscribers.
+//! - [`telemetry`]: the metrics it records through the `metrics` facade.
 //!
 //! ```no_run
 //! # async fn demo() -> minichat_core::Result<()> {
@@ -29,6 +30,7 @@ pub mod model;
 mod redis_support;
 mod service;
 pub mod storage;
+pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 

@@ -125,6 +125,8 @@ impl RedisPool {
                     // In this order: a failure in between then starts a new probe.
                     inner.probing.store(false, Ordering::Release);
                     inner.down.store(false, Ordering::Release);
+                    metrics::counter!(crate::telemetry::REDIS_RECONNECTS, "link" => "pool")
+                        .increment(1);
                     return;
                 }
                 drop(inner);

@@ -16,8 +16,10 @@ use crate::model::{
 };
 use crate::redis_support::RedisConfig;
 use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
+use crate::telemetry;
 use async_trait::async_trait;
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 use tokio::task::AbortHandle;
 
 /// The outcome of a send.
@@ -96,6 +98,10 @@ pub trait ChatService: Send + Sync + 'static {
         since: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, Message)>>;
+
+    /// The seq of the user's newest stored event (0 when none): where a live stream that did
+    /// not ask for a replay starts.
+    async fn current_seq(&self, user: UserId) -> Result<Seq>;
 
     /// Tells `receiver` that `sender` is typing (not stored; delivered to connected devices).
     async fn typing(&self, sender: UserId, receiver: UserId) -> Result<()>;
@@ -255,8 +261,9 @@ impl Chat {
             online,
             last_seen: Some(now),
         });
-        if let Err(e) = self.inner.broker.publish_presence(user, &event).await {
-            tracing::warn!(user, error = %e, "presence publish failed");
+        match self.inner.broker.publish_presence(user, &event).await {
+            Ok(()) => telemetry::published("presence", 1),
+            Err(e) => tracing::warn!(user, error = %e, "presence publish failed"),
         }
     }
 
@@ -297,6 +304,52 @@ impl Chat {
     /// This node's hub (to count connections, or close them all at shutdown).
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    /// [`ChatService::send_message`], untimed.
+    async fn send(&self, new: NewMessage, origin: Option<ConnectionId>) -> Result<SentMessage> {
+        let valid = new.validate()?;
+        let stored = self.inner.storage.store_message(&valid).await?;
+        let message = stored.message;
+        let mut delivered = false;
+        if stored.created {
+            metrics::counter!(telemetry::MESSAGES_STORED).increment(1);
+            let deliveries = [
+                Delivery {
+                    user: message.receiver_id,
+                    exclude: None,
+                    event: message_event(&message, stored.receiver_seq),
+                },
+                Delivery {
+                    user: message.sender_id,
+                    exclude: origin,
+                    event: message_event(&message, stored.sender_seq),
+                },
+            ];
+            // The message is committed; the cache and the fan-out are best effort from here,
+            // and a client that missed the event recovers it from storage.
+            let (cached, published) = tokio::join!(
+                self.inner.cache.push(&message),
+                self.inner.broker.publish(&deliveries)
+            );
+            if let Err(e) = cached {
+                tracing::warn!(error = %e, "recent-messages cache push failed");
+            }
+            match published {
+                Ok(reached) => {
+                    telemetry::published("message", deliveries.len());
+                    delivered = reached.first().copied().unwrap_or(false);
+                }
+                Err(e) => tracing::warn!(error = %e, "fan-out failed"),
+            }
+        }
+        Ok(SentMessage {
+            message,
+            sender_seq: stored.sender_seq,
+            receiver_seq: stored.receiver_seq,
+            delivered,
+            created: stored.created,
+        })
     }
 
     /// Runs storage migrations alone (`minichat-server migrate`); a no-op in memory.
@@ -340,44 +393,11 @@ impl ChatService for Chat {
         new: NewMessage,
         origin: Option<ConnectionId>,
     ) -> Result<SentMessage> {
-        let valid = new.validate()?;
-        let stored = self.inner.storage.store_message(&valid).await?;
-        let message = stored.message;
-        let mut delivered = false;
-        if stored.created {
-            let deliveries = [
-                Delivery {
-                    user: message.receiver_id,
-                    exclude: None,
-                    event: message_event(&message, stored.receiver_seq),
-                },
-                Delivery {
-                    user: message.sender_id,
-                    exclude: origin,
-                    event: message_event(&message, stored.sender_seq),
-                },
-            ];
-            // The message is committed; the cache and the fan-out are best effort from here,
-            // and a client that missed the event recovers it from storage.
-            let (cached, published) = tokio::join!(
-                self.inner.cache.push(&message),
-                self.inner.broker.publish(&deliveries)
-            );
-            if let Err(e) = cached {
-                tracing::warn!(error = %e, "recent-messages cache push failed");
-            }
-            match published {
-                Ok(reached) => delivered = reached.first().copied().unwrap_or(false),
-                Err(e) => tracing::warn!(error = %e, "fan-out failed"),
-            }
-        }
-        Ok(SentMessage {
-            message,
-            sender_seq: stored.sender_seq,
-            receiver_seq: stored.receiver_seq,
-            delivered,
-            created: stored.created,
-        })
+        let started = Instant::now();
+        let sent = self.send(new, origin).await;
+        let result = if sent.is_ok() { "ok" } else { "error" };
+        metrics::histogram!(telemetry::SEND_DURATION, "result" => result).record(started.elapsed());
+        sent
     }
 
     async fn history(&self, request: HistoryRequest) -> Result<Vec<Message>> {
@@ -429,6 +449,10 @@ impl ChatService for Chat {
         self.inner.storage.events_since(user, since, limit).await
     }
 
+    async fn current_seq(&self, user: UserId) -> Result<Seq> {
+        self.inner.storage.current_seq(user).await
+    }
+
     async fn typing(&self, sender: UserId, receiver: UserId) -> Result<()> {
         if sender == receiver {
             return Err(
@@ -444,6 +468,7 @@ impl ChatService for Chat {
             .broker
             .publish(std::slice::from_ref(&delivery))
             .await?;
+        telemetry::published("typing", 1);
         Ok(())
     }
 
@@ -462,13 +487,14 @@ impl ChatService for Chat {
             exclude: None,
             event: read_event(reader, mark),
         };
-        if let Err(e) = self
+        match self
             .inner
             .broker
             .publish(std::slice::from_ref(&delivery))
             .await
         {
-            tracing::warn!(error = %e, "read receipt fan-out failed");
+            Ok(_) => telemetry::published("read", 1),
+            Err(e) => tracing::warn!(error = %e, "read receipt fan-out failed"),
         }
         Ok(mark)
     }

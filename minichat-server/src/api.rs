@@ -89,6 +89,7 @@ pub fn root() -> Response {
                 "recent_messages": "/messages/recent/{user_id}",
                 "websocket": "/ws/{user_id}",
                 "health": "/health",
+                "metrics": "/metrics",
                 "docs": "/docs",
                 "redoc": "/redoc",
                 "openapi": "/openapi.json",

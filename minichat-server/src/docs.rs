@@ -5,6 +5,7 @@
 use crate::api;
 use crate::error::ApiError;
 use crate::routes::{AppState, Response};
+use crate::telemetry;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use http_body_util::Full;
@@ -46,7 +47,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Minichat", description = "Real-time chat backend: REST and WebSocket. Wire contract compatible with the original Mini Chat Backend."),
-    paths(api::root, api::health, api::create_user, api::list_users, api::get_user,
+    paths(api::root, api::health, telemetry::metrics, api::create_user, api::list_users, api::get_user,
           api::send_message, api::history, api::recent_messages, websocket),
     components(schemas(minichat_core::User, minichat_core::Message, minichat_core::NewUser,
                        minichat_core::NewMessage, minichat_core::model::MessageType,

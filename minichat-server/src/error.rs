@@ -132,6 +132,12 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if matches!(self, ApiError::PayloadTooLarge { .. }) {
+            // What is left of the body is not read: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::TooManyRequests {
             retry_after_secs, ..
         } = &self

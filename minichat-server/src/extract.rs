@@ -8,31 +8,65 @@
 use crate::error::{ApiError, Invalid, Location};
 use bytes::Bytes;
 use http::{header, HeaderMap};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 
+/// How much of an oversized body is read and thrown away before answering 413. A server that
+/// answers without reading the body and then closes makes the client's kernel see unread data
+/// and reset the connection, which can destroy the 413 before the client reads it; draining a
+/// bounded amount avoids that for ordinary clients, and beyond it the connection is closed.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reads the whole body, refusing more than `limit` bytes with 413.
 pub async fn read_body(
     headers: &HeaderMap,
-    body: Incoming,
+    mut body: Incoming,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit })
+    let mut collected = Vec::with_capacity(declared.map_or(0, |n| n.min(limit as u64) as usize));
+    let mut too_large = declared.is_some_and(|n| n > limit as u64);
+    let mut seen = 0usize;
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return Err(ApiError::BadRequest("Could not read the request body"));
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen += data.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+            if seen > limit {
+                too_large = true;
+            }
+            if !too_large {
+                collected.extend_from_slice(&data);
+            }
         }
-        Err(_) => Err(ApiError::BadRequest("Could not read the request body")),
+        Ok(())
+    };
+    match tokio::time::timeout(DRAIN_TIME, read).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) if too_large => {}
+        Err(_) => return Err(ApiError::BadRequest("Timed out reading the request body")),
     }
+    if too_large || seen > limit {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    Ok(Bytes::from(collected))
 }
 
 /// Whether the request declares a JSON body. No `Content-Type` at all is taken as JSON, as the

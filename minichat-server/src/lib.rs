@@ -15,7 +15,8 @@
 //! Files, one concern each: `config` (flags and environment), `server` (accept loop and
 //! shutdown), `routes` (the routing table, CORS, request ids), `api` (REST handlers), `ws` (the
 //! WebSocket connection), `auth` (tokens and who may act as whom), `limits` (send rate, socket caps), `extract` (parsing input),
-//! `error` (statuses and error bodies), `docs` (OpenAPI, Swagger UI, ReDoc), `app` (the embedded web chat page).
+//! `error` (statuses and error bodies), `docs` (OpenAPI, Swagger UI, ReDoc), `app` (the embedded web chat page),
+//! `telemetry` (the Prometheus recorder and `GET /metrics`).
 
 mod api;
 mod app;
@@ -27,6 +28,7 @@ mod extract;
 mod limits;
 mod routes;
 mod server;
+mod telemetry;
 mod ws;
 
 pub use auth::{AuthMode, Authenticator};

@@ -3,9 +3,11 @@
 //!
 //! The body-size, message-size and timeout limits are enforced where the bytes are read
 //! (`extract.rs`, `ws.rs`, `server.rs`); this file holds the ones that need shared counters.
+//! Every refusal is counted in `minichat_rate_limited_total{limit}`.
 
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::telemetry;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use minichat_core::UserId;
@@ -53,6 +55,7 @@ impl Guards {
             self.sends.retain_recent();
         }
         self.sends.check_key(&user).map_err(|not_until| {
+            telemetry::rate_limited("send");
             let wait = not_until.wait_time_from(self.clock.now());
             ApiError::TooManyRequests {
                 detail: "Too many messages: slow down",
@@ -65,12 +68,14 @@ impl Guards {
     pub fn open_socket(&self, user: UserId) -> Result<SocketPermit, ApiError> {
         let mut counts = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
         if counts.total >= self.max_sockets {
+            telemetry::rate_limited("node_sockets");
             return Err(ApiError::Unavailable(
                 "Too many connections on this server; try another node or later",
             ));
         }
         let mine = counts.per_user.entry(user).or_insert(0);
         if *mine >= self.max_sockets_per_user {
+            telemetry::rate_limited("user_sockets");
             return Err(ApiError::TooManyRequests {
                 detail: "Too many connections for this user",
                 retry_after_secs: 1,

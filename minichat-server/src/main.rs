@@ -5,15 +5,18 @@ use clap::Parser;
 use minichat_core::{Chat, ChatService};
 use minichat_server::config::{Command, LogFormat};
 use minichat_server::{shutdown_signal, Authenticator, Cli, Server};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only for a person at a terminal, not in files or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -3,13 +3,15 @@
 //! One table ([`Route::parse`]) knows every path; unknown paths are 404, known paths with the
 //! wrong method 405, and a path that only differs by its trailing slash is redirected (307) as
 //! the original did. Every request gets an id (logged on each of its lines and returned in
-//! `x-request-id`) and the CORS headers.
+//! `x-request-id`) and the CORS headers, and is counted in the metrics under its route's
+//! template ([`Route::template`]), never its raw path.
 
 use crate::auth::{bearer_token, Authenticator, Caller};
 use crate::config::{CorsOrigins, Limits, Signup};
 use crate::docs;
 use crate::error::ApiError;
 use crate::limits::Guards;
+use crate::telemetry;
 use crate::ws;
 use crate::{api, app};
 use bytes::Bytes;
@@ -81,6 +83,7 @@ impl AppState {
 pub enum Route<'a> {
     Root,
     Health,
+    Metrics,
     OpenApi,
     Docs(&'a str),
     App(&'a str),
@@ -98,6 +101,7 @@ impl<'a> Route<'a> {
         let route = match path {
             "/" => Route::Root,
             "/health" => Route::Health,
+            "/metrics" => Route::Metrics,
             "/openapi.json" => Route::OpenApi,
             "/redoc" => Route::Redoc,
             "/redoc/redoc.standalone.js" => Route::RedocScript,
@@ -124,6 +128,26 @@ impl<'a> Route<'a> {
         Some(route)
     }
 
+    /// The route's path template, the `route` label of the HTTP metrics: a fixed set of values,
+    /// whatever the paths requested.
+    pub fn template(&self) -> &'static str {
+        match self {
+            Route::Root => "/",
+            Route::Health => "/health",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Docs(_) => "/docs/{file}",
+            Route::App(_) => "/app/{file}",
+            Route::Redoc => "/redoc",
+            Route::RedocScript => "/redoc/redoc.standalone.js",
+            Route::Users => "/users/",
+            Route::User(_) => "/users/{user_id}",
+            Route::Messages => "/messages/",
+            Route::RecentMessages(_) => "/messages/recent/{user_id}",
+            Route::WebSocket(_) => "/ws/{user_id}",
+        }
+    }
+
     /// The methods this route answers (besides `OPTIONS`, answered for CORS everywhere).
     fn methods(&self) -> &'static [Method] {
         match self {
@@ -144,6 +168,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
     let span = tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path());
     async move {
         let started = Instant::now();
+        // Unknown paths (404s, trailing-slash redirects) share one label value.
+        let template = Route::parse(req.uri().path()).map_or("unmatched", |r| r.template());
+        let method = req.method().clone();
         let origin = req.headers().get(header::ORIGIN).cloned();
         let mut response = if req.method() == Method::OPTIONS {
             preflight(&req)
@@ -157,9 +184,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
             response.headers_mut().insert("x-request-id", v);
         }
+        let elapsed = started.elapsed();
+        telemetry::http_request(template, &method, response.status(), elapsed);
         tracing::info!(
             status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
             "served"
         );
         Ok(response)
@@ -180,6 +209,7 @@ async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Respo
     match route {
         Route::Root => Ok(api::root()),
         Route::Health => Ok(api::health(state).await),
+        Route::Metrics => Ok(telemetry::metrics()),
         Route::OpenApi => Ok(docs::openapi(state)),
         Route::Docs(tail) => docs::swagger(&path, tail),
         Route::App(tail) => app::serve(&path, tail),
@@ -302,5 +332,22 @@ mod tests {
             Some(Route::Docs("swagger-ui.css"))
         );
         assert_eq!(Route::parse("/nope"), None);
+        assert_eq!(Route::parse("/metrics"), Some(Route::Metrics));
+    }
+
+    #[test]
+    fn templates_never_hold_the_raw_path() {
+        assert_eq!(
+            Route::parse("/users/12345").map(|r| r.template()),
+            Some("/users/{user_id}")
+        );
+        assert_eq!(
+            Route::parse("/messages/recent/9").map(|r| r.template()),
+            Some("/messages/recent/{user_id}")
+        );
+        assert_eq!(
+            Route::parse("/docs/swagger-ui.css").map(|r| r.template()),
+            Some("/docs/{file}")
+        );
     }
 }

@@ -8,6 +8,7 @@
 use crate::auth::{AuthMode, Authenticator};
 use crate::config::{Limits, Settings};
 use crate::routes::{self, AppState};
+use crate::telemetry;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -44,6 +45,8 @@ pub struct Server {
 impl Server {
     /// Connects the backends `settings` names and binds the listener.
     pub async fn bind(settings: Settings) -> Result<Server, ServerError> {
+        // Before the backends connect, so that what they record from the start is kept.
+        telemetry::install();
         let chat = Chat::connect(&settings.chat).await?;
         Server::bind_with(settings, Arc::new(chat)).await
     }
@@ -53,6 +56,7 @@ impl Server {
         settings: Settings,
         chat: Arc<dyn ChatService>,
     ) -> Result<Server, ServerError> {
+        telemetry::install();
         let listener =
             TcpListener::bind(settings.bind)
                 .await

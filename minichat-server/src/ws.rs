@@ -6,10 +6,14 @@
 //! already carried it: nothing is lost, nothing doubled. After that it forwards the user's
 //! events, answers the client's frames, pings a quiet client and closes a dead one, and closes
 //! with 4008 when it cannot keep up (its bounded queue filled on the hub) or 1001 at shutdown.
+//!
+//! The connection's task runs in a `ws{user, conn}` span (a child of the upgrade request's), so
+//! each of its log lines names it; frames' content is never logged.
 
 use crate::error::{ApiError, Location};
 use crate::extract::{parse_int, Query};
 use crate::routes::{AppState, Response};
+use crate::telemetry;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
@@ -23,6 +27,7 @@ use minichat_core::{
     Closed, Error as CoreError, MessageId, NewMessage, Seq, Subscription, User, UserId,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -30,6 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 /// How long a socket may stay silent before the server pings it; twice that without any
 /// frame from the client and it is taken for dead.
@@ -37,6 +43,9 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one write to a socket may take before the client is taken for dead: a client
 /// that stops reading holds its connection task no longer than this.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Own sends acknowledged ahead of the stream that a connection remembers (a bound; own sends
+/// are rate-limited far below it).
+const MAX_PENDING_OWN: usize = 1024;
 /// Stored events replayed per storage round trip on `?since=`.
 const REPLAY_PAGE: usize = 500;
 
@@ -87,9 +96,13 @@ pub fn upgrade(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state_for_task = state.clone();
-    state.tasks.spawn(async move {
+    // Every line of the connection carries its user and, once subscribed, its connection id
+    // (`conn`); the span's parent is the upgrade request's, so its request id too.
+    let span = tracing::info_span!("ws", user = user_id, conn = tracing::field::Empty);
+    let task = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
+                let _open = telemetry::OpenSocket::new();
                 let config = WebSocketConfig::default()
                     .read_buffer_size(4096)
                     .write_buffer_size(0)
@@ -107,7 +120,8 @@ pub fn upgrade(
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
-    });
+    };
+    state.tasks.spawn(task.instrument(span));
 
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -208,9 +222,14 @@ struct Connection {
     state: Arc<AppState>,
     socket: Socket,
     user: User,
-    /// The highest seq already sent on this connection; live events at or below it are
-    /// duplicates of the replay and are dropped.
+    /// Every event of the user's stream up to this seq has been sent on this connection (or
+    /// acknowledged to it, for its own sends, or predates it): live events at or below it are
+    /// duplicates and are dropped, and a live event beyond `last_seq + 1` first makes the
+    /// connection read the missing ones from storage. So events go out gapless, in seq order,
+    /// even when concurrent senders' events are published out of order.
     last_seq: Seq,
+    /// Seqs above `last_seq` of this connection's own sends, already acknowledged to it.
+    own: BTreeSet<Seq>,
 }
 
 impl Connection {
@@ -227,8 +246,6 @@ impl Connection {
                 return;
             }
         };
-        let span = tracing::info_span!("ws", user = user.id);
-        let _enter = span.enter();
         let subscription = match state.chat.subscribe(user.id).await {
             Ok(s) => s,
             Err(e) => {
@@ -237,12 +254,14 @@ impl Connection {
                 return;
             }
         };
-        tracing::info!(conn = subscription.id(), "connected");
+        tracing::Span::current().record("conn", subscription.id());
+        tracing::info!("connected");
         let mut conn = Connection {
             state,
             socket,
             user,
             last_seq: 0,
+            own: BTreeSet::new(),
         };
         let end = conn.serve(subscription, since).await;
         if let End::Close(code, reason) = end {
@@ -269,6 +288,18 @@ impl Connection {
     }
 
     async fn serve(&mut self, mut subscription: Subscription, since: Option<Seq>) -> End {
+        // Subscribed already, so anything stored from here on arrives live. Without `since`, the
+        // stream starts at the newest stored event.
+        self.last_seq = match since {
+            Some(since) => since,
+            None => match self.state.chat.current_seq(self.user.id).await {
+                Ok(seq) => seq,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the current seq");
+                    return End::Close(1011, "storage unavailable");
+                }
+            },
+        };
         let greeting = format!("Connected to chat as {}", self.user.username);
         let system = text(&SystemFrame {
             kind: "system",
@@ -278,8 +309,8 @@ impl Connection {
         if let Err(end) = self.send(system).await {
             return end;
         }
-        if let Some(since) = since {
-            if let Err(end) = self.replay(since).await {
+        if since.is_some() {
+            if let Err(end) = self.catch_up(None).await {
                 return end;
             }
         }
@@ -292,20 +323,13 @@ impl Connection {
             let result = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Close(1001, "server shutting down"),
-                event = subscription.recv() => match event {
-                    Ok(event) => {
-                        if event.seq.is_some_and(|s| s <= self.last_seq) {
-                            continue;
-                        }
-                        if let Some(seq) = event.seq {
-                            self.last_seq = seq;
-                        }
-                        match Utf8Bytes::try_from(event.payload) {
-                            Ok(text) => self.send(Frame::Text(text)).await,
-                            Err(_) => Ok(()),
-                        }
+                event = subscription.recv_timed() => match event {
+                    Ok((event, queued)) => self.on_event(event, queued).await,
+                    Err(Closed::SlowConsumer) => {
+                        telemetry::slow_consumer_closed();
+                        tracing::info!("queue full: closing as a slow consumer");
+                        return End::Close(CLOSE_SLOW_CONSUMER, "slow consumer");
                     }
-                    Err(Closed::SlowConsumer) => return End::Close(CLOSE_SLOW_CONSUMER, "slow consumer"),
                     Err(Closed::Shutdown) => return End::Close(1001, "server shutting down"),
                 },
                 frame = self.socket.next() => {
@@ -342,9 +366,41 @@ impl Connection {
         }
     }
 
-    /// Sends every stored event above `since`, oldest first.
-    async fn replay(&mut self, since: Seq) -> Result<(), End> {
-        self.last_seq = since;
+    /// Forwards one live event, in seq order: duplicates are dropped, and missing seqs before
+    /// it are read from storage first. `queued` is when the hub queued it, for the metrics.
+    async fn on_event(&mut self, event: minichat_core::Event, queued: Instant) -> Result<(), End> {
+        if let Some(seq) = event.seq {
+            if seq <= self.last_seq {
+                return Ok(());
+            }
+            self.absorb_own();
+            if seq > self.last_seq + 1 {
+                self.catch_up(Some(seq)).await?;
+            }
+            if seq <= self.last_seq {
+                return Ok(());
+            }
+            self.last_seq = seq;
+        }
+        let is_message = event.seq.is_some();
+        if let Ok(text) = Utf8Bytes::try_from(event.payload) {
+            self.send(Frame::Text(text)).await?;
+            telemetry::live_event_written(queued, is_message);
+        }
+        self.absorb_own();
+        Ok(())
+    }
+
+    /// Moves `last_seq` over this connection's own acknowledged sends that come next.
+    fn absorb_own(&mut self) {
+        while self.own.remove(&(self.last_seq + 1)) {
+            self.last_seq += 1;
+        }
+    }
+
+    /// Sends the stored events above `last_seq`, oldest first, up to (not including) `until`,
+    /// or all of them.
+    async fn catch_up(&mut self, until: Option<Seq>) -> Result<(), End> {
         loop {
             let page = match self
                 .state
@@ -360,10 +416,17 @@ impl Connection {
             };
             let done = page.len() < REPLAY_PAGE;
             for (seq, message) in page {
-                let event = message_event(&message, seq);
+                if until.is_some_and(|u| seq >= u) {
+                    return Ok(());
+                }
                 self.last_seq = seq;
+                if self.own.remove(&seq) {
+                    continue;
+                }
+                let event = message_event(&message, seq);
                 if let Ok(text) = Utf8Bytes::try_from(event.payload) {
                     self.send(Frame::Text(text)).await?;
+                    telemetry::stored_message_written(until.is_none());
                 }
             }
             if done {
@@ -428,6 +491,16 @@ impl Connection {
                 };
                 match self.state.chat.send_message(new, Some(origin)).await {
                     Ok(sent) => {
+                        // Its own send is in this connection's stream too, acknowledged
+                        // instead of echoed.
+                        if sent.sender_seq == self.last_seq + 1 {
+                            self.last_seq = sent.sender_seq;
+                            self.absorb_own();
+                        } else if sent.sender_seq > self.last_seq
+                            && self.own.len() < MAX_PENDING_OWN
+                        {
+                            self.own.insert(sent.sender_seq);
+                        }
                         // The ack carries the message as the sender's stream numbers it.
                         let ack = text(&AckFrame {
                             kind: "ack",

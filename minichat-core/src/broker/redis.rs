@@ -455,6 +455,8 @@ impl Subscriber {
         }
         self.state.synced.store(drops, Ordering::SeqCst);
         if relinked {
+            metrics::counter!(crate::telemetry::REDIS_RECONNECTS, "link" => "subscriber")
+                .increment(1);
             tracing::info!(
                 users = wanted.len(),
                 "Redis subscriber connection restored and re-subscribed"
@@ -521,11 +523,13 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
 /// How long `{prefix}seen:{user}` is kept.
 const SEEN_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
-/// Adds this node to a user's presence; 1 when that made them online (no other live node).
+/// Adds this node to a user's presence and records them seen now; 1 when that made them
+/// online (no other live node).
 const ARRIVE: &str = r#"
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local added = redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
 if added == 1 and redis.call('ZCARD', KEYS[1]) == 1 then return 1 end
 return 0
 "#;
@@ -739,10 +743,12 @@ impl Broker for RedisBroker {
         let came_online: i64 = self
             .arrive
             .key(self.keys.online(user))
+            .key(self.keys.seen(user))
             .arg(unix_millis(now))
             .arg(unix_millis(now + self.presence_ttl))
             .arg(&self.node)
             .arg(i64::try_from((self.presence_ttl * 2).as_millis()).unwrap_or(i64::MAX))
+            .arg(i64::try_from(SEEN_TTL.as_millis()).unwrap_or(i64::MAX))
             .invoke_async(&mut *conn)
             .await
             .map_err(unavailable)?;

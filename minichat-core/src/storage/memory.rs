@@ -205,6 +205,10 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
+    async fn current_seq(&self, user: UserId) -> Result<Seq> {
+        Ok(self.state().stream.get(&user).map_or(0, |s| s.len() as Seq))
+    }
+
     async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {
         let mut state = self.state();
         let is_theirs = index(up_to, state.messages.len())

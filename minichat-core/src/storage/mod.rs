@@ -50,6 +50,9 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(Seq, Message)>>;
 
+    /// The seq of `user`'s newest event (0 when none, or no such user).
+    async fn current_seq(&self, user: UserId) -> Result<Seq>;
+
     /// Records that `reader` has read the messages `peer` sent them up to `up_to` (a message
     /// from `peer` to `reader`), never moving backwards; returns the stored mark.
     /// `Error::MessageNotFound` when `up_to` is not such a message.

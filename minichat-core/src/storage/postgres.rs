@@ -369,6 +369,8 @@ const MARK_READ: &str = "INSERT INTO read_receipts (user_id, peer_id, up_to_mess
              updated_at = EXCLUDED.updated_at
      RETURNING up_to_message_id";
 
+const CURRENT_SEQ: &str = "SELECT last_seq FROM users WHERE id = $1";
+
 const SET_LAST_SEEN: &str = "UPDATE users SET last_seen = GREATEST(last_seen, $2) WHERE id = $1";
 
 const LAST_SEEN: &str = "SELECT id, last_seen FROM users WHERE id = ANY($1)";
@@ -633,6 +635,22 @@ impl Storage for PostgresStorage {
             .iter()
             .map(|row| Ok((row.try_get(0).map_err(unavailable)?, message_from(row, 1)?)))
             .collect()
+    }
+
+    async fn current_seq(&self, user: UserId) -> Result<Seq> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(CURRENT_SEQ)
+            .await
+            .map_err(unavailable)?;
+        match client
+            .query_opt(&stmt, &[&user])
+            .await
+            .map_err(unavailable)?
+        {
+            Some(row) => row.try_get(0).map_err(unavailable),
+            None => Ok(0),
+        }
     }
 
     async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {

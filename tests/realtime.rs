@@ -1,0 +1,427 @@
+//! The real-time protocol (API.md Part 3) on two nodes sharing PostgreSQL and Redis: resume
+//! without loss, idempotent sends, typing, read receipts, presence (and its expiry when a node
+//! dies without goodbye), and slow consumers.
+
+mod support;
+
+use futures_util::StreamExt;
+use minichat::server::{AuthMode, Settings};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::Duration;
+use support::{name, Backend, Backends, TcpProxy, TestServer, Ws, DEADLINE};
+
+fn id(v: &Value) -> i64 {
+    v["id"].as_i64().expect("id")
+}
+
+/// Settings for a busy test: no send-rate limit in the way.
+fn busy(backends: &Backends) -> Settings {
+    let mut settings = backends.settings(AuthMode::Off);
+    settings.limits.send_rate_per_sec = 100_000;
+    settings.limits.send_burst = 100_000;
+    settings
+}
+
+/// Reads message frames until `idle` passes with none, checking that each continues the
+/// stream (`seq` is exactly one more than the last) and is new.
+async fn read_stream(
+    ws: &mut Ws,
+    last_seq: &mut i64,
+    seen: &mut HashSet<i64>,
+    budget: usize,
+    idle: Duration,
+) -> usize {
+    let mut read = 0;
+    while read < budget {
+        let frame = match tokio::time::timeout(idle, ws.stream.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => t,
+            Ok(Some(Ok(_))) => continue,
+            Ok(_) | Err(_) => break,
+        };
+        let frame: Value = serde_json::from_str(&frame).expect("JSON frame");
+        if frame["type"] != "message" {
+            continue;
+        }
+        let seq = frame["seq"].as_i64().expect("seq");
+        assert_eq!(
+            seq,
+            *last_seq + 1,
+            "gap or reorder: got seq {seq} after {last_seq}"
+        );
+        assert!(
+            seen.insert(id(&frame)),
+            "message {} delivered twice",
+            frame["id"]
+        );
+        *last_seq = seq;
+        read += 1;
+    }
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_receiver_loses_nothing_across_nodes_and_rounds() {
+    const ROUNDS: usize = 6;
+    const SENDERS: usize = 3;
+    const PER_SENDER: usize = 15;
+    let backends = Backends::new(Backend::Shared).await;
+    let nodes = [
+        TestServer::start(busy(&backends)).await,
+        TestServer::start(busy(&backends)).await,
+    ];
+    let receiver = id(&nodes[0].user(&name("rcv")).await);
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        senders.push(id(&nodes[i % 2].user(&name(&format!("snd{i}x"))).await));
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.url("/messages/")).collect();
+
+    let mut last_seq = 0;
+    let mut seen = HashSet::new();
+    let mut expected = 0;
+    let mut connections = 0;
+    for round in 0..ROUNDS {
+        // Several senders at once, each alternating between the nodes.
+        let mut tasks = Vec::new();
+        for (k, &sender) in senders.iter().enumerate() {
+            let http = nodes[0].http.clone();
+            let urls = urls.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..PER_SENDER {
+                    let body = json!({"sender_id": sender, "receiver_id": receiver, "content": format!("r{round} s{k} m{i}")});
+                    let response = http.post(&urls[(i + k) % 2]).json(&body).send().await.expect("send");
+                    assert_eq!(response.status(), 200);
+                }
+            }));
+        }
+        expected += SENDERS * PER_SENDER;
+        // Meanwhile the receiver drops and comes back, alternating nodes, at random moments.
+        let mut all_sent = false;
+        loop {
+            let node = &nodes[connections % 2];
+            connections += 1;
+            let mut ws =
+                Ws::connect_ready(&node.ws_url(&format!("/ws/{receiver}?since={last_seq}"))).await;
+            let budget = 1 + rand::random::<u32>() as usize % 12;
+            read_stream(
+                &mut ws,
+                &mut last_seq,
+                &mut seen,
+                budget,
+                Duration::from_millis(300),
+            )
+            .await;
+            drop(ws);
+            if !all_sent && tasks.iter().all(|t| t.is_finished()) {
+                all_sent = true;
+            }
+            if all_sent && seen.len() == expected {
+                break;
+            }
+            assert!(connections < 2000, "no progress");
+        }
+        for task in tasks {
+            task.await.expect("sender");
+        }
+    }
+    assert_eq!(seen.len(), ROUNDS * SENDERS * PER_SENDER);
+    assert_eq!(last_seq as usize, seen.len(), "seqs are exactly 1..=n");
+    // Exactly what storage holds for the receiver.
+    let (_, history) = nodes[1]
+        .get(&format!("/messages/?user_id={receiver}&limit=1000"))
+        .await;
+    let stored: HashSet<i64> = history.as_array().unwrap().iter().map(id).collect();
+    assert_eq!(stored, seen);
+    // And a last connection from scratch replays all of it, in order.
+    let mut ws = Ws::connect_ready(&nodes[0].ws_url(&format!("/ws/{receiver}?since=0"))).await;
+    let (mut replay_seq, mut replayed) = (0, HashSet::new());
+    read_stream(
+        &mut ws,
+        &mut replay_seq,
+        &mut replayed,
+        usize::MAX,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(replayed, seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_client_id_stores_one_message_over_rest_and_socket_on_either_node() {
+    let backends = Backends::new(Backend::Shared).await;
+    let (a, b) = (
+        TestServer::open(&backends).await,
+        TestServer::open(&backends).await,
+    );
+    let alice = id(&a.user(&name("ida")).await);
+    let bob = id(&a.user(&name("idb")).await);
+    let body =
+        json!({"sender_id": alice, "receiver_id": bob, "content": "once", "client_id": "k-1"});
+    let (status, first) = a.post("/messages/", body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = b.post("/messages/", body.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["id"], first["id"]);
+    let mut ws = Ws::connect_ready(&b.ws_url(&format!("/ws/{alice}"))).await;
+    ws.send_json(
+        json!({"type": "message", "receiver_id": bob, "content": "once", "client_id": "k-1"}),
+    )
+    .await;
+    let ack = ws.next_json().await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["message"]["id"], first["id"]);
+    // The same key for something else is a conflict, not a silent overwrite.
+    let (status, conflict) = b
+        .post("/messages/", json!({"sender_id": alice, "receiver_id": bob, "content": "different", "client_id": "k-1"}))
+        .await;
+    assert_eq!(status, 409, "{conflict}");
+    let (_, history) = a.get(&format!("/messages/?user_id={bob}")).await;
+    assert_eq!(history.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_receipts_and_presence_cross_nodes() {
+    let backends = Backends::new(Backend::Shared).await;
+    let (a, b) = (
+        TestServer::open(&backends).await,
+        TestServer::open(&backends).await,
+    );
+    let alice = id(&a.user(&name("ta")).await);
+    let bob = id(&a.user(&name("tb")).await);
+    let carol = id(&a.user(&name("tc")).await);
+
+    // Carol (node A) watches Bob, who is offline and was never seen.
+    let mut carol_ws = Ws::connect_ready(&a.ws_url(&format!("/ws/{carol}"))).await;
+    carol_ws
+        .send_json(json!({"type": "watch", "user_ids": [bob]}))
+        .await;
+    let now = carol_ws.next_json().await;
+    assert_eq!(
+        now,
+        json!({"type": "presence", "user_id": bob, "online": false, "last_seen": null})
+    );
+
+    // Bob comes online on node B: Carol hears it on node A, and node A's REST says so.
+    let mut bob_ws = Ws::connect_ready(&b.ws_url(&format!("/ws/{bob}"))).await;
+    let online = carol_ws.next_json().await;
+    assert_eq!(
+        (
+            online["type"].clone(),
+            online["user_id"].clone(),
+            online["online"].clone()
+        ),
+        (json!("presence"), json!(bob), json!(true))
+    );
+    let (_, user) = a.get(&format!("/users/{bob}")).await;
+    assert_eq!(user["online"], true);
+
+    // Typing from Alice on node A reaches Bob on node B, and is not stored.
+    let mut alice_ws = Ws::connect_ready(&a.ws_url(&format!("/ws/{alice}"))).await;
+    alice_ws
+        .send_json(json!({"type": "typing", "receiver_id": bob}))
+        .await;
+    assert_eq!(
+        bob_ws.next_json().await,
+        json!({"type": "typing", "sender_id": alice})
+    );
+
+    // A message, then Bob's read receipt reaches Alice across nodes.
+    let m = a.message(alice, bob, "did you read this?").await;
+    assert_eq!(bob_ws.next_json().await["id"], m["id"]);
+    // A REST send reaches the sender's own connections too.
+    assert_eq!(alice_ws.next_json().await["id"], m["id"]);
+    bob_ws
+        .send_json(json!({"type": "read", "peer_id": alice, "up_to": m["id"]}))
+        .await;
+    assert_eq!(
+        alice_ws.next_json().await,
+        json!({"type": "read", "reader_id": bob, "up_to": m["id"]})
+    );
+    // A receipt never moves back, and only covers the peer's messages to the reader.
+    let older = a.message(alice, bob, "older?").await;
+    assert_eq!(bob_ws.next_json().await["id"], older["id"]);
+    assert_eq!(alice_ws.next_json().await["id"], older["id"]);
+    bob_ws
+        .send_json(json!({"type": "read", "peer_id": alice, "up_to": older["id"]}))
+        .await;
+    assert_eq!(alice_ws.next_json().await["up_to"], older["id"]);
+    bob_ws
+        .send_json(json!({"type": "read", "peer_id": alice, "up_to": m["id"]}))
+        .await;
+    assert_eq!(
+        alice_ws.next_json().await["up_to"],
+        older["id"],
+        "the mark stays at the newest"
+    );
+    let mine = a.message(bob, alice, "bob's own").await;
+    assert_eq!(alice_ws.next_json().await["id"], mine["id"]);
+    assert_eq!(bob_ws.next_json().await["id"], mine["id"]);
+    bob_ws
+        .send_json(json!({"type": "read", "peer_id": alice, "up_to": mine["id"]}))
+        .await;
+    let error = bob_ws.next_json().await;
+    assert_eq!(
+        (error["type"].clone(), error["status"].clone()),
+        (json!("error"), json!(404)),
+        "{error}"
+    );
+
+    // Bob leaves: Carol hears he went offline, with when he was last seen.
+    drop(bob_ws);
+    let offline = carol_ws.next_json().await;
+    assert_eq!(offline["online"], false, "{offline}");
+    assert!(offline["last_seen"].is_string());
+    let (_, user) = b.get(&format!("/users/{bob}")).await;
+    assert_eq!(user["online"], false);
+    assert!(user["last_seen"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_without_goodbye_takes_its_users_offline_by_itself() {
+    let backends = Backends::new(Backend::Shared).await;
+    let ttl = Duration::from_secs(1);
+    let mut settings = backends.settings(AuthMode::Off);
+    settings.chat.presence_ttl = ttl;
+    let healthy = TestServer::start(settings.clone()).await;
+    // The doomed node reaches Redis through a proxy that the test cuts.
+    let proxy = TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let mut doomed_settings = settings.clone();
+    doomed_settings.chat.redis_url = Some(proxy.url("redis"));
+    let doomed = TestServer::start(doomed_settings).await;
+
+    let dave = id(&healthy.user(&name("dave")).await);
+    let _dave_ws = Ws::connect_ready(&doomed.ws_url(&format!("/ws/{dave}"))).await;
+    let (_, user) = healthy.get(&format!("/users/{dave}")).await;
+    assert_eq!(user["online"], true);
+
+    // The node loses Redis (as if it had crashed): no goodbye, no more heartbeats.
+    proxy.cut();
+    support::eventually(DEADLINE, "dave to go offline by expiry", || async {
+        let (_, user) = healthy.get(&format!("/users/{dave}")).await;
+        (user["online"] == false).then_some(())
+    })
+    .await;
+    let (_, user) = healthy.get(&format!("/users/{dave}")).await;
+    assert!(
+        user["last_seen"].is_string(),
+        "last seen at the last heartbeat: {user}"
+    );
+
+    // When the node is back, its heartbeats bring dave back online.
+    proxy.restore();
+    support::eventually(DEADLINE, "dave to be online again", || async {
+        let (_, user) = healthy.get(&format!("/users/{dave}")).await;
+        (user["online"] == true).then_some(())
+    })
+    .await;
+}
+
+/// Resident memory of this process, in bytes.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("rss pages");
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_closed_with_4008_without_holding_up_others_and_resumes() {
+    let backends = Backends::new(Backend::Shared).await;
+    let mut settings = busy(&backends);
+    settings.chat.queue_capacity = 16;
+    let s = TestServer::start(settings).await;
+    let sender = id(&s.user(&name("flood")).await);
+    let slow = id(&s.user(&name("slow")).await);
+    let fast = id(&s.user(&name("fast")).await);
+
+    // The slow client: a tiny receive buffer, and it stops reading after the greeting.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(s.addr).await.unwrap();
+    let (stream, _) = tokio_tungstenite::client_async(
+        s.ws_url(&format!("/ws/{slow}")),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    let mut slow_ws = Ws { stream };
+    assert_eq!(slow_ws.next_json().await["type"], "system");
+    let mut fast_ws = Ws::connect_ready(&s.ws_url(&format!("/ws/{fast}"))).await;
+
+    let content = "x".repeat(900);
+    let mut sent = 0usize;
+    let mut baseline_rss = None;
+    let mut evicted_at = None;
+    // Send until the server has let the slow connection go (its sends stop reaching a live
+    // socket), then a while more; the fast client keeps getting its messages throughout.
+    while sent < 20_000 {
+        let m = s.message(sender, slow, &content).await;
+        sent += 1;
+        if sent == 200 {
+            baseline_rss = Some(rss_bytes());
+        }
+        if m["delivered_via_websocket"] == false && evicted_at.is_none() {
+            evicted_at = Some(sent);
+        }
+        if sent.is_multiple_of(100) {
+            let quick = s.message(sender, fast, "still here").await;
+            assert_eq!(fast_ws.next_json().await["id"], quick["id"]);
+        }
+        if evicted_at.is_some_and(|at| sent >= at + 500) {
+            break;
+        }
+    }
+    let evicted_at = evicted_at.expect("the slow consumer was never let go");
+    let growth = rss_bytes().saturating_sub(baseline_rss.expect("baseline"));
+    let payload = (sent.saturating_sub(200) * content.len()) as u64;
+    assert!(
+        growth < payload / 2,
+        "memory grew by {growth} bytes while {payload} bytes went to a slow consumer"
+    );
+
+    // When it reads again: what was in flight, then the close with 4008.
+    let mut last_seq = 0;
+    let mut seen = HashSet::new();
+    let mut close_code = None;
+    loop {
+        match tokio::time::timeout(DEADLINE, slow_ws.stream.next())
+            .await
+            .expect("frames or close")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                let frame: Value = serde_json::from_str(&t).unwrap();
+                let seq = frame["seq"].as_i64().unwrap();
+                assert_eq!(seq, last_seq + 1);
+                last_seq = seq;
+                seen.insert(id(&frame));
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                close_code = frame.map(|f| u16::from(f.code));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
+    }
+    assert_eq!(
+        close_code,
+        Some(4008),
+        "closed as a slow consumer (evicted after {evicted_at} sends)"
+    );
+    assert!(seen.len() < sent, "it really was behind");
+    // It resumes with `since` and gets everything else, exactly once.
+    let mut ws = Ws::connect_ready(&s.ws_url(&format!("/ws/{slow}?since={last_seq}"))).await;
+    read_stream(
+        &mut ws,
+        &mut last_seq,
+        &mut seen,
+        usize::MAX,
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(seen.len(), sent);
+}
