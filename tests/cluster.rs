@@ -3,8 +3,9 @@
 
 mod support;
 
+use minichat_core::test_support::ThrowawayRedis;
 use std::time::Duration;
-use support::{eventually, name, Backend, Backends, RedisProcess, TestServer, Ws};
+use support::{eventually, name, Backend, Backends, TestServer, Ws};
 
 fn id(v: &serde_json::Value) -> i64 {
     v["id"].as_i64().expect("id")
@@ -78,7 +79,7 @@ async fn users_and_messages_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_survive_a_redis_outage_and_cross_node_delivery_resumes() {
-    let mut redis = RedisProcess::start().await;
+    let mut redis = ThrowawayRedis::start().await;
     let backends = Backends::new(Backend::Shared).await;
     let settings = || {
         let mut s = backends.settings(minichat::server::AuthMode::Off);
@@ -134,6 +135,45 @@ async fn sends_survive_a_redis_outage_and_cross_node_delivery_resumes() {
     // What was sent during the outage is recovered from storage with `since`.
     let mut resumed_ws = Ws::connect_ready(&node_b.ws_url(&format!("/ws/{bob}?since=1"))).await;
     assert_eq!(resumed_ws.next_json().await["id"], during["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recent_list_that_missed_a_push_is_not_trusted_after_redis_returns() {
+    // A node whose link to Redis the test cuts: Redis keeps its lists, but the node's push for
+    // a message sent meanwhile fails, leaving a hole in the receiver's cached list.
+    let backends = Backends::new(Backend::Shared).await;
+    let proxy = support::TcpProxy::start("127.0.0.1:6379".parse().unwrap()).await;
+    let mut settings = backends.settings(minichat::server::AuthMode::Off);
+    settings.limits.send_rate_per_sec = 10_000;
+    settings.limits.send_burst = 10_000;
+    settings.chat.redis_url = Some(proxy.url("redis"));
+    let node = TestServer::start(settings).await;
+    let alice = id(&node.user(&name("alice")).await);
+    let bob = id(&node.user(&name("bob")).await);
+    for i in 0..60 {
+        node.message(alice, bob, &format!("warm {i}")).await;
+    }
+    proxy.cut();
+    let missed = node
+        .message(alice, bob, "sent while the cache was away")
+        .await;
+    proxy.restore();
+    eventually(
+        Duration::from_secs(20),
+        "Redis to be back for the node",
+        || async {
+            let (status, _) = node.get("/health").await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let (status, recent) = node.get(&format!("/messages/recent/{bob}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        recent["messages"][0]["id"], missed["id"],
+        "the newest message is not hidden"
+    );
+    assert_eq!(recent["messages"].as_array().unwrap().len(), 50);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

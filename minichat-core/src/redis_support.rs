@@ -230,6 +230,20 @@ impl Keys {
         format!("{}recent:{user}", self.prefix)
     }
 
+    /// Matches every recent-messages list under the prefix (for `SCAN`); glob characters in the
+    /// prefix are escaped.
+    pub(crate) fn recent_pattern(&self) -> String {
+        let mut pattern = String::with_capacity(self.prefix.len() + 8);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push_str("recent:*");
+        pattern
+    }
+
     /// The channel of `user`'s events: `{prefix}user:{user}`.
     pub(crate) fn user_channel(&self, user: UserId) -> String {
         format!("{}user:{user}", self.prefix)

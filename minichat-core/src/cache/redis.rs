@@ -15,12 +15,21 @@
 //!
 //! Every Redis failure is [`Error::Unavailable`] for [`Backend::Cache`]; the service treats the
 //! cache as best effort and carries on without it.
+//!
+//! A push that fails leaves a hole in its receiver's list (Redis may keep the list through an
+//! outage of ours, or of the link). So a failed push marks the receiver stale: their list reads
+//! as cold here, and the first time Redis answers again the stale lists are deleted, for every
+//! node (they fill again from new pushes, and storage answers meanwhile). At most
+//! [`MAX_STALE`] receivers are remembered; past that, every recent list under the prefix is
+//! cleared on recovery.
 
 use super::{RecentCache, CACHE_CAPACITY, CACHE_TTL};
 use crate::error::{Backend, Error, Result};
 use crate::model::{Message, UserId};
 use crate::redis_support::{self, Keys, RedisConfig, RedisPool};
 use async_trait::async_trait;
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 /// The recent-messages cache in Redis: a list per receiver (`{prefix}recent:{id}`) of message
 /// JSON, newest first, capped at [`CACHE_CAPACITY`] and expiring [`CACHE_TTL`] after the last
@@ -29,7 +38,25 @@ use async_trait::async_trait;
 pub struct RedisCache {
     pool: RedisPool,
     keys: Keys,
+    stale: Mutex<Stale>,
 }
+
+/// Receivers whose lists may have a hole (a push for them failed), remembered until deleted.
+#[derive(Default)]
+struct Stale {
+    receivers: HashSet<UserId>,
+    /// More failed than [`MAX_STALE`]: clear every list.
+    all: bool,
+}
+
+impl Stale {
+    fn is_empty(&self) -> bool {
+        !self.all && self.receivers.is_empty()
+    }
+}
+
+/// How many stale receivers are remembered one by one.
+pub const MAX_STALE: usize = 10_000;
 
 impl std::fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -46,7 +73,89 @@ impl RedisCache {
         Ok(RedisCache {
             pool,
             keys: Keys::new(&config.prefix),
+            stale: Mutex::new(Stale::default()),
         })
+    }
+
+    fn stale(&self) -> std::sync::MutexGuard<'_, Stale> {
+        self.stale.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mark_stale(&self, receiver: UserId) {
+        let mut stale = self.stale();
+        if stale.receivers.len() >= MAX_STALE {
+            stale.all = true;
+            stale.receivers.clear();
+        } else if !stale.all {
+            stale.receivers.insert(receiver);
+        }
+    }
+
+    /// Deletes the lists marked stale, now that Redis answers; keeps the marks on failure.
+    async fn clear_stale(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<()> {
+        let (receivers, all) = {
+            let stale = self.stale();
+            if stale.is_empty() {
+                return Ok(());
+            }
+            (
+                stale.receivers.iter().copied().collect::<Vec<_>>(),
+                stale.all,
+            )
+        };
+        if all {
+            let pattern = self.keys.recent_pattern();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(conn)
+                    .await
+                    .map_err(unavailable)?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(conn)
+                        .await
+                        .map_err(unavailable)?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        } else {
+            let keys: Vec<String> = receivers.iter().map(|r| self.keys.recent(*r)).collect();
+            for chunk in keys.chunks(1000) {
+                redis::cmd("UNLINK")
+                    .arg(chunk)
+                    .query_async::<()>(conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        let mut stale = self.stale();
+        if all {
+            // Marks made while clearing stay (the scan may have passed their keys already).
+            stale.all = false;
+        } else {
+            for r in &receivers {
+                stale.receivers.remove(r);
+            }
+        }
+        tracing::info!(
+            lists = if all {
+                "all".to_string()
+            } else {
+                receivers.len().to_string()
+            },
+            "cleared recent-messages lists with a failed push"
+        );
+        Ok(())
     }
 }
 
@@ -57,10 +166,38 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Error {
 #[async_trait]
 impl RecentCache for RedisCache {
     async fn push(&self, message: &Message) -> Result<()> {
+        let pushed = self.push_now(message).await;
+        if pushed.is_err() {
+            self.mark_stale(message.receiver_id);
+        }
+        pushed
+    }
+
+    async fn recent(&self, receiver: UserId, limit: usize) -> Result<Option<Vec<Message>>> {
+        let mut conn = self.pool.get(Backend::Cache).await?;
+        self.clear_stale(&mut conn).await?;
+        if self.stale().receivers.contains(&receiver) {
+            return Ok(None);
+        }
+        self.read(&mut conn, receiver, limit).await
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.pool.ping(Backend::Cache).await
+    }
+}
+
+impl RedisCache {
+    async fn push_now(&self, message: &Message) -> Result<()> {
         let json = serde_json::to_vec(message).map_err(unavailable)?;
         let key = self.keys.recent(message.receiver_id);
         let ttl_ms = u64::try_from(CACHE_TTL.as_millis()).unwrap_or(u64::MAX);
         let mut conn = self.pool.get(Backend::Cache).await?;
+        self.clear_stale(&mut conn).await?;
         redis::pipe()
             .atomic()
             .cmd("LPUSH")
@@ -81,20 +218,23 @@ impl RecentCache for RedisCache {
             .map_err(unavailable)
     }
 
-    async fn recent(&self, receiver: UserId, limit: usize) -> Result<Option<Vec<Message>>> {
+    async fn read(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        receiver: UserId,
+        limit: usize,
+    ) -> Result<Option<Vec<Message>>> {
         // LRANGE's stop index is inclusive, and -1 would mean "to the end": ask for at least one
         // entry so that an empty list still reads as cold, then cut to `limit`.
         let stop = i64::try_from(limit.max(1)).unwrap_or(i64::MAX) - 1;
         let key = self.keys.recent(receiver);
-        let mut conn = self.pool.get(Backend::Cache).await?;
         let raw: Vec<Vec<u8>> = redis::cmd("LRANGE")
             .arg(&key)
             .arg(0)
             .arg(stop)
-            .query_async(&mut *conn)
+            .query_async(conn)
             .await
             .map_err(unavailable)?;
-        drop(conn);
         if raw.is_empty() {
             return Ok(None);
         }
@@ -109,13 +249,5 @@ impl RecentCache for RedisCache {
             }
         }
         Ok(Some(messages))
-    }
-
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    async fn check(&self) -> Result<()> {
-        self.pool.ping(Backend::Cache).await
     }
 }
