@@ -20,16 +20,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use minichat::server::AuthMode;
 use minichat_core::test_support::free_port;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{eventually, name, Backend, Backends, TestServer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use support::{eventually, name, Backend, Backends, TcpProxy, TestServer};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -103,8 +99,8 @@ async fn two_people_chat_in_the_browser_and_survive_a_dropped_connection() {
 async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
     let backends = Backends::new(Backend::Memory).await;
     let server = TestServer::start(backends.settings(AuthMode::Token)).await;
-    let proxy = Proxy::start(server.addr).await;
-    let page = format!("http://{}/app/", proxy.addr);
+    let proxy = TcpProxy::start(server.addr).await;
+    let page = format!("{}/app/", proxy.url("http"));
 
     // --- sign up ---------------------------------------------------------------------------
     let alice_name = name("alice");
@@ -212,7 +208,7 @@ async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
     bob.shot("03-bob-conversation").await;
 
     // --- the server side drops every socket and refuses new ones for a while ------------------
-    proxy.go_down();
+    proxy.cut();
     for browser in [&alice, &bob] {
         browser
             .wait_until(
@@ -250,7 +246,7 @@ async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
     bob.shot("04-bob-reconnecting").await;
 
     // --- the connection comes back --------------------------------------------------------------
-    proxy.come_up();
+    proxy.restore();
     alice.wait_online().await;
     bob.wait_online().await;
     let shown = alice
@@ -752,73 +748,5 @@ impl Drop for Chromedriver {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The proxy that drops connections
-
-/// A TCP proxy in front of the server. `go_down` cuts every open connection and refuses new
-/// ones (accepted, then closed at once) until `come_up`.
-struct Proxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    cut: Arc<watch::Sender<u64>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(watch::channel(0u64).0);
-        let task = tokio::spawn({
-            let up = up.clone();
-            let cut = cut.clone();
-            async move {
-                loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    if !up.load(Ordering::SeqCst) {
-                        drop(inbound);
-                        continue;
-                    }
-                    let mut cut_rx = cut.subscribe();
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cut_rx.changed() => {}
-                        }
-                    });
-                }
-            }
-        });
-        Proxy {
-            addr,
-            up,
-            cut,
-            task,
-        }
-    }
-
-    fn go_down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.send_modify(|generation| *generation += 1);
-    }
-
-    fn come_up(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.cut.send_modify(|generation| *generation += 1);
     }
 }

@@ -11,10 +11,9 @@ mod support;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use support::{eventually, name, Backend, Backends, TestServer, Ws, DEADLINE};
+use support::{cargo_built, eventually, name, Backend, Backends, TestServer, Ws, DEADLINE};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
@@ -556,41 +555,6 @@ async fn metrics_count_exactly_what_happened() {
 
 // ---- JSON logs of the binary ----------------------------------------------------------------
 
-/// The `minichat-server` binary next to this test's (`target/<profile>/`), built if needed:
-/// `cargo test --test metrics` builds this package's targets, not the server crate's binary.
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary under target/<profile>/deps");
-    let mut build = std::process::Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "minichat-server",
-            "--bin",
-            "minichat-server",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    match profile_dir.file_name().and_then(|p| p.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
-            build.arg("--release");
-        }
-        Some(profile) => {
-            build.args(["--profile", profile]);
-        }
-    }
-    let status = build.status().expect("run cargo to build the server");
-    assert!(status.success(), "cargo build --bin minichat-server failed");
-    let binary = profile_dir.join(format!("minichat-server{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "no server binary at {}", binary.display());
-    binary
-}
-
 /// Collects a child's output lines as they come.
 fn collect(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
@@ -626,7 +590,11 @@ const CONTENT: &str = "zebra-quokka-7731";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_ids_and_no_secrets() {
-    let binary = server_binary();
+    // `cargo test --test metrics` builds this package's targets, not the server crate's binary.
+    let binary = cargo_built(
+        &["-p", "minichat-server", "--bin", "minichat-server"],
+        "minichat-server",
+    );
     let port = minichat_core::test_support::free_port();
     let mut child = tokio::process::Command::new(binary)
         .env_remove("RUST_LOG")

@@ -425,3 +425,50 @@ async fn a_slow_consumer_is_closed_with_4008_without_holding_up_others_and_resum
     .await;
     assert_eq!(seen.len(), sent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_sockets_are_pinged_and_dead_ones_closed() {
+    let backends = Backends::new(Backend::Memory).await;
+    let mut settings = backends.settings(AuthMode::Off);
+    settings.limits.ws_ping_interval = Duration::from_millis(500);
+    let s = TestServer::start(settings).await;
+    let live = id(&s.user(&name("live")).await);
+    let dead = id(&s.user(&name("dead")).await);
+
+    // A live client answers pings (tungstenite does, as it reads) and stays connected.
+    let mut live_ws = Ws::connect_ready(&s.ws_url(&format!("/ws/{live}"))).await;
+    let mut pings = 0;
+    while pings < 3 {
+        match live_ws.next_frame().await {
+            Some(tokio_tungstenite::tungstenite::Message::Ping(_)) => pings += 1,
+            Some(tokio_tungstenite::tungstenite::Message::Close(frame)) => {
+                panic!("live socket closed: {frame:?}")
+            }
+            Some(_) => {}
+            None => panic!("live socket dropped"),
+        }
+    }
+    live_ws.assert_no_pending_message().await;
+
+    // A dead one: after the greeting it neither reads at the WebSocket layer nor answers. The
+    // test reads the raw bytes underneath, which answers nothing, until the server hangs up.
+    let mut dead_ws = Ws::connect_ready(&s.ws_url(&format!("/ws/{dead}"))).await;
+    let raw = match dead_ws.stream.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp,
+        _ => unreachable!("plain TCP"),
+    };
+    let mut bytes = Vec::new();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncReadExt::read_to_end(raw, &mut bytes),
+    )
+    .await
+    .expect("the server closes a dead socket")
+    .expect("read");
+    // Server frames are unmasked: a ping (0x89) first, then a close (0x88) with code 1001.
+    assert!(bytes.first() == Some(&0x89), "pinged first: {bytes:?}");
+    let close = bytes
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2..4] == 1001u16.to_be_bytes());
+    assert!(close.is_some(), "closed with 1001: {bytes:?}");
+}

@@ -7,121 +7,10 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use support::{name, Backend, Backends, TestServer, Ws, DEADLINE};
+use support::{cargo_built, name, Backend, Backends, TcpProxy, TestServer, Ws, DEADLINE};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::watch;
-
-/// The example's binary, next to this test's (`target/<profile>/examples/`). `cargo test
-/// --test terminal_client` alone does not build examples, so the first call runs `cargo build
-/// --example terminal_client` (a no-op when it is up to date).
-fn client_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("test binary under target/<profile>/deps");
-            let mut build = std::process::Command::new(env!("CARGO"));
-            build
-                .args(["build", "--quiet", "--example", "terminal_client"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            match profile_dir.file_name().and_then(|p| p.to_str()) {
-                Some("debug") | None => {}
-                Some("release") => {
-                    build.arg("--release");
-                }
-                Some(profile) => {
-                    build.args(["--profile", profile]);
-                }
-            }
-            let status = build.status().expect("run cargo to build the example");
-            assert!(
-                status.success(),
-                "cargo build --example terminal_client failed"
-            );
-            let binary = profile_dir
-                .join("examples")
-                .join(format!("terminal_client{}", std::env::consts::EXE_SUFFIX));
-            assert!(
-                binary.exists(),
-                "the example binary is not at {}: is the target directory elsewhere?",
-                binary.display()
-            );
-            binary
-        })
-        .clone()
-}
-
-/// A TCP proxy to `target` that can cut all its connections and refuse new ones.
-struct Proxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    cut: watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
-        let addr = listener.local_addr().expect("proxy address");
-        let up = Arc::new(AtomicBool::new(true));
-        let (cut, _) = watch::channel(0u64);
-        let task = {
-            let up = up.clone();
-            let cut = cut.clone();
-            tokio::spawn(async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    // Subscribe before checking `up`, so a cut between the two still applies.
-                    let mut cuts = cut.subscribe();
-                    if !up.load(Ordering::SeqCst) {
-                        continue; // dropped: the client sees the connection closed
-                    }
-                    tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(target).await else {
-                            return;
-                        };
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cuts.changed() => {}
-                        }
-                    });
-                }
-            })
-        };
-        Proxy {
-            addr,
-            up,
-            cut,
-            task,
-        }
-    }
-
-    /// Cuts every connection and refuses new ones until [`Proxy::go_up`].
-    fn go_down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.send_modify(|generation| *generation += 1);
-    }
-
-    fn go_up(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.go_down();
-        self.task.abort();
-    }
-}
 
 /// The client process: stdin to type into, stdout read line by line with a deadline.
 struct Client {
@@ -134,7 +23,12 @@ struct Client {
 
 impl Client {
     fn spawn(args: &[&str]) -> Client {
-        let mut child = Command::new(client_binary())
+        // `cargo test --test terminal_client` alone does not build examples.
+        let binary = cargo_built(
+            &["--example", "terminal_client"],
+            "examples/terminal_client",
+        );
+        let mut child = Command::new(binary)
             .args(args)
             .env_remove("MINICHAT_TOKEN")
             .stdin(Stdio::piped())
@@ -330,7 +224,7 @@ async fn assert_no_pending_message_from(ws: &mut Ws, sender: i64) {
 async fn chats_over_stdin_and_stdout_and_resumes_after_a_drop() {
     let backends = Backends::new(Backend::Memory).await;
     let mut server = TestServer::start(backends.settings(minichat::server::AuthMode::Token)).await;
-    let proxy = Proxy::start(server.addr).await;
+    let proxy = TcpProxy::start(server.addr).await;
 
     let peer_name = name("peer");
     let (peer, peer_token) = signup(&server, &peer_name).await;
@@ -340,7 +234,7 @@ async fn chats_over_stdin_and_stdout_and_resumes_after_a_drop() {
     let me_name = name("term");
     let mut client = Client::spawn(&[
         "--server",
-        &format!("http://{}", proxy.addr),
+        &proxy.url("http"),
         "--signup",
         &me_name,
         "--peer",
@@ -401,7 +295,7 @@ async fn chats_over_stdin_and_stdout_and_resumes_after_a_drop() {
     );
 
     // The connection drops; while the client is away the peer writes, and the client queues a line.
-    proxy.go_down();
+    proxy.cut();
     client
         .expect("the drop", |l| l.starts_with("* reconnecting…"))
         .await;
@@ -413,7 +307,7 @@ async fn chats_over_stdin_and_stdout_and_resumes_after_a_drop() {
         })
         .await;
 
-    proxy.go_up();
+    proxy.restore();
     client
         .expect("the reconnect", |l| l == "* reconnected")
         .await;

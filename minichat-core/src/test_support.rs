@@ -138,6 +138,150 @@ pub fn unique_redis_prefix() -> String {
     )
 }
 
+/// Deletes every key under `prefix` on the Redis at `url` (a test's own prefix, at its end),
+/// on a thread of its own with its own runtime, so it works inside a runtime and outside one.
+/// Failures are reported on stderr, not raised: cleaning up must not fail a test.
+pub fn delete_redis_prefix(url: &str, prefix: &str) {
+    assert!(
+        prefix.starts_with("minichat:test:"),
+        "refusing to delete keys outside a test prefix: {prefix}"
+    );
+    let shown = url_safe(url).to_owned();
+    let (url, prefix) = (url.to_owned(), prefix.to_owned());
+    let cleaner = std::thread::spawn(move || -> Result<usize, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let client = redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut cursor, mut deleted) = (0u64, 0usize);
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !keys.is_empty() {
+                    deleted += keys.len();
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut conn)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    return Ok(deleted);
+                }
+            }
+        })
+    });
+    match cleaner.join() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("could not delete Redis keys on {shown}: {e}"),
+        Err(_) => eprintln!("could not delete Redis keys: panicked"),
+    }
+}
+
+fn url_safe(url: &str) -> &str {
+    url.split('@').next_back().unwrap_or(url)
+}
+
+/// A throw-away `redis-server` of a test's own on a free loopback port (never the shared one):
+/// killed, and its directory removed, when dropped, also when the test panics.
+pub struct ThrowawayRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl ThrowawayRedis {
+    /// Starts one and waits until it answers `PING`.
+    ///
+    /// # Panics
+    /// When `redis-server` is not on `PATH` or does not come up within 10 s.
+    pub async fn start() -> ThrowawayRedis {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("minichat-redis-test-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let mut server = ThrowawayRedis {
+            port,
+            dir,
+            child: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again, after [`kill`](Self::kill)) on the same port; waits until it answers.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = std::process::Command::new("redis-server")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tests need redis-server on PATH (scripts/test installs it)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).expect("a valid URL");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills it and waits until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ThrowawayRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A local TCP port that was free a moment ago (bound on 127.0.0.1:0, then released). Nothing
 /// listens on it when this returns, so it also serves as "a closed port".
 ///

@@ -10,10 +10,12 @@ use bytes::Bytes;
 use minichat_core::broker::{Broker, Delivery, RedisBroker};
 use minichat_core::cache::{RecentCache, RedisCache, CACHE_CAPACITY, CACHE_TTL};
 use minichat_core::model::{now, MessageType};
+use minichat_core::test_support::{
+    delete_redis_prefix, free_port, unique_redis_prefix, ThrowawayRedis,
+};
 use minichat_core::{
     Backend, ConnectionId, Error, Event, Hub, Message, RedisConfig, Subscription, UserId,
 };
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -21,14 +23,6 @@ const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
 
 fn shared_redis() -> String {
     std::env::var("MINICHAT_TEST_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS.into())
-}
-
-fn unique_prefix() -> String {
-    format!(
-        "minichat:test:{}:{:016x}:",
-        std::process::id(),
-        rand::random::<u64>()
-    )
 }
 
 fn config(url: &str, prefix: &str) -> RedisConfig {
@@ -39,11 +33,6 @@ fn config(url: &str, prefix: &str) -> RedisConfig {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
-}
-
 /// Deletes every key under a prefix when dropped, also when the test panics.
 struct Cleanup {
     url: String,
@@ -52,20 +41,7 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let Ok(client) = redis::Client::open(self.url.as_str()) else {
-            return;
-        };
-        let Ok(mut conn) = client.get_connection() else {
-            return;
-        };
-        let pattern = format!("{}*", self.prefix);
-        let keys: Vec<String> = match redis::cmd("KEYS").arg(&pattern).query(&mut conn) {
-            Ok(keys) => keys,
-            Err(_) => return,
-        };
-        if !keys.is_empty() {
-            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-        }
+        delete_redis_prefix(&self.url, &self.prefix);
     }
 }
 
@@ -143,7 +119,7 @@ async fn numsub(conn: &mut redis::aio::MultiplexedConnection, channel: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_keeps_the_newest_hundred_newest_first_with_expiry() {
     let url = shared_redis();
-    let prefix = unique_prefix();
+    let prefix = unique_redis_prefix();
     let _cleanup = Cleanup {
         url: url.clone(),
         prefix: prefix.clone(),
@@ -206,7 +182,7 @@ async fn cache_keeps_the_newest_hundred_newest_first_with_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_exactly_once_with_seq_and_exclusion() {
     let url = shared_redis();
-    let prefix = unique_prefix();
+    let prefix = unique_redis_prefix();
     let _cleanup = Cleanup {
         url: url.clone(),
         prefix: prefix.clone(),
@@ -279,7 +255,7 @@ async fn two_nodes_deliver_exactly_once_with_seq_and_exclusion() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribes_when_the_last_local_connection_leaves() {
     let url = shared_redis();
-    let prefix = unique_prefix();
+    let prefix = unique_redis_prefix();
     let _cleanup = Cleanup {
         url: url.clone(),
         prefix: prefix.clone(),
@@ -326,80 +302,6 @@ async fn unsubscribes_when_the_last_local_connection_leaves() {
         .await
         .expect("publish");
     assert_eq!(next(&mut again).await, back);
-}
-
-/// A `redis-server` of the test's own, killed when dropped (also on panic).
-struct ThrowawayRedis {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl ThrowawayRedis {
-    async fn start() -> ThrowawayRedis {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("minichat-redis-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the server's directory");
-        let mut server = ThrowawayRedis {
-            port,
-            dir,
-            child: None,
-        };
-        server.spawn().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the fault test needs redis-server on PATH");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).expect("URL");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-                {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {}",
-                self.port
-            );
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ThrowawayRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// Re-publishes to `user` until `sub` receives one of those events, or the deadline passes.
@@ -452,7 +354,7 @@ async fn count_before_marker(sub: &mut Subscription, wanted: &Event, marker: &Ev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_redis_restart() {
     let mut server = ThrowawayRedis::start().await;
-    let prefix = unique_prefix();
+    let prefix = unique_redis_prefix();
     let (hub_a, hub_b) = (Hub::default(), Hub::default());
     let a = RedisBroker::connect(&config(&server.url(), &prefix), hub_a.clone())
         .await
@@ -528,7 +430,7 @@ async fn survives_a_redis_restart() {
     drop(leaves_during_outage);
 
     // ...and is subscribed once Redis is back, like everyone subscribed before.
-    server.spawn().await;
+    server.restart().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     eventually_receives(&a, 1, &mut remote, deadline).await;
     eventually_receives(&a, 3, &mut newcomer, deadline).await;

@@ -152,6 +152,11 @@ pub struct Options {
     #[arg(long, env = "MINICHAT_SIGNUP", value_enum, default_value_t = Signup::Open, global = true)]
     pub signup: Signup,
 
+    /// Seconds a WebSocket may stay silent before the server pings it; twice that with no frame
+    /// at all and it is closed as dead.
+    #[arg(long, env = "MINICHAT_WS_PING_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    pub ws_ping_secs: u64,
+
     /// Events queued per WebSocket connection before it is closed as a slow consumer.
     #[arg(long, env = "MINICHAT_WS_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub ws_queue: u32,
@@ -172,6 +177,8 @@ pub struct Limits {
     /// Average messages per second per user, and the burst above it.
     pub send_rate_per_sec: u32,
     pub send_burst: u32,
+    /// How long a socket may stay silent before it is pinged; twice that and it is closed.
+    pub ws_ping_interval: Duration,
     /// Open WebSockets per user on one node, and in all on one node.
     pub max_sockets_per_user: usize,
     pub max_sockets: usize,
@@ -185,6 +192,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             max_ws_message_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            ws_ping_interval: Duration::from_secs(30),
             send_rate_per_sec: 30,
             send_burst: 100,
             max_sockets_per_user: 16,
@@ -255,6 +263,7 @@ impl Options {
                 max_body_bytes: self.max_body_bytes,
                 max_ws_message_bytes: self.max_ws_message_bytes,
                 header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+                ws_ping_interval: Duration::from_secs(self.ws_ping_secs),
                 send_rate_per_sec: self.send_rate,
                 send_burst: self.send_burst,
                 max_sockets_per_user: self.max_sockets_per_user,

@@ -37,9 +37,6 @@ use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
-/// How long a socket may stay silent before the server pings it; twice that without any
-/// frame from the client and it is taken for dead.
-pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// How long one write to a socket may take before the client is taken for dead: a client
 /// that stops reading holds its connection task no longer than this.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -314,7 +311,10 @@ impl Connection {
                 return end;
             }
         }
-        let mut heartbeat = tokio::time::interval(PING_INTERVAL);
+        // A socket silent for a ping interval is pinged; twice that with no frame at all (a
+        // live client answers pings) and it is taken for dead.
+        let ping_interval = self.state.limits.ws_ping_interval;
+        let mut heartbeat = tokio::time::interval(ping_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
         let mut last_heard = Instant::now();
@@ -349,11 +349,11 @@ impl Connection {
                 }
                 _ = heartbeat.tick() => {
                     let quiet = last_heard.elapsed();
-                    if quiet >= PING_INTERVAL * 2 {
+                    if quiet >= ping_interval * 2 {
                         tracing::info!("no frame for {quiet:?}: closing dead connection");
                         return End::Close(1001, "ping timeout");
                     }
-                    if quiet >= PING_INTERVAL {
+                    if quiet >= ping_interval {
                         self.send(Frame::Ping(Bytes::new())).await
                     } else {
                         Ok(())

@@ -7,9 +7,14 @@ use minichat::server::{AuthMode, RunningServer, Server, Settings};
 use minichat_core::test_support::{unique_redis_prefix, TestDatabase};
 use minichat_core::ChatConfig;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -33,6 +38,15 @@ pub struct Backends {
     pub kind: Backend,
     pub database: Option<TestDatabase>,
     pub redis_prefix: String,
+}
+
+impl Drop for Backends {
+    /// The test's database drops itself; its keys on the shared Redis go too.
+    fn drop(&mut self) {
+        if self.kind == Backend::Shared {
+            minichat_core::test_support::delete_redis_prefix(SHARED_REDIS_URL, &self.redis_prefix);
+        }
+    }
 }
 
 impl Backends {
@@ -227,79 +241,6 @@ impl Ws {
     }
 }
 
-/// A throw-away `redis-server` of the test's own on a free loopback port (never the shared
-/// one), killed when dropped.
-pub struct RedisProcess {
-    pub port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl RedisProcess {
-    pub async fn start() -> RedisProcess {
-        let port = minichat_core::test_support::free_port();
-        let mut process = RedisProcess { port, child: None };
-        process.restart().await;
-        process
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it (again) on the same port and waits until it answers.
-    pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test installs it)");
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)).await {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = [0u8; 16];
-                if stream.write_all(b"PING\r\n").await.is_ok() {
-                    if let Ok(n) = stream.read(&mut buf).await {
-                        if buf[..n].starts_with(b"+PONG") {
-                            return;
-                        }
-                    }
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Kills it and waits until it is gone.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Polls `check` until it returns `Some`, failing after `deadline`.
 pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
@@ -320,72 +261,142 @@ where
 }
 
 /// A TCP proxy of the test's own on a free loopback port, in front of `target`: it can cut
-/// every connection through it and refuse new ones, so a test can take a backend away from
-/// one node without touching the shared services.
+/// every connection through it and refuse new ones (accepted, then closed at once), so a test
+/// can drop a client's sockets, or take a backend away from one node without touching the
+/// shared services.
 pub struct TcpProxy {
     pub port: u16,
-    state: std::sync::Arc<ProxyState>,
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    /// Bumped on every cut: each link watches it and ends when it changes.
+    generation: watch::Sender<u64>,
     accept: tokio::task::JoinHandle<()>,
-}
-
-#[derive(Default)]
-struct ProxyState {
-    blocked: std::sync::atomic::AtomicBool,
-    links: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl TcpProxy {
     pub async fn start(target: SocketAddr) -> TcpProxy {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("bind proxy");
-        let port = listener.local_addr().expect("proxy address").port();
-        let state = std::sync::Arc::new(ProxyState::default());
-        let shared = state.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if shared.blocked.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: the client sees the connection close
-                }
-                let link = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        let addr = listener.local_addr().expect("proxy address");
+        let up = Arc::new(AtomicBool::new(true));
+        let (generation, _) = watch::channel(0u64);
+        let accept = tokio::spawn({
+            let up = up.clone();
+            let generation = generation.clone();
+            async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        // A transient failure (a connection reset before it was accepted, or
+                        // out of descriptors): keep serving, without spinning.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    // Subscribe before checking `up`, so a cut between the two still applies.
+                    let mut cuts = generation.subscribe();
+                    if !up.load(Ordering::SeqCst) {
+                        continue; // dropped: the client sees the connection closed
                     }
-                });
-                shared.links.lock().unwrap().push(link.abort_handle());
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cuts.changed() => {}
+                        }
+                    });
+                }
             }
         });
         TcpProxy {
-            port,
-            state,
+            port: addr.port(),
+            addr,
+            up,
+            generation,
             accept,
         }
     }
 
+    /// The proxy's own address, to connect to instead of the target's.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `scheme://127.0.0.1:<port>`.
     pub fn url(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}", self.port)
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Cuts every connection and refuses new ones until [`restore`](TcpProxy::restore).
     pub fn cut(&self) {
-        self.state
-            .blocked
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        for link in self.state.links.lock().unwrap().drain(..) {
-            link.abort();
-        }
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|generation| *generation += 1);
     }
 
+    /// Accepts and forwards new connections again (the cut ones stay closed).
     pub fn restore(&self) {
-        self.state
-            .blocked
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.up.store(true, Ordering::SeqCst);
     }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        self.accept.abort();
         self.cut();
+        self.accept.abort();
     }
+}
+
+/// Builds a sibling target of this package's tests with `cargo build --quiet <args>` in the
+/// profile the tests run in (`target/<profile>/`, found from this test binary's path under
+/// `target/<profile>/deps`), and returns `target/<profile>/<file_name>` plus the platform's
+/// executable suffix, e.g. `cargo_built(&["--example", "x"], "examples/x")`. `cargo test --test
+/// …` alone builds neither other crates' binaries nor examples; an up-to-date build is a no-op,
+/// and each `(args, file_name)` is built once per test process.
+pub fn cargo_built(args: &[&str], file_name: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<(Vec<String>, String), PathBuf>> = Mutex::new(BTreeMap::new());
+    // Held through the build, so concurrent tests wait for one build rather than race it; a
+    // failed build (a panic here) is retried, and fails again, in the next test that asks.
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let key = (
+        args.iter().map(|a| a.to_string()).collect(),
+        file_name.to_owned(),
+    );
+    if let Some(binary) = built.get(&key) {
+        return binary.clone();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary under target/<profile>/deps");
+    let mut build = std::process::Command::new(env!("CARGO"));
+    build
+        .args(["build", "--quiet"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    match profile_dir.file_name().and_then(|p| p.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            build.arg("--release");
+        }
+        Some(profile) => {
+            build.args(["--profile", profile]);
+        }
+    }
+    let command = format!("cargo build {}", args.join(" "));
+    let status = build
+        .status()
+        .unwrap_or_else(|e| panic!("run `{command}`: {e}"));
+    assert!(status.success(), "`{command}` failed");
+    let binary = profile_dir.join(format!("{file_name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "`{command}` left no binary at {}: is the target directory elsewhere?",
+        binary.display()
+    );
+    built.insert(key, binary.clone());
+    binary
 }
