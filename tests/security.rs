@@ -567,3 +567,61 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_subcommand_mints_tokens_the_server_accepts() {
+    let backends = Backends::new(Backend::Shared).await;
+    let (_b, s) = (
+        &backends,
+        TestServer::start(backends.settings(AuthMode::Token)).await,
+    );
+    let (alice, _) = signup(&s, "cli").await;
+    let binary = support::cargo_built(
+        &["-p", "minichat-server", "--bin", "minichat-server"],
+        "minichat-server",
+    );
+    let database_url = backends
+        .database
+        .as_ref()
+        .expect("a database")
+        .url()
+        .to_owned();
+    let run = |args: &[&str]| {
+        std::process::Command::new(&binary)
+            .args(args)
+            .env("DATABASE_URL", &database_url)
+            .env("MINICHAT_JWT_SECRET", SECRET)
+            .env_remove("REDIS_URL")
+            .output()
+            .expect("run minichat-server")
+    };
+    // stdout is the token alone (logs go to stderr), so `$(minichat-server token ...)` works.
+    let out = run(&["token", "--user-id", &alice["id"].to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (status, body) = s
+        .send(
+            s.http
+                .get(s.url(&format!("/messages/?user_id={}", id(&alice))))
+                .bearer_auth(&token),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A user that does not exist gets no token, and one clear line.
+    let out = run(&["token", "--user-id", "999999"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().ends_with("User not found"), "{err}");
+    // Without the secret there is nothing to sign with.
+    let out = std::process::Command::new(&binary)
+        .args(["token", "--admin"])
+        .env_remove("MINICHAT_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MINICHAT_JWT_SECRET"));
+}

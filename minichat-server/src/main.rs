@@ -11,12 +11,16 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        // PostgreSQL notices ("already exists, skipping") are not news at info.
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
+    // Logs go to stderr, so that stdout carries only what a subcommand prints (`token`).
     // Colours only for a person at a terminal, not in files or a log collector.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal());
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -74,7 +78,12 @@ async fn main() -> ExitCode {
                         Err(e) => return fail(e),
                     };
                     if let Err(e) = chat.get_user(user_id).await {
-                        return fail(format!("user {user_id}: {e} (with in-memory storage no user exists outside the server process: set DATABASE_URL)"));
+                        let hint = if settings.chat.database_url.is_none() {
+                            " (in-memory storage lives inside the server process: set DATABASE_URL)"
+                        } else {
+                            ""
+                        };
+                        return fail(format!("user {user_id}: {e}{hint}"));
                     }
                     auth.issue(user_id, ttl)
                 }
