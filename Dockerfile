@@ -40,8 +40,7 @@ RUN groupadd --system --gid 10001 minichat \
 COPY --from=builder /out/minichat-server /usr/local/bin/minichat-server
 
 USER minichat:minichat
-ENV MINICHAT_BIND=0.0.0.0:8000 \
-    RUST_LOG=info
+ENV MINICHAT_BIND=0.0.0.0:8000
 EXPOSE 8000
 
 ENTRYPOINT ["minichat-server"]
