@@ -567,6 +567,14 @@ async fn websocket_resume_with_since(kind: Backend) {
     assert_eq!(frame["id"], live["id"]);
     assert_eq!(frame["seq"], 6);
     ws.assert_no_pending_message().await;
+
+    // A `since` from the future (a client that outlived a data reset) does not swallow events.
+    let mut ahead = Ws::connect_ready(&s.ws_url(&format!("/ws/{b}?since=1000"))).await;
+    ahead.assert_no_pending_message().await;
+    let next = s.message(a, b, "after a reset").await;
+    let frame = ahead.next_json().await;
+    assert_eq!(frame["id"], next["id"]);
+    assert_eq!(frame["seq"], 7);
 }
 
 async fn docs_are_served_offline(kind: Backend) {

@@ -286,17 +286,16 @@ impl Connection {
 
     async fn serve(&mut self, mut subscription: Subscription, since: Option<Seq>) -> End {
         // Subscribed already, so anything stored from here on arrives live. Without `since`, the
-        // stream starts at the newest stored event.
-        self.last_seq = match since {
-            Some(since) => since,
-            None => match self.state.chat.current_seq(self.user.id).await {
-                Ok(seq) => seq,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read the current seq");
-                    return End::Close(1011, "storage unavailable");
-                }
-            },
+        // stream starts at the newest stored event; a `since` beyond it (a client that kept a
+        // seq from before the data was reset) is taken as the newest, or it would drop events.
+        let current = match self.state.chat.current_seq(self.user.id).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the current seq");
+                return End::Close(1011, "storage unavailable");
+            }
         };
+        self.last_seq = since.map_or(current, |since| since.min(current));
         let greeting = format!("Connected to chat as {}", self.user.username);
         let system = text(&SystemFrame {
             kind: "system",
