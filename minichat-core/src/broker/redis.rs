@@ -77,7 +77,7 @@
 
 use super::{Broker, ClusterPresence, Delivery};
 use crate::error::{Backend, Error, Result};
-use crate::hub::{Event, Hub};
+use crate::hub::{ConnectionId, Event, Hub};
 use crate::model::UserId;
 use crate::redis_support::{self, Keys, RedisConfig, RedisPool, CONNECT_TIMEOUT};
 use async_trait::async_trait;
@@ -233,43 +233,47 @@ impl AsyncPushSender for Inbox {
 }
 
 impl Inbox {
-    /// A presence change: `[pattern, channel, payload]` → the connections watching that user.
-    fn deliver_presence(&self, data: Vec<Value>) {
-        let mut data = data.into_iter().skip(1);
-        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-            (data.next(), data.next())
-        else {
-            tracing::warn!("dropped a malformed presence message from Redis");
+    /// A user's event: `[channel, envelope]` → that user's local connections.
+    fn deliver(&self, data: Vec<Value>) {
+        let Some((channel, exclude, event)) = unpack(data, 0) else {
             return;
         };
-        let Some(user) = self.keys.user_of_presence_channel(&channel) else {
-            return;
-        };
-        match envelope::decode(Bytes::from(payload)) {
-            Ok((_, event)) => {
-                self.hub.deliver_presence(user, &event);
+        match self.keys.user_of_channel(&channel) {
+            Some(user) => {
+                self.hub.deliver(user, exclude, &event);
             }
-            Err(why) => tracing::warn!(user, why, "dropped an undecodable presence envelope"),
+            None => {
+                tracing::debug!(channel = %String::from_utf8_lossy(&channel), "message on a foreign channel")
+            }
         }
     }
 
-    fn deliver(&self, data: Vec<Value>) {
-        let mut data = data.into_iter();
-        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-            (data.next(), data.next())
-        else {
-            tracing::warn!("dropped a malformed pub/sub message from Redis");
+    /// A presence change: `[pattern, channel, envelope]` → the connections watching that user.
+    fn deliver_presence(&self, data: Vec<Value>) {
+        let Some((channel, _, event)) = unpack(data, 1) else {
             return;
         };
-        let Some(user) = self.keys.user_of_channel(&channel) else {
-            tracing::debug!(channel = %String::from_utf8_lossy(&channel), "message on a foreign channel");
-            return;
-        };
-        match envelope::decode(Bytes::from(payload)) {
-            Ok((exclude, event)) => {
-                self.hub.deliver(user, exclude, &event);
-            }
-            Err(why) => tracing::warn!(user, why, "dropped an undecodable broker envelope"),
+        if let Some(user) = self.keys.user_of_presence_channel(&channel) {
+            self.hub.deliver_presence(user, &event);
+        }
+    }
+}
+
+/// The channel and decoded envelope of a pub/sub push, after `skip` leading fields (the
+/// pattern, for pattern subscriptions); `None`, logged, for anything malformed.
+fn unpack(data: Vec<Value>, skip: usize) -> Option<(Vec<u8>, Option<ConnectionId>, Event)> {
+    let mut data = data.into_iter().skip(skip);
+    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+        (data.next(), data.next())
+    else {
+        tracing::warn!("dropped a malformed pub/sub message from Redis");
+        return None;
+    };
+    match envelope::decode(Bytes::from(payload)) {
+        Ok((exclude, event)) => Some((channel, exclude, event)),
+        Err(why) => {
+            tracing::warn!(why, channel = %String::from_utf8_lossy(&channel), "dropped an undecodable broker envelope");
+            None
         }
     }
 }
