@@ -92,7 +92,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(settings: Settings) -> TestServer {
-        let server = Server::bind(settings).await.expect("server starts").spawn();
+        TestServer::over(Server::bind(settings).await.expect("server starts").spawn())
+    }
+
+    /// A client for a server started some other way (say, over a chat built by the test).
+    pub fn over(server: RunningServer) -> TestServer {
         let addr = server.addr();
         TestServer {
             server: Some(server),
