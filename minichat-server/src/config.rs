@@ -152,8 +152,8 @@ pub struct Options {
     #[arg(long, env = "MINICHAT_SIGNUP", value_enum, default_value_t = Signup::Open, global = true)]
     pub signup: Signup,
 
-    /// Seconds a WebSocket may stay silent before the server pings it; twice that with no frame
-    /// at all and it is closed as dead.
+    /// Seconds a WebSocket may stay silent before the server pings it; three times that with no
+    /// frame at all and it is closed as dead.
     #[arg(long, env = "MINICHAT_WS_PING_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..), global = true)]
     pub ws_ping_secs: u64,
 
@@ -177,7 +177,7 @@ pub struct Limits {
     /// Average messages per second per user, and the burst above it.
     pub send_rate_per_sec: u32,
     pub send_burst: u32,
-    /// How long a socket may stay silent before it is pinged; twice that and it is closed.
+    /// How long a socket may stay silent before it is pinged; three times that and it is closed.
     pub ws_ping_interval: Duration,
     /// Open WebSockets per user on one node, and in all on one node.
     pub max_sockets_per_user: usize,

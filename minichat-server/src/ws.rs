@@ -310,8 +310,8 @@ impl Connection {
                 return end;
             }
         }
-        // A socket silent for a ping interval is pinged; twice that with no frame at all (a
-        // live client answers pings) and it is taken for dead.
+        // A socket silent for a ping interval is pinged (again at every interval); three
+        // intervals with no frame at all (a live client answers pings) and it is taken for dead.
         let ping_interval = self.state.limits.ws_ping_interval;
         let mut heartbeat = tokio::time::interval(ping_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -348,7 +348,7 @@ impl Connection {
                 }
                 _ = heartbeat.tick() => {
                     let quiet = last_heard.elapsed();
-                    if quiet >= ping_interval * 2 {
+                    if quiet >= ping_interval * 3 {
                         tracing::info!("no frame for {quiet:?}: closing dead connection");
                         return End::Close(1001, "ping timeout");
                     }

@@ -8,6 +8,7 @@ use minichat_core::test_support::{unique_redis_prefix, TestDatabase};
 use minichat_core::ChatConfig;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -403,4 +404,49 @@ pub fn cargo_built(args: &[&str], file_name: &str) -> PathBuf {
     );
     built.insert(key, binary.clone());
     binary
+}
+
+/// Settings for a busy test: no send-rate limit in the way.
+pub fn busy(backends: &Backends) -> Settings {
+    let mut settings = backends.settings(AuthMode::Off);
+    settings.limits.send_rate_per_sec = 100_000;
+    settings.limits.send_burst = 100_000;
+    settings
+}
+
+/// Reads message frames until `idle` passes with none, checking that each continues the
+/// stream (`seq` is exactly one more than the last) and is new.
+pub async fn read_stream(
+    ws: &mut Ws,
+    last_seq: &mut i64,
+    seen: &mut HashSet<i64>,
+    budget: usize,
+    idle: Duration,
+) -> usize {
+    let mut read = 0;
+    while read < budget {
+        let frame = match tokio::time::timeout(idle, ws.stream.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => t,
+            Ok(Some(Ok(_))) => continue,
+            Ok(_) | Err(_) => break,
+        };
+        let frame: Value = serde_json::from_str(&frame).expect("JSON frame");
+        if frame["type"] != "message" {
+            continue;
+        }
+        let seq = frame["seq"].as_i64().expect("seq");
+        assert_eq!(
+            seq,
+            *last_seq + 1,
+            "gap or reorder: got seq {seq} after {last_seq}"
+        );
+        let message_id = frame["id"].as_i64().expect("id");
+        assert!(
+            seen.insert(message_id),
+            "message {message_id} delivered twice"
+        );
+        *last_seq = seq;
+        read += 1;
+    }
+    read
 }
