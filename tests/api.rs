@@ -587,6 +587,7 @@ async fn docs_are_served_offline(kind: Backend) {
         "/users/{user_id}",
         "/messages/",
         "/messages/recent/{user_id}",
+        "/messages/read",
         "/ws/{user_id}",
         "/health",
         "/",

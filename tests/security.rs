@@ -109,6 +109,13 @@ async fn auth_matrix(kind: Backend) {
             None,
             true,
         ),
+        (
+            "read state",
+            reqwest::Method::GET,
+            format!("/messages/read?user_id={a}&chat_with={b}"),
+            None,
+            true,
+        ),
     ];
     for (what, method, path, body, acts_as_alice) in &routes {
         for credential in ALL {

@@ -38,7 +38,8 @@ pub use error::{Backend, Error, Result};
 pub use event::Presence;
 pub use hub::{Closed, ConnectionId, Event, Hub, Subscription};
 pub use model::{
-    HistoryRequest, Message, MessageId, NewMessage, NewUser, Seq, User, UserId, ValidationError,
+    HistoryRequest, Message, MessageId, NewMessage, NewUser, ReadState, Seq, User, UserId,
+    ValidationError,
 };
 pub use redis_support::RedisConfig;
 pub use service::{BackendStatus, Chat, ChatConfig, ChatService, Health, SentMessage};

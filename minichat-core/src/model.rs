@@ -111,6 +111,15 @@ pub struct StoredMessage {
     pub created: bool,
 }
 
+/// How far two users have read each other's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
+pub struct ReadState {
+    /// The newest message from the peer that the user has read (`null`: none).
+    pub read_up_to: Option<MessageId>,
+    /// The newest of the user's messages that the peer has read (`null`: none).
+    pub peer_read_up_to: Option<MessageId>,
+}
+
 /// Input of "create a user", as a client sends it.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct NewUser {

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::event::{message_event, presence_event, read_event, typing_event, Presence};
 use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
 use crate::model::{
-    HistoryRequest, Message, MessageId, NewMessage, NewUser, Page, Seq, User, UserId,
+    HistoryRequest, Message, MessageId, NewMessage, NewUser, Page, ReadState, Seq, User, UserId,
     ValidationError, RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
@@ -110,6 +110,9 @@ pub trait ChatService: Send + Sync + 'static {
     /// tells `peer`. Returns the stored mark. `Error::MessageNotFound` when `up_to` is not a
     /// message from `peer` to `reader`.
     async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId>;
+
+    /// How far `user` and `peer` have read each other's messages.
+    async fn read_state(&self, user: UserId, peer: UserId) -> Result<ReadState>;
 
     /// Whether each of `users` is online anywhere in the cluster, and when they were last seen.
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>>;
@@ -497,6 +500,10 @@ impl ChatService for Chat {
             Err(e) => tracing::warn!(error = %e, "read receipt fan-out failed"),
         }
         Ok(mark)
+    }
+
+    async fn read_state(&self, user: UserId, peer: UserId) -> Result<ReadState> {
+        self.inner.storage.read_marks(user, peer).await
     }
 
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>> {

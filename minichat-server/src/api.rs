@@ -12,7 +12,7 @@ use crate::routes::{json, AppState, Response};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use minichat_core::model::{timestamp, DEFAULT_USERS_LIMIT};
-use minichat_core::{BackendStatus, HistoryRequest, Message, NewMessage, NewUser, User};
+use minichat_core::{BackendStatus, HistoryRequest, Message, NewMessage, NewUser, ReadState, User};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -285,4 +285,23 @@ pub async fn recent_messages(
     caller.require_user(id)?;
     let messages = state.chat.recent_messages(id).await?;
     Ok(json(StatusCode::OK, &RecentMessages { messages }))
+}
+
+#[utoipa::path(get, path = "/messages/read", tag = "messages",
+    params(("user_id" = i64, Query, description = "The reader"),
+           ("chat_with" = i64, Query, description = "The other side of the conversation")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "How far each has read the other's messages (ids, or null)", body = ReadState),
+              (status = 401, description = "Missing or invalid token", body = ErrorBody),
+              (status = 403, description = "user_id is not the token's user", body = ErrorBody),
+              (status = 422, description = "Missing or non-integer ids", body = ErrorBody)))]
+pub async fn read_state(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
+    let caller = state.caller(&req);
+    caller.require_any()?;
+    let query = Query::parse(req.uri().query());
+    let user_id = query.required_int("user_id")?;
+    caller.require_user(user_id)?;
+    let peer = query.required_int("chat_with")?;
+    let marks = state.chat.read_state(user_id, peer).await?;
+    Ok(json(StatusCode::OK, &marks))
 }

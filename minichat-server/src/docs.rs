@@ -48,9 +48,9 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Minichat", description = "Real-time chat backend: REST and WebSocket. Wire contract compatible with the original Mini Chat Backend."),
     paths(api::root, api::health, telemetry::metrics, api::create_user, api::list_users, api::get_user,
-          api::send_message, api::history, api::recent_messages, websocket),
+          api::send_message, api::history, api::recent_messages, api::read_state, websocket),
     components(schemas(minichat_core::User, minichat_core::Message, minichat_core::NewUser,
-                       minichat_core::NewMessage, minichat_core::model::MessageType,
+                       minichat_core::NewMessage, minichat_core::ReadState, minichat_core::model::MessageType,
                        api::CreatedUser, api::UserWithPresence, api::SentMessageBody, api::RecentMessages,
                        api::HealthBody, api::ErrorBody)),
     modifiers(&BearerAuth),

@@ -93,6 +93,7 @@ pub enum Route<'a> {
     User(&'a str),
     Messages,
     RecentMessages(&'a str),
+    ReadState,
     WebSocket(&'a str),
 }
 
@@ -107,6 +108,7 @@ impl<'a> Route<'a> {
             "/redoc/redoc.standalone.js" => Route::RedocScript,
             "/users/" => Route::Users,
             "/messages/" => Route::Messages,
+            "/messages/read" => Route::ReadState,
             "/docs" => Route::Docs(""),
             "/app" => Route::App(""),
             _ => {
@@ -144,6 +146,7 @@ impl<'a> Route<'a> {
             Route::User(_) => "/users/{user_id}",
             Route::Messages => "/messages/",
             Route::RecentMessages(_) => "/messages/recent/{user_id}",
+            Route::ReadState => "/messages/read",
             Route::WebSocket(_) => "/ws/{user_id}",
         }
     }
@@ -221,6 +224,7 @@ async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Respo
         Route::Messages if post => api::send_message(state, req).await,
         Route::Messages => api::history(state, req).await,
         Route::RecentMessages(id) => api::recent_messages(state, req, id).await,
+        Route::ReadState => api::read_state(state, req).await,
         Route::WebSocket(id) => ws::upgrade(state, req, id),
     }
 }

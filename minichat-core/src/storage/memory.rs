@@ -6,8 +6,8 @@
 use super::Storage;
 use crate::error::{Error, Result};
 use crate::model::{
-    now, HistoryQuery, Message, MessageId, MessageType, Page, Seq, StoredMessage, User, UserId,
-    ValidMessage, ValidUser,
+    now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage, User,
+    UserId, ValidMessage, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -220,6 +220,14 @@ impl Storage for MemoryStorage {
         let mark = state.read_marks.entry((reader, peer)).or_insert(up_to);
         *mark = (*mark).max(up_to);
         Ok(*mark)
+    }
+
+    async fn read_marks(&self, user: UserId, peer: UserId) -> Result<ReadState> {
+        let state = self.state();
+        Ok(ReadState {
+            read_up_to: state.read_marks.get(&(user, peer)).copied(),
+            peer_read_up_to: state.read_marks.get(&(peer, user)).copied(),
+        })
     }
 
     async fn set_last_seen(&self, user: UserId, at: DateTime<Utc>) -> Result<()> {

@@ -12,6 +12,7 @@ pub use memory::MemoryStorage;
 pub use postgres::{PostgresConfig, PostgresStorage};
 
 use crate::error::Result;
+use crate::model::ReadState;
 use crate::model::{
     HistoryQuery, Message, MessageId, Page, Seq, StoredMessage, User, UserId, ValidMessage,
     ValidUser,
@@ -57,6 +58,10 @@ pub trait Storage: Send + Sync + 'static {
     /// from `peer` to `reader`), never moving backwards; returns the stored mark.
     /// `Error::MessageNotFound` when `up_to` is not such a message.
     async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId>;
+
+    /// The read marks between `user` and `peer`: the newest of `peer`'s messages `user` has
+    /// read, and the newest of `user`'s messages `peer` has read.
+    async fn read_marks(&self, user: UserId, peer: UserId) -> Result<ReadState>;
 
     /// Records when `user` was last seen online (never moving backwards).
     async fn set_last_seen(&self, user: UserId, at: DateTime<Utc>) -> Result<()>;

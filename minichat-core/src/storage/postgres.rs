@@ -27,8 +27,8 @@
 use super::Storage;
 use crate::error::{Backend, Error, Result};
 use crate::model::{
-    now, HistoryQuery, Message, MessageId, MessageType, Page, Seq, StoredMessage, User, UserId,
-    ValidMessage, ValidUser,
+    now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage, User,
+    UserId, ValidMessage, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -371,6 +371,9 @@ const MARK_READ: &str = "INSERT INTO read_receipts (user_id, peer_id, up_to_mess
 
 const CURRENT_SEQ: &str = "SELECT last_seq FROM users WHERE id = $1";
 
+const READ_MARKS: &str = "SELECT user_id, up_to_message_id FROM read_receipts
+     WHERE (user_id = $1 AND peer_id = $2) OR (user_id = $2 AND peer_id = $1)";
+
 const SET_LAST_SEEN: &str = "UPDATE users SET last_seen = GREATEST(last_seen, $2) WHERE id = $1";
 
 const LAST_SEEN: &str = "SELECT id, last_seen FROM users WHERE id = ANY($1)";
@@ -665,6 +668,29 @@ impl Storage for PostgresStorage {
             .map_err(unavailable)?
             .ok_or(Error::MessageNotFound)?;
         row.try_get(0).map_err(unavailable)
+    }
+
+    async fn read_marks(&self, user: UserId, peer: UserId) -> Result<ReadState> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(READ_MARKS)
+            .await
+            .map_err(unavailable)?;
+        let mut state = ReadState::default();
+        for row in client
+            .query(&stmt, &[&user, &peer])
+            .await
+            .map_err(unavailable)?
+        {
+            let reader: UserId = row.try_get(0).map_err(unavailable)?;
+            let up_to: MessageId = row.try_get(1).map_err(unavailable)?;
+            if reader == user {
+                state.read_up_to = Some(up_to);
+            } else {
+                state.peer_read_up_to = Some(up_to);
+            }
+        }
+        Ok(state)
     }
 
     async fn set_last_seen(&self, user: UserId, at: DateTime<Utc>) -> Result<()> {
