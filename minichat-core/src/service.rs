@@ -332,7 +332,9 @@ impl Chat {
             // The message is committed; the cache and the fan-out are best effort from here,
             // and a client that missed the event recovers it from storage.
             let (cached, published) = tokio::join!(
-                self.inner.cache.push(&message),
+                self.inner
+                    .cache
+                    .push(message.receiver_id, &deliveries[0].event.payload),
                 self.inner.broker.publish(&deliveries)
             );
             if let Err(e) = cached {

@@ -53,6 +53,11 @@ async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|e| panic!("tests need Redis at {url}: {e}"))
 }
 
+/// A message as the cache receives it: its receiver's frame (the message plus its seq).
+fn frame(message: &Message) -> Bytes {
+    minichat_core::event::message_event(message, message.id).payload
+}
+
 fn message(id: i64, receiver: UserId) -> Message {
     Message {
         id,
@@ -134,9 +139,9 @@ async fn cache_keeps_the_newest_hundred_newest_first_with_expiry() {
 
     let sent: Vec<Message> = (1..=120).map(|id| message(id, 1)).collect();
     for m in &sent {
-        cache.push(m).await.expect("push");
+        cache.push(1, &frame(m)).await.expect("push");
     }
-    cache.push(&message(500, 2)).await.expect("push");
+    cache.push(2, &frame(&message(500, 2))).await.expect("push");
 
     let recent = cache.recent(1, 50).await.expect("recent").expect("warm");
     let expected: Vec<Message> = sent.iter().rev().take(50).cloned().collect();
@@ -412,7 +417,7 @@ async fn survives_a_redis_restart() {
         started.elapsed()
     );
     // The cache reports itself unavailable (the service then reads storage).
-    match cache.push(&message(1, 1)).await {
+    match cache.push(1, &frame(&message(1, 1))).await {
         Err(Error::Unavailable { backend, .. }) => assert_eq!(backend, Backend::Cache),
         other => panic!("expected the cache to be unavailable, got {other:?}"),
     }
@@ -447,7 +452,7 @@ async fn survives_a_redis_restart() {
         sleep(Duration::from_millis(20)).await;
     }
     cache
-        .push(&message(2, 1))
+        .push(1, &frame(&message(2, 1)))
         .await
         .expect("the cache works again");
     let recent = cache.recent(1, 50).await.expect("recent").expect("warm");

@@ -4,14 +4,15 @@ use super::{RecentCache, CACHE_CAPACITY, CACHE_TTL};
 use crate::error::Result;
 use crate::model::{Message, UserId};
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 struct Entry {
     expires: Instant,
-    /// Newest first, at most `CACHE_CAPACITY`.
-    messages: VecDeque<Message>,
+    /// Newest first, at most `CACHE_CAPACITY`: the receiver's frames, shared, not copied.
+    frames: VecDeque<Bytes>,
 }
 
 /// A capped list per receiver in a map; expired lists are dropped when touched and swept
@@ -38,7 +39,7 @@ impl MemoryCache {
 
 #[async_trait]
 impl RecentCache for MemoryCache {
-    async fn push(&self, message: &Message) -> Result<()> {
+    async fn push(&self, receiver: UserId, frame: &Bytes) -> Result<()> {
         let now = Instant::now();
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (map, last_sweep) = &mut *guard;
@@ -46,27 +47,34 @@ impl RecentCache for MemoryCache {
             map.retain(|_, e| e.expires > now);
             *last_sweep = now;
         }
-        let entry = map.entry(message.receiver_id).or_insert_with(|| Entry {
+        let entry = map.entry(receiver).or_insert_with(|| Entry {
             expires: now,
-            messages: VecDeque::with_capacity(8),
+            frames: VecDeque::with_capacity(8),
         });
         if entry.expires <= now {
-            entry.messages.clear();
+            entry.frames.clear();
         }
         entry.expires = now + self.ttl;
-        entry.messages.push_front(message.clone());
-        entry.messages.truncate(CACHE_CAPACITY);
+        entry.frames.push_front(frame.clone());
+        entry.frames.truncate(CACHE_CAPACITY);
         Ok(())
     }
 
     async fn recent(&self, receiver: UserId, limit: usize) -> Result<Option<Vec<Message>>> {
         let now = Instant::now();
         let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(guard
-            .0
-            .get(&receiver)
-            .filter(|e| e.expires > now)
-            .map(|e| e.messages.iter().take(limit).cloned().collect()))
+        let Some(entry) = guard.0.get(&receiver).filter(|e| e.expires > now) else {
+            return Ok(None);
+        };
+        // Frames were serialised from messages by this process: they always decode.
+        Ok(Some(
+            entry
+                .frames
+                .iter()
+                .take(limit)
+                .filter_map(|f| serde_json::from_slice::<Message>(f).ok())
+                .collect(),
+        ))
     }
 
     fn kind(&self) -> &'static str {
@@ -95,14 +103,18 @@ mod tests {
         }
     }
 
+    fn frame(id: i64, receiver: UserId) -> Bytes {
+        crate::event::message_event(&message(id, receiver), id).payload
+    }
+
     #[tokio::test]
     async fn keeps_the_newest_hundred_newest_first() {
         let cache = MemoryCache::default();
         assert_eq!(cache.recent(1, 50).await.unwrap(), None);
         for id in 1..=150 {
-            cache.push(&message(id, 1)).await.unwrap();
+            cache.push(1, &frame(id, 1)).await.unwrap();
         }
-        cache.push(&message(151, 2)).await.unwrap();
+        cache.push(2, &frame(151, 2)).await.unwrap();
         let all = cache.recent(1, 1000).await.unwrap().unwrap();
         assert_eq!(all.len(), CACHE_CAPACITY);
         assert_eq!(all[0].id, 150);
@@ -113,7 +125,7 @@ mod tests {
     #[tokio::test]
     async fn lists_expire() {
         let cache = MemoryCache::with_ttl(Duration::from_millis(1));
-        cache.push(&message(1, 1)).await.unwrap();
+        cache.push(1, &frame(1, 1)).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while cache.recent(1, 50).await.unwrap().is_some() {
             assert!(Instant::now() < deadline, "entry never expired");

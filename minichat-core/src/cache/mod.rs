@@ -14,6 +14,7 @@ pub use memory::MemoryCache;
 use crate::error::Result;
 use crate::model::{Message, UserId};
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::time::Duration;
 
 /// Entries kept per receiver.
@@ -23,8 +24,10 @@ pub const CACHE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 #[async_trait]
 pub trait RecentCache: Send + Sync + 'static {
-    /// Records a message its receiver got (the newest first, capped, expiry renewed).
-    async fn push(&self, message: &Message) -> Result<()>;
+    /// Records a message `receiver` got (the newest first, capped, expiry renewed), as the
+    /// frame already serialised for them: the JSON of a [`Message`] plus its `seq`, which
+    /// readers ignore. Taking the frame's bytes means no serialisation or copy per message.
+    async fn push(&self, receiver: UserId, frame: &Bytes) -> Result<()>;
 
     /// Up to `limit` of the newest messages `receiver` got, newest first; `None` when the cache
     /// holds nothing for them.

@@ -4,8 +4,8 @@
 //! in-process cache would only know the messages its own node handled; this one keeps a list
 //! per receiver in Redis that every node pushes to:
 //!
-//! - `{prefix}recent:{receiver}` is a list of message JSON (the serde form of
-//!   [`Message`]), newest first, capped at [`CACHE_CAPACITY`] entries and expiring
+//! - `{prefix}recent:{receiver}` is a list of the receiver's message frames (the serde form of
+//!   [`Message`] plus its `seq`), newest first, capped at [`CACHE_CAPACITY`] entries and expiring
 //!   [`CACHE_TTL`] after the last push.
 //! - A push is one round trip: `MULTI; LPUSH; LTRIM; PEXPIRE; EXEC`, so the list never grows
 //!   past its cap nor lives without an expiry, even when the node dies half-way.
@@ -28,6 +28,7 @@ use crate::error::{Backend, Error, Result};
 use crate::model::{Message, UserId};
 use crate::redis_support::{self, Keys, RedisConfig, RedisPool};
 use async_trait::async_trait;
+use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
@@ -165,10 +166,10 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Error {
 
 #[async_trait]
 impl RecentCache for RedisCache {
-    async fn push(&self, message: &Message) -> Result<()> {
-        let pushed = self.push_now(message).await;
+    async fn push(&self, receiver: UserId, frame: &Bytes) -> Result<()> {
+        let pushed = self.push_now(receiver, frame).await;
         if pushed.is_err() {
-            self.mark_stale(message.receiver_id);
+            self.mark_stale(receiver);
         }
         pushed
     }
@@ -192,9 +193,8 @@ impl RecentCache for RedisCache {
 }
 
 impl RedisCache {
-    async fn push_now(&self, message: &Message) -> Result<()> {
-        let json = serde_json::to_vec(message).map_err(unavailable)?;
-        let key = self.keys.recent(message.receiver_id);
+    async fn push_now(&self, receiver: UserId, frame: &Bytes) -> Result<()> {
+        let key = self.keys.recent(receiver);
         let ttl_ms = u64::try_from(CACHE_TTL.as_millis()).unwrap_or(u64::MAX);
         let mut conn = self.pool.get(Backend::Cache).await?;
         self.clear_stale(&mut conn).await?;
@@ -202,7 +202,7 @@ impl RedisCache {
             .atomic()
             .cmd("LPUSH")
             .arg(&key)
-            .arg(json)
+            .arg(frame.as_ref())
             .ignore()
             .cmd("LTRIM")
             .arg(&key)
