@@ -207,6 +207,30 @@ async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
     alice.shot("03-alice-conversation").await;
     bob.shot("03-bob-conversation").await;
 
+    // --- receipts survive a reload ----------------------------------------------------------------
+    // Each sender reloads while the reader stays idle. The page resumes its socket after the
+    // read frames it already saw (`since`), so the ✓✓ can only come from the stored read state
+    // (`GET /messages/read`), fetched when the saved conversation opens again.
+    for (browser, text, peer_name) in [
+        (&alice, hello, "Bob Builder"),
+        (&bob, reply, "Alice Liddell"),
+    ] {
+        browser.client.refresh().await.expect("reload");
+        browser.wait_online().await;
+        browser.wait_conversation(peer_name).await;
+        let mine = browser
+            .wait_messages(text, "the ✓✓ to come back after a reload", |m| {
+                m.len() == 1 && m[0]["status"] == "read"
+            })
+            .await;
+        assert_eq!(mine[0]["mine"], true);
+        assert_eq!(
+            mine[0]["tick"], "✓✓",
+            "{}: read receipt after a reload",
+            browser.label
+        );
+    }
+
     // --- the server side drops every socket and refuses new ones for a while ------------------
     proxy.cut();
     for browser in [&alice, &bob] {
@@ -267,9 +291,13 @@ async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
     let back = "Welcome back";
     bob.type_message(back).await;
     bob.press_enter().await;
-    alice
+    let live = alice
         .wait_messages(back, "a live message after the resume", |m| m.len() == 1)
         .await;
+    let back_id: i64 = live[0]["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("id of the live message");
     assert_eq!(
         alice.messages(away).await.len(),
         1,
@@ -327,6 +355,20 @@ async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
     bob.shot("05-bob-resumed").await;
 
     // --- log out, then back in with the token (a wrong one first) ------------------------------
+    // Alice's page has read everything Bob sent: the server has it stored before she leaves.
+    let read_state = format!("/messages/read?user_id={}&chat_with={}", a.id, b.id);
+    eventually(WAIT, "Alice's read mark to reach the server", || async {
+        let (status, body) = server
+            .send(
+                server
+                    .http
+                    .get(server.url(&read_state))
+                    .bearer_auth(&a.token),
+            )
+            .await;
+        (status == 200 && body["read_up_to"] == back_id).then_some(())
+    })
+    .await;
     alice.click("logout").await;
     alice.wait_visible("auth-screen").await;
     assert_eq!(
@@ -353,6 +395,18 @@ async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
         .wait_text("token-error", body["detail"].as_str().expect("401 detail"))
         .await;
     alice.clear("token-value").await;
+    // From here on, record every frame the page sends (this document stays: no reload).
+    alice
+        .js(
+            "window.sentFrames = [];
+             const send = WebSocket.prototype.send;
+             WebSocket.prototype.send = function (data) {
+                 try { window.sentFrames.push(JSON.parse(data)); } catch { window.sentFrames.push(data); }
+                 return send.call(this, data);
+             };",
+            vec![],
+        )
+        .await;
     alice.type_into("token-value", &a.token).await;
     alice.click("token-submit").await;
     alice.wait_online().await;
@@ -361,6 +415,27 @@ async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
         .wait_messages(back, "the history after signing in again", |m| m.len() == 1)
         .await;
     assert_eq!(alice.messages(hello).await.len(), 1, "history once");
+    // Bob read up to the queued message: ✓✓ again in the fresh session, with Bob doing nothing.
+    for text in [hello, queued] {
+        alice
+            .wait_messages(text, "the ✓✓ after signing in again", |m| {
+                m.len() == 1 && m[0]["status"] == "read" && m[0]["tick"] == "✓✓"
+            })
+            .await;
+    }
+    // Both the history and the read state are in (the ✓✓ needs both), and the page decides
+    // about a read frame as soon as the later of the two arrives: it had nothing new to
+    // announce, since the server already had Alice's mark at Bob's newest message.
+    let sent = alice.js("return window.sentFrames", vec![]).await;
+    let sent = sent.as_array().expect("recorded frames");
+    assert!(
+        sent.iter().any(|f| f["type"] == "watch"),
+        "the recorder sees the page's frames: {sent:?}"
+    );
+    assert!(
+        !sent.iter().any(|f| f["type"] == "read"),
+        "no read frame for messages already read: {sent:?}"
+    );
 
     // --- a phone-sized window: one pane at a time ---------------------------------------------
     bob.client
@@ -622,6 +697,11 @@ impl Browser {
         )
         .await;
         self.find(&item).await.click().await.expect("open the chat");
+        self.wait_conversation(peer_name).await;
+    }
+
+    /// Waits until the conversation with `peer_name` is open and its history loaded.
+    async fn wait_conversation(&self, peer_name: &str) {
         self.wait_until(
             "the conversation to open",
             "return !document.getElementById('conversation').hidden

@@ -37,7 +37,8 @@
     unread: new Map(), // peer id -> count
     typingUntil: new Map(), // peer id -> timer id
     readUpTo: new Map(), // reader id -> highest message id of mine they have read
-    readSent: new Map(), // peer id -> highest up_to sent in a read frame
+    readSent: new Map(), // peer id -> highest up_to sent in a read frame (or already stored by the server)
+    readLoading: new Map(), // peer id -> pending GET /messages/read (no read frame is sent meanwhile)
     watched: new Set(), // ids this connection already watches (the server adds, up to 1000)
 
     peerId: null,
@@ -357,6 +358,7 @@
     state.typingUntil.clear();
     state.readUpTo.clear();
     state.readSent.clear();
+    state.readLoading.clear();
     state.peerId = null;
     state.shown.clear();
     state.outbox = [];
@@ -577,6 +579,7 @@
     autosize();
     if (window.innerWidth > 760) input.focus();
     const token = ++state.historyToken;
+    loadReadState(id);
     try {
       const page = await api('GET', `messages/?user_id=${myId()}&chat_with=${id}&limit=${HISTORY_PAGE}`);
       if (token !== state.historyToken) return;
@@ -990,10 +993,51 @@
     if (on) $('typing-text').textContent = `${nameOf(state.peerId)} is typing…`;
   }
 
+  /**
+   * Asks the server how far the conversation with `peer` has been read both ways (after a reload,
+   * a new sign-in or a reconnect the live read frames may be long gone): my messages the peer read
+   * get ✓✓, and what I already read is not announced again. Until it answers, no read frame is
+   * sent to that peer; then one is, if something newer from them is on screen. `fresh` asks again
+   * even when a request is under way (it may have gone out over a connection that has since died).
+   */
+  function loadReadState(peer, fresh = false) {
+    if (!fresh && state.readLoading.has(peer)) return state.readLoading.get(peer);
+    const session = state.session;
+    const done = api('GET', `messages/read?user_id=${myId()}&chat_with=${peer}`)
+      .then((marks) => {
+        if (state.session !== session || !marks) return;
+        if (typeof marks.read_up_to === 'number' && marks.read_up_to > (state.readSent.get(peer) || 0)) {
+          state.readSent.set(peer, marks.read_up_to);
+        }
+        if (typeof marks.peer_read_up_to === 'number') markReadBy(peer, marks.peer_read_up_to);
+      })
+      .catch(() => {
+        /* a 401 already signed out; otherwise receipts just stay as they are */
+      })
+      .finally(() => {
+        if (state.session !== session || state.readLoading.get(peer) !== done) return;
+        state.readLoading.delete(peer);
+        maybeSendRead();
+      });
+    state.readLoading.set(peer, done);
+    return done;
+  }
+
+  /** The peer has read my messages up to `upTo`: ✓✓ on those shown. */
+  function markReadBy(reader, upTo) {
+    if (upTo <= (state.readUpTo.get(reader) || 0)) return;
+    state.readUpTo.set(reader, upTo);
+    if (reader !== state.peerId) return;
+    for (const [id, node] of state.shown) {
+      if (id <= upTo && node.classList.contains('mine') && node.dataset.status !== 'read') setStatus(node, 'read');
+    }
+  }
+
   /** Tells the open peer how far I have read, once their newest message is on screen. */
   function maybeSendRead() {
     const peer = state.peerId;
     if (peer === null || !state.ready || document.visibilityState === 'hidden' || !isNearBottom()) return;
+    if (state.readLoading.has(peer)) return; // sent once the server said how far I had read
     let upTo = 0;
     for (const [id, node] of state.shown) {
       if (Number(node.dataset.senderId) === peer && id > upTo) upTo = id;
@@ -1015,12 +1059,7 @@
       }
       return;
     }
-    if (upTo <= (state.readUpTo.get(reader) || 0)) return;
-    state.readUpTo.set(reader, upTo);
-    if (reader !== state.peerId) return;
-    for (const [id, node] of state.shown) {
-      if (id <= upTo && node.classList.contains('mine') && node.dataset.status !== 'read') setStatus(node, 'read');
-    }
+    markReadBy(reader, upTo);
   }
 
   /** Offline ourselves, we no longer know who is online; the next watch answers afresh. */
@@ -1181,6 +1220,8 @@
     setConnection('online', 'Connected');
     sendWatch();
     flushOutbox();
+    // Receipts may have come and gone while the socket was down: ask again for the open chat.
+    if (state.peerId !== null) loadReadState(state.peerId, true);
     maybeSendRead();
   }
 
