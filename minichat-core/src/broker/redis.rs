@@ -75,7 +75,7 @@
 //! [`Broker::check`] reports the subscriber down. A command that fails or times out while the link
 //! looks up (every one is bounded by [`COMMAND_TIMEOUT`]) schedules the same resync.
 
-use super::{Broker, ClusterPresence, Delivery};
+use super::{Broker, ClusterPresence, Delivery, LocalBroker};
 use crate::error::{Backend, Error, Result};
 use crate::hub::{ConnectionId, Event, Hub};
 use crate::model::UserId;
@@ -288,6 +288,20 @@ struct Channels {
     unsure: HashSet<UserId>,
 }
 
+impl Channels {
+    /// Records an `UNSUBSCRIBE` of `users`: gone when it succeeded, unsure when it failed.
+    fn unsubscribed(&mut self, users: &[UserId], succeeded: bool) {
+        for user in users {
+            self.subscribed.remove(user);
+            if succeeded {
+                self.unsure.remove(user);
+            } else {
+                self.unsure.insert(*user);
+            }
+        }
+    }
+}
+
 /// The dedicated subscriber connection and the bookkeeping around it.
 struct Subscriber {
     conn: ConnectionManager,
@@ -391,14 +405,7 @@ impl Subscriber {
         }
         for chunk in gone.chunks(CHUNK) {
             let result = self.unsubscribe(chunk, deadline).await;
-            for user in chunk {
-                channels.subscribed.remove(user);
-                if result.is_ok() {
-                    channels.unsure.remove(user);
-                } else {
-                    channels.unsure.insert(*user);
-                }
-            }
+            channels.unsubscribed(chunk, result.is_ok());
             if let Err(e) = result {
                 tracing::warn!(error = %e, "Redis unsubscribe failed; will retry");
                 self.state.resync_soon();
@@ -447,14 +454,7 @@ impl Subscriber {
         for chunk in to_unsubscribe.chunks(CHUNK) {
             let deadline = Instant::now() + COMMAND_TIMEOUT;
             let result = self.unsubscribe(chunk, deadline).await;
-            for user in chunk {
-                channels.subscribed.remove(user);
-                if result.is_ok() {
-                    channels.unsure.remove(user);
-                } else {
-                    channels.unsure.insert(*user);
-                }
-            }
+            channels.unsubscribed(chunk, result.is_ok());
             result?;
         }
         self.state.synced.store(drops, Ordering::SeqCst);
@@ -573,6 +573,8 @@ pub struct RedisBroker {
     pool: RedisPool,
     keys: Keys,
     hub: Hub,
+    /// What publishing falls back to while Redis is away: this node's connections only.
+    local: LocalBroker,
     subscriber: Arc<Subscriber>,
     /// Whether the last publish failed (to log an outage once, not per message).
     publish_failing: AtomicBool,
@@ -672,6 +674,7 @@ impl RedisBroker {
         Ok(RedisBroker {
             pool,
             keys,
+            local: LocalBroker::new(hub.clone()),
             hub,
             subscriber,
             publish_failing: AtomicBool::new(false),
@@ -727,14 +730,7 @@ impl Broker for RedisBroker {
                 if !self.publish_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(error = %e, "Redis unreachable; delivering to this node's connections only until it returns");
                 }
-                Ok(deliveries
-                    .iter()
-                    .map(|d| {
-                        let connected = self.hub.is_connected(d.user);
-                        self.hub.deliver(d.user, d.exclude, &d.event);
-                        connected
-                    })
-                    .collect())
+                self.local.publish(deliveries).await
             }
         }
     }
