@@ -363,18 +363,18 @@ async fn hostile_requests_get_clear_4xx(kind: Backend) {
         "a".repeat(100 * 1024)
     );
     let status = raw_status(&s, huge_header.as_bytes()).await;
+    // Refused by hyper's parser before any handler runs: 431, with no body to put a `detail`
+    // in. The server stops reading at its limit and closes with the rest unread, so the
+    // client's kernel may receive a reset that overtakes the 431: either is a refusal.
     assert!(
-        matches!(status, Some(431) | Some(400) | None),
+        matches!(status, Some(431) | None),
         "oversized header: {status:?}"
     );
     let truncated = b"POST /users/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"username\"";
     let status = raw_exchange(&s, truncated, true).await;
-    assert!(
-        matches!(status, Some(400) | None),
-        "truncated body: {status:?}"
-    );
+    assert_eq!(status, Some(400), "truncated body");
     let status = raw_status(&s, b"\x16\x03\x01garbage-not-http\r\n\r\n").await;
-    assert!(matches!(status, Some(400) | None), "garbage: {status:?}");
+    assert_eq!(status, Some(400), "garbage");
     let status = raw_status(
         &s,
         b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
