@@ -69,6 +69,8 @@ use tokio_tungstenite::tungstenite::{self, Message as Frame};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Lines kept while they wait for their `ack` (typed while disconnected, or in flight).
+/// How long read receipts are gathered before one frame per peer goes out.
+const READ_RECEIPT_DELAY: Duration = Duration::from_millis(300);
 const OUTBOX_LIMIT: usize = 100;
 /// Messages listed by `/history`.
 const HISTORY_LIMIT: usize = 20;
@@ -389,6 +391,8 @@ enum Input {
     RetryDue,
     Tick,
     FlushExpired,
+    /// Time to send the read receipts gathered since the last ones.
+    ReadsDue,
 }
 
 /// What handling an input asks of the main loop.
@@ -410,6 +414,10 @@ struct Client {
     outbox: VecDeque<Outgoing>,
     /// The highest message id of each peer a read receipt was sent for.
     read_sent: HashMap<i64, i64>,
+    /// Read receipts not sent yet (the newest id per peer), and when they go out: gathered so
+    /// that a burst of messages (a replay, say) costs one frame, within the server's limit.
+    reads_pending: HashMap<i64, i64>,
+    reads_due: Option<Instant>,
     /// Error details without a `client_id` already shown on this connection.
     shown_errors: HashSet<String>,
 
@@ -554,6 +562,17 @@ impl Client {
                         self.drop_connection(Some("no answer from the server".into()));
                     } else {
                         self.send(json!({"type": "ping"})).await;
+                    }
+                }
+            }
+            Input::ReadsDue => {
+                self.reads_due = None;
+                let pending: Vec<(i64, i64)> = self.reads_pending.drain().collect();
+                for (peer, up_to) in pending {
+                    if self.read_sent.get(&peer).is_none_or(|&sent| up_to > sent) {
+                        self.read_sent.insert(peer, up_to);
+                        self.send(json!({"type": "read", "peer_id": peer, "up_to": up_to}))
+                            .await;
                     }
                 }
             }
@@ -810,11 +829,10 @@ impl Client {
         if from_peer && message.receiver_id == self.me {
             let last = self.read_sent.get(&message.sender_id).copied();
             if last.is_none_or(|last| message.id > last) {
-                self.read_sent.insert(message.sender_id, message.id);
-                self.send(
-                    json!({"type": "read", "peer_id": message.sender_id, "up_to": message.id}),
-                )
-                .await;
+                let pending = self.reads_pending.entry(message.sender_id).or_insert(0);
+                *pending = (*pending).max(message.id);
+                self.reads_due
+                    .get_or_insert_with(|| Instant::now() + READ_RECEIPT_DELAY);
             }
         }
     }
@@ -954,6 +972,8 @@ async fn run(args: Args) -> Result<u8, String> {
         printed_order: VecDeque::new(),
         outbox: VecDeque::new(),
         read_sent: HashMap::new(),
+        reads_pending: HashMap::new(),
+        reads_due: None,
         shown_errors: HashSet::new(),
         socket: None,
         ready: false,
@@ -995,6 +1015,7 @@ async fn run(args: Args) -> Result<u8, String> {
             result = maybe(client.connecting.as_mut()), if client.connecting.is_some() => Input::Connected(result),
             _ = tokio::time::sleep_until(client.retry_at.unwrap_or_else(Instant::now)), if client.retry_at.is_some() => Input::RetryDue,
             _ = tokio::time::sleep_until(client.flush_deadline.unwrap_or_else(Instant::now)), if client.flush_deadline.is_some() => Input::FlushExpired,
+            _ = tokio::time::sleep_until(client.reads_due.unwrap_or_else(Instant::now)), if client.reads_due.is_some() && client.socket.is_some() => Input::ReadsDue,
             _ = ticks.tick() => Input::Tick,
         };
         if let Flow::Exit(code) = client.handle(input).await {

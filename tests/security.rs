@@ -632,3 +632,53 @@ async fn the_token_subcommand_mints_tokens_the_server_accepts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("MINICHAT_JWT_SECRET"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_typing_read_and_watch_frames_is_limited_per_user() {
+    let backends = Backends::new(Backend::Memory).await;
+    let mut settings = backends.settings(AuthMode::Off);
+    settings.limits.signal_rate_per_sec = 1;
+    settings.limits.signal_burst = 3;
+    let s = TestServer::start(settings).await;
+    let flooder = id(&s.user(&name("flood")).await);
+    let victim = id(&s.user(&name("victim")).await);
+    let mut flood_ws = Ws::connect_ready(&s.ws_url(&format!("/ws/{flooder}"))).await;
+    let mut victim_ws = Ws::connect_ready(&s.ws_url(&format!("/ws/{victim}"))).await;
+
+    const FRAMES: usize = 12;
+    for _ in 0..FRAMES {
+        flood_ws
+            .send_json(json!({"type": "typing", "receiver_id": victim}))
+            .await;
+    }
+    // The flooder hears 429 for what was refused; a pong marks the end of its answers.
+    flood_ws.send_json(json!({"type": "ping"})).await;
+    let mut refused = 0;
+    loop {
+        let frame = flood_ws.next_json().await;
+        match frame["type"].as_str() {
+            Some("error") => {
+                assert_eq!(frame["status"], 429, "{frame}");
+                refused += 1;
+            }
+            Some("pong") => break,
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    // The victim got only what passed; a message from the flooder marks the end.
+    let marker = s.message(flooder, victim, "marker").await;
+    let mut typing = 0;
+    loop {
+        let frame = victim_ws.next_json().await;
+        if frame["id"] == marker["id"] {
+            break;
+        }
+        assert_eq!(frame["type"], "typing", "{frame}");
+        typing += 1;
+    }
+    assert_eq!(typing + refused, FRAMES);
+    // The burst of 3 (plus at most a token or two refilled meanwhile) got through.
+    assert!((3..=5).contains(&typing), "{typing} typing events passed");
+    // Messages have their own bucket: the flooder can still send.
+    assert!(refused >= FRAMES - 5);
+}

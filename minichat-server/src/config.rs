@@ -130,6 +130,14 @@ pub struct Options {
     #[arg(long, env = "MINICHAT_SEND_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub send_burst: u32,
 
+    /// Typing, read and watch frames a user may send per second, on average.
+    #[arg(long, env = "MINICHAT_SIGNAL_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub signal_rate: u32,
+
+    /// Typing, read and watch frames a user may send in a burst above the rate.
+    #[arg(long, env = "MINICHAT_SIGNAL_BURST", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub signal_burst: u32,
+
     /// Open WebSockets allowed per user on one node.
     #[arg(
         long,
@@ -177,6 +185,9 @@ pub struct Limits {
     /// Average messages per second per user, and the burst above it.
     pub send_rate_per_sec: u32,
     pub send_burst: u32,
+    /// The same for typing, read and watch frames.
+    pub signal_rate_per_sec: u32,
+    pub signal_burst: u32,
     /// How long a socket may stay silent before it is pinged; three times that and it is closed.
     pub ws_ping_interval: Duration,
     /// Open WebSockets per user on one node, and in all on one node.
@@ -195,6 +206,8 @@ impl Default for Limits {
             ws_ping_interval: Duration::from_secs(30),
             send_rate_per_sec: 30,
             send_burst: 100,
+            signal_rate_per_sec: 10,
+            signal_burst: 30,
             max_sockets_per_user: 16,
             max_sockets: 10_000,
             shutdown_grace: Duration::from_secs(10),
@@ -266,6 +279,8 @@ impl Options {
                 ws_ping_interval: Duration::from_secs(self.ws_ping_secs),
                 send_rate_per_sec: self.send_rate,
                 send_burst: self.send_burst,
+                signal_rate_per_sec: self.signal_rate,
+                signal_burst: self.signal_burst,
                 max_sockets_per_user: self.max_sockets_per_user,
                 max_sockets: self.max_sockets,
                 ..Limits::default()

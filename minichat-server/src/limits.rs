@@ -22,6 +22,9 @@ const SWEEP_EVERY: u64 = 4096;
 /// The shared counters behind the limits.
 pub struct Guards {
     sends: DefaultKeyedRateLimiter<UserId>,
+    /// Typing, read receipts and presence watches: each fans out, or writes, or looks up, so a
+    /// flood of them must not reach other users (a flooded receiver's queue would fill).
+    signals: DefaultKeyedRateLimiter<UserId>,
     clock: DefaultClock,
     checks: AtomicU64,
     sockets: Arc<Mutex<SocketCounts>>,
@@ -37,10 +40,14 @@ struct SocketCounts {
 
 impl Guards {
     pub fn new(limits: &Limits) -> Guards {
-        let rate = NonZeroU32::new(limits.send_rate_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(limits.send_burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = |rate: u32, burst: u32| {
+            let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+            Quota::per_second(rate).allow_burst(burst)
+        };
         Guards {
-            sends: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            sends: RateLimiter::keyed(quota(limits.send_rate_per_sec, limits.send_burst)),
+            signals: RateLimiter::keyed(quota(limits.signal_rate_per_sec, limits.signal_burst)),
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
             sockets: Arc::new(Mutex::new(SocketCounts::default())),
@@ -51,14 +58,35 @@ impl Guards {
 
     /// Takes one send from `user`'s bucket, or says when to retry (429).
     pub fn check_send(&self, user: UserId) -> Result<(), ApiError> {
+        self.check(&self.sends, user, "send", "Too many messages: slow down")
+    }
+
+    /// Takes one typing, read or watch frame from `user`'s bucket, or says when to retry.
+    pub fn check_signal(&self, user: UserId) -> Result<(), ApiError> {
+        self.check(
+            &self.signals,
+            user,
+            "signal",
+            "Too many typing, read or watch frames: slow down",
+        )
+    }
+
+    fn check(
+        &self,
+        bucket: &DefaultKeyedRateLimiter<UserId>,
+        user: UserId,
+        limit: &'static str,
+        detail: &'static str,
+    ) -> Result<(), ApiError> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.sends.retain_recent();
+            self.signals.retain_recent();
         }
-        self.sends.check_key(&user).map_err(|not_until| {
-            telemetry::rate_limited("send");
+        bucket.check_key(&user).map_err(|not_until| {
+            telemetry::rate_limited(limit);
             let wait = not_until.wait_time_from(self.clock.now());
             ApiError::TooManyRequests {
-                detail: "Too many messages: slow down",
+                detail,
                 retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
             }
         })

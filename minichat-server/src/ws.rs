@@ -464,6 +464,15 @@ impl Connection {
                     .await;
             }
         };
+        // Typing, read and watch fan out, write or look up: a flood must not reach others.
+        if matches!(
+            frame,
+            ClientFrame::Typing { .. } | ClientFrame::Read { .. } | ClientFrame::Watch { .. }
+        ) {
+            if let Err(e) = self.state.guards.check_signal(self.user.id) {
+                return self.error_frame(None, e.status(), e.detail()).await;
+            }
+        }
         match frame {
             ClientFrame::Ping => {
                 let pong = text(&PongFrame {

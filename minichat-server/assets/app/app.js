@@ -13,6 +13,7 @@
   const BASE = new URL('..', location.href);
   const HISTORY_PAGE = 50;
   const TYPING_SEND_EVERY_MS = 2000;
+  const READ_THROTTLE_MS = 300;
   const TYPING_SHOW_MS = 3000;
   const BACKOFF_START_MS = 500;
   const BACKOFF_MAX_MS = 10000;
@@ -38,6 +39,8 @@
     typingUntil: new Map(), // peer id -> timer id
     readUpTo: new Map(), // reader id -> highest message id of mine they have read
     readSent: new Map(), // peer id -> highest up_to sent in a read frame (or already stored by the server)
+    lastReadAt: 0, // when the last read frame went out (Date.now())
+    readTimer: null, // the pending trailing read frame, if any
     readLoading: new Map(), // peer id -> pending GET /messages/read (no read frame is sent meanwhile)
     watched: new Set(), // ids this connection already watches (the server adds, up to 1000)
 
@@ -1033,8 +1036,27 @@
     }
   }
 
-  /** Tells the open peer how far I have read, once their newest message is on screen. */
+  /**
+   * Tells the open peer how far I have read, once their newest message is on screen. At most
+   * one read frame goes out per READ_THROTTLE_MS (the first at once, the rest gathered at the
+   * end of the window), so a burst of messages, such as a replay, costs a frame or two and
+   * stays within the server's per-user limit on typing, read and watch frames.
+   */
   function maybeSendRead() {
+    const wait = state.lastReadAt + READ_THROTTLE_MS - Date.now();
+    if (wait > 0) {
+      if (state.readTimer === null) {
+        state.readTimer = setTimeout(() => {
+          state.readTimer = null;
+          maybeSendRead();
+        }, wait);
+      }
+      return;
+    }
+    sendReadNow();
+  }
+
+  function sendReadNow() {
     const peer = state.peerId;
     if (peer === null || !state.ready || document.visibilityState === 'hidden' || !isNearBottom()) return;
     if (state.readLoading.has(peer)) return; // sent once the server said how far I had read
@@ -1044,6 +1066,7 @@
     }
     if (upTo > (state.readSent.get(peer) || 0) && sendFrame({ type: 'read', peer_id: peer, up_to: upTo })) {
       state.readSent.set(peer, upTo);
+      state.lastReadAt = Date.now();
     }
   }
 
