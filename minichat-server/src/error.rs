@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use minichat_core::{Backend, Error as CoreError, ValidationError};
+use minichat_core::{Error as CoreError, ValidationError};
 use serde::Serialize;
 use serde_json::json;
 
@@ -109,10 +109,7 @@ impl ApiError {
         match self {
             ApiError::Core(CoreError::Invalid(v)) => json!(validation_items(v)),
             ApiError::Invalid(items) => json!(items),
-            // The cause is logged, not shown: "storage unavailable" says enough.
-            ApiError::Core(CoreError::Unavailable { backend, .. }) => {
-                json!(format!("{} unavailable", backend_name(*backend)))
-            }
+            // `Unavailable` displays as "storage unavailable": its cause is logged, not shown.
             ApiError::Core(CoreError::Config { .. }) => json!("Internal server error"),
             other => json!(other.to_string()),
         }
@@ -155,14 +152,6 @@ impl ApiError {
     }
 }
 
-fn backend_name(backend: Backend) -> &'static str {
-    match backend {
-        Backend::Storage => "storage",
-        Backend::Cache => "cache",
-        Backend::Broker => "broker",
-    }
-}
-
 /// Query parameters the service validates; every other field comes from a body.
 fn location_of(field: &str) -> Location {
     match field {
@@ -195,7 +184,8 @@ mod tests {
         let taken: ApiError = CoreError::UsernameTaken.into();
         assert_eq!(taken.status(), StatusCode::BAD_REQUEST);
         assert_eq!(taken.detail(), json!("Username already registered"));
-        let down: ApiError = CoreError::unavailable(Backend::Storage, "connection refused").into();
+        let down: ApiError =
+            CoreError::unavailable(minichat_core::Backend::Storage, "connection refused").into();
         assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(down.detail(), json!("storage unavailable"));
         assert_eq!(ApiError::Forbidden.status(), StatusCode::FORBIDDEN);
