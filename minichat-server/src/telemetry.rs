@@ -19,7 +19,7 @@ use crate::routes::Response;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -168,37 +168,46 @@ pub(crate) fn http_request(
         .record(elapsed);
 }
 
-/// One open WebSocket in the gauge, for as long as it lives.
-pub(crate) struct OpenSocket(());
+/// One open WebSocket: its place in the gauge, for as long as it lives, and the handles of
+/// the metrics its frames move, looked up once here rather than by name on every message.
+pub(crate) struct SocketMetrics {
+    delivered: Counter,
+    replayed: Counter,
+    delivery: Histogram,
+}
 
-impl OpenSocket {
-    pub(crate) fn new() -> OpenSocket {
+impl SocketMetrics {
+    pub(crate) fn open() -> SocketMetrics {
         metrics::counter!(WEBSOCKET_CONNECTIONS_TOTAL).increment(1);
         metrics::gauge!(WEBSOCKET_CONNECTIONS).increment(1.0);
-        OpenSocket(())
+        SocketMetrics {
+            delivered: metrics::counter!(MESSAGES_DELIVERED),
+            replayed: metrics::counter!(MESSAGES_REPLAYED),
+            delivery: metrics::histogram!(DELIVERY_DURATION),
+        }
+    }
+
+    /// A live event's frame was written; `queued` is when the hub queued it.
+    pub(crate) fn live_event_written(&self, queued: Instant, is_message: bool) {
+        self.delivery.record(queued.elapsed());
+        if is_message {
+            self.delivered.increment(1);
+        }
+    }
+
+    /// A message read from storage was written: a `replay` for `?since=`, otherwise a gap in
+    /// the live stream filled.
+    pub(crate) fn stored_message_written(&self, replay: bool) {
+        self.delivered.increment(1);
+        if replay {
+            self.replayed.increment(1);
+        }
     }
 }
 
-impl Drop for OpenSocket {
+impl Drop for SocketMetrics {
     fn drop(&mut self) {
         metrics::gauge!(WEBSOCKET_CONNECTIONS).decrement(1.0);
-    }
-}
-
-/// A live event's frame was written to its socket; `queued` is when the hub queued it.
-pub(crate) fn live_event_written(queued: Instant, is_message: bool) {
-    metrics::histogram!(DELIVERY_DURATION).record(queued.elapsed());
-    if is_message {
-        metrics::counter!(MESSAGES_DELIVERED).increment(1);
-    }
-}
-
-/// A message read from storage was written to a socket: a `replay` for `?since=`, otherwise
-/// a gap in the live stream filled.
-pub(crate) fn stored_message_written(replay: bool) {
-    metrics::counter!(MESSAGES_DELIVERED).increment(1);
-    if replay {
-        metrics::counter!(MESSAGES_REPLAYED).increment(1);
     }
 }
 

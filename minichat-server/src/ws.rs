@@ -99,7 +99,7 @@ pub fn upgrade(
     let task = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let _open = telemetry::OpenSocket::new();
+                let metrics = telemetry::SocketMetrics::open();
                 let config = WebSocketConfig::default()
                     .read_buffer_size(4096)
                     .write_buffer_size(0)
@@ -112,7 +112,7 @@ pub fn upgrade(
                     Some(config),
                 )
                 .await;
-                Connection::run(state_for_task, socket, user_id, since).await;
+                Connection::run(state_for_task, socket, user_id, since, metrics).await;
                 drop(permit);
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
@@ -227,10 +227,17 @@ struct Connection {
     last_seq: Seq,
     /// Seqs above `last_seq` of this connection's own sends, already acknowledged to it.
     own: BTreeSet<Seq>,
+    metrics: telemetry::SocketMetrics,
 }
 
 impl Connection {
-    async fn run(state: Arc<AppState>, mut socket: Socket, user_id: UserId, since: Option<Seq>) {
+    async fn run(
+        state: Arc<AppState>,
+        mut socket: Socket,
+        user_id: UserId,
+        since: Option<Seq>,
+        metrics: telemetry::SocketMetrics,
+    ) {
         let user = match state.chat.get_user(user_id).await {
             Ok(user) => user,
             Err(e) => {
@@ -259,6 +266,7 @@ impl Connection {
             user,
             last_seq: 0,
             own: BTreeSet::new(),
+            metrics,
         };
         let end = conn.serve(subscription, since).await;
         if let End::Close(code, reason) = end {
@@ -384,7 +392,7 @@ impl Connection {
         let is_message = event.seq.is_some();
         if let Ok(text) = Utf8Bytes::try_from(event.payload) {
             self.send(Frame::Text(text)).await?;
-            telemetry::live_event_written(queued, is_message);
+            self.metrics.live_event_written(queued, is_message);
         }
         self.absorb_own();
         Ok(())
@@ -425,7 +433,7 @@ impl Connection {
                 let event = message_event(&message, seq);
                 if let Ok(text) = Utf8Bytes::try_from(event.payload) {
                     self.send(Frame::Text(text)).await?;
-                    telemetry::stored_message_written(until.is_none());
+                    self.metrics.stored_message_written(until.is_none());
                 }
             }
             if done {
