@@ -1,0 +1,479 @@
+//! The Redis broker's subscriber link: the one connection that receives this node's events, and
+//! what keeps its subscriptions right across Redis outages.
+//!
+//! This file exists because receiving is the delicate half of the broker: publishing is one
+//! round trip on a pooled connection, but the subscriber connection has state (which channels
+//! Redis confirmed) that an outage silently invalidates.
+//!
+//! # The subscriber connection
+//!
+//! Subscriptions live on one dedicated [`ConnectionManager`] speaking RESP3, whose pushes go to
+//! [`Inbox`], an [`AsyncPushSender`] that decodes each message and calls [`Hub::deliver`] right
+//! there, synchronously: `deliver` never waits (a full subscriber queue evicts that subscriber),
+//! so there is no queue of our own between Redis and the hub's bounded per-connection queues.
+//! (The manager itself relays pushes from the socket to the sender through an internal channel
+//! drained by its own task; since the sender never waits, that channel stays near empty.)
+//!
+//! `SUBSCRIBE` and `UNSUBSCRIBE` go out under one async mutex, which also guards this node's
+//! record of which channels Redis confirmed ([`Channels`]), so they reach Redis in the order they
+//! were decided. [`Subscriber::watch`] returns once Redis has confirmed the subscription;
+//! [`Subscriber::unwatch`] unsubscribes the users still without a local connection.
+//!
+//! # Redis restarts
+//!
+//! When the subscriber connection drops, the manager reconnects by itself (capped exponential
+//! backoff) and re-subscribes what Redis had confirmed. That is not enough alone: a user who
+//! connected during the outage never got a confirmed `SUBSCRIBE`, and one who left never got an
+//! `UNSUBSCRIBE`. So the drop also marks the link down, and a resync task (capped exponential
+//! backoff, [`RETRY_MIN`] to [`RETRY_MAX`]) PINGs until Redis answers, then makes the
+//! subscriptions match the hub: it subscribes every user of [`Hub::connected_users`] and
+//! unsubscribes every channel no local connection wants. Until then [`Subscriber::watch`] fails
+//! at once (the service logs it and carries on; the resync subscribes the user later) and the
+//! broker's health check reports the subscriber down. A command that fails or times out while the
+//! link looks up (every one is bounded by [`COMMAND_TIMEOUT`]) schedules the same resync.
+
+use super::envelope;
+use super::{unavailable, CHUNK};
+use crate::error::{Error, Result};
+use crate::hub::{ConnectionId, Event, Hub};
+use crate::model::UserId;
+use crate::redis_support::{Keys, CONNECT_TIMEOUT};
+use bytes::Bytes;
+use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig, SendError};
+use redis::{Client, ConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+use tokio::time::{timeout, timeout_at, Instant};
+
+/// Bound on each subscriber command (`SUBSCRIBE`, `UNSUBSCRIBE`, `PING`) and on `user_arrived`.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// First pause between resync attempts while Redis is away (it doubles each time).
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between resync attempts, and between the manager's reconnection attempts.
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// Reconnection attempts per outage the manager makes on its own; the resync task's PINGs start
+/// a new round whenever one ends without success.
+const RECONNECT_ATTEMPTS: usize = 10;
+/// How often an otherwise idle subscriber connection is PINGed, to notice a silent failure.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+fn timed_out(what: &str) -> Error {
+    unavailable(format!(
+        "Redis did not confirm {what} within {} s",
+        COMMAND_TIMEOUT.as_secs()
+    ))
+}
+
+/// Awaits one subscriber command until `deadline`: a Redis error, or no answer by then (`what`
+/// names the command in the error), is unavailable.
+async fn bounded<T>(
+    deadline: Instant,
+    what: &str,
+    command: impl Future<Output = RedisResult<T>>,
+) -> Result<T> {
+    match timeout_at(deadline, command).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(timed_out(what)),
+    }
+}
+
+/// The health of the subscriber connection, shared with the push sender (which runs inside the
+/// connection's task and must not wait for anything).
+#[derive(Default)]
+struct LinkState {
+    /// How many times the subscriber connection was lost.
+    drops: AtomicU64,
+    /// `drops` as of the last complete resync: the link is up when the two are equal.
+    synced: AtomicU64,
+    /// The subscriptions may not match what this node wants: a resync is due.
+    dirty: AtomicBool,
+    wake: Notify,
+}
+
+impl LinkState {
+    fn is_up(&self) -> bool {
+        self.drops.load(Ordering::SeqCst) == self.synced.load(Ordering::SeqCst)
+    }
+
+    fn resync_soon(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    fn lost(&self) {
+        self.drops.fetch_add(1, Ordering::SeqCst);
+        self.resync_soon();
+    }
+}
+
+/// Receives the subscriber connection's pushes, synchronously, and hands events to the hub.
+struct Inbox {
+    keys: Keys,
+    hub: Hub,
+    state: Arc<LinkState>,
+}
+
+impl AsyncPushSender for Inbox {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        match info.kind {
+            PushKind::Message => self.deliver(info.data),
+            PushKind::PMessage => self.deliver_presence(info.data),
+            PushKind::Disconnection => {
+                tracing::warn!("lost the Redis subscriber connection; reconnecting");
+                self.state.lost();
+            }
+            // Subscription confirmations: the commands that asked for them see them too.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Inbox {
+    /// A user's event: `[channel, envelope]` → that user's local connections.
+    fn deliver(&self, data: Vec<Value>) {
+        let Some((channel, exclude, event)) = unpack(data, 0) else {
+            return;
+        };
+        match self.keys.user_of_channel(&channel) {
+            Some(user) => {
+                self.hub.deliver(user, exclude, &event);
+            }
+            None => {
+                tracing::debug!(channel = %String::from_utf8_lossy(&channel), "message on a foreign channel")
+            }
+        }
+    }
+
+    /// A presence change: `[pattern, channel, envelope]` → the connections watching that user.
+    fn deliver_presence(&self, data: Vec<Value>) {
+        let Some((channel, _, event)) = unpack(data, 1) else {
+            return;
+        };
+        if let Some(user) = self.keys.user_of_presence_channel(&channel) {
+            self.hub.deliver_presence(user, &event);
+        }
+    }
+}
+
+/// The channel and decoded envelope of a pub/sub push, after `skip` leading fields (the
+/// pattern, for pattern subscriptions); `None`, logged, for anything malformed.
+fn unpack(data: Vec<Value>, skip: usize) -> Option<(Vec<u8>, Option<ConnectionId>, Event)> {
+    let mut data = data.into_iter().skip(skip);
+    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+        (data.next(), data.next())
+    else {
+        tracing::warn!("dropped a malformed pub/sub message from Redis");
+        return None;
+    };
+    match envelope::decode(Bytes::from(payload)) {
+        Ok((exclude, event)) => Some((channel, exclude, event)),
+        Err(why) => {
+            tracing::warn!(why, channel = %String::from_utf8_lossy(&channel), "dropped an undecodable broker envelope");
+            None
+        }
+    }
+}
+
+/// What this node asked Redis to subscribe to, as far as it knows. Guarded by the mutex that
+/// also serialises every `SUBSCRIBE` and `UNSUBSCRIBE`.
+#[derive(Default)]
+struct Channels {
+    /// Users whose channel Redis confirmed.
+    subscribed: HashSet<UserId>,
+    /// Users whose last command failed or timed out: Redis may or may not be subscribed.
+    unsure: HashSet<UserId>,
+}
+
+impl Channels {
+    /// Records a `SUBSCRIBE` of `users`: confirmed when it succeeded, unsure when it failed.
+    fn record_subscribe(&mut self, users: &[UserId], succeeded: bool) {
+        for user in users {
+            if succeeded {
+                self.unsure.remove(user);
+                self.subscribed.insert(*user);
+            } else {
+                self.subscribed.remove(user);
+                self.unsure.insert(*user);
+            }
+        }
+    }
+
+    /// Records an `UNSUBSCRIBE` of `users`: gone when it succeeded, unsure when it failed.
+    fn record_unsubscribe(&mut self, users: &[UserId], succeeded: bool) {
+        for user in users {
+            self.subscribed.remove(user);
+            if succeeded {
+                self.unsure.remove(user);
+            } else {
+                self.unsure.insert(*user);
+            }
+        }
+    }
+}
+
+/// The dedicated subscriber connection and the bookkeeping around it.
+pub(super) struct Subscriber {
+    conn: ConnectionManager,
+    keys: Keys,
+    hub: Hub,
+    state: Arc<LinkState>,
+    channels: Mutex<Channels>,
+}
+
+impl Subscriber {
+    /// Opens the subscriber connection (RESP3, whatever `info` asked for) with its push handler,
+    /// and pattern-subscribes to every user's presence changes. Failures are [`Error::Config`]
+    /// naming `REDIS_URL`: they stop the start.
+    pub(super) async fn connect(
+        info: ConnectionInfo,
+        keys: Keys,
+        hub: Hub,
+    ) -> Result<Arc<Subscriber>> {
+        let state = Arc::new(LinkState::default());
+        let inbox = Inbox {
+            keys: keys.clone(),
+            hub: hub.clone(),
+            state: state.clone(),
+        };
+        // Pub/sub pushes need RESP3, whatever the URL asked for.
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(settings))
+            .map_err(|e| Error::config("REDIS_URL", format!("not a valid Redis URL ({e})")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_min_delay(RETRY_MIN)
+            .set_max_delay(RETRY_MAX)
+            .set_number_of_retries(RECONNECT_ATTEMPTS)
+            .set_push_sender(inbox)
+            .set_automatic_resubscription();
+        let conn = match timeout(
+            CONNECT_TIMEOUT * 2,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                return Err(Error::config(
+                    "REDIS_URL",
+                    format!("cannot connect to Redis: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(Error::config(
+                    "REDIS_URL",
+                    "cannot connect to Redis: the subscriber connection timed out",
+                ))
+            }
+        };
+        let subscriber = Arc::new(Subscriber {
+            conn,
+            keys,
+            hub,
+            state,
+            channels: Mutex::new(Channels::default()),
+        });
+        if let Err(e) = subscriber.listen_presence().await {
+            return Err(Error::config(
+                "REDIS_URL",
+                format!("cannot subscribe to presence changes: {e}"),
+            ));
+        }
+        Ok(subscriber)
+    }
+
+    /// Whether the connection is up and its subscriptions were resynced since it last dropped.
+    pub(super) fn is_up(&self) -> bool {
+        self.state.is_up()
+    }
+
+    fn channel_names(&self, users: &[UserId]) -> Vec<String> {
+        users.iter().map(|u| self.keys.user_channel(*u)).collect()
+    }
+
+    async fn subscribe(&self, users: &[UserId], deadline: Instant) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let names = self.channel_names(users);
+        bounded(deadline, "the subscription", conn.subscribe(names)).await
+    }
+
+    async fn unsubscribe(&self, users: &[UserId], deadline: Instant) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let names = self.channel_names(users);
+        bounded(deadline, "the unsubscription", conn.unsubscribe(names)).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        bounded(deadline, "a PING", ping.query_async::<String>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// Listens for presence changes of every user (one pattern subscription per node).
+    async fn listen_presence(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let pattern = self.keys.presence_pattern();
+        bounded(
+            deadline,
+            "the presence subscription",
+            conn.psubscribe(pattern),
+        )
+        .await
+    }
+
+    /// Subscribes to `user`'s channel unless already done; returns once Redis confirmed it.
+    pub(super) async fn watch(&self, user: UserId) -> Result<()> {
+        if !self.state.is_up() {
+            // The resync that follows the reconnection subscribes every connected user.
+            self.state.resync_soon();
+            return Err(unavailable(
+                "the Redis subscriber connection is down; the user is subscribed when it is back",
+            ));
+        }
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let Ok(mut channels) = timeout_at(deadline, self.channels.lock()).await else {
+            self.state.resync_soon();
+            return Err(timed_out("the subscription"));
+        };
+        if channels.subscribed.contains(&user) {
+            return Ok(());
+        }
+        let result = self.subscribe(&[user], deadline).await;
+        channels.record_subscribe(&[user], result.is_ok());
+        if result.is_err() {
+            self.state.resync_soon();
+        }
+        result
+    }
+
+    /// Unsubscribes those of `users` who still have no local connection.
+    pub(super) async fn unwatch(&self, users: Vec<UserId>) {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let Ok(mut channels) = timeout_at(deadline, self.channels.lock()).await else {
+            // The resync unsubscribes whatever no connection wants.
+            self.state.resync_soon();
+            return;
+        };
+        // Checked under the lock: a user who comes back now waits for it in `watch`, and then
+        // finds the channel unsubscribed and subscribes again.
+        let gone: Vec<UserId> = users
+            .into_iter()
+            .filter(|u| {
+                !self.hub.is_connected(*u)
+                    && (channels.subscribed.contains(u) || channels.unsure.contains(u))
+            })
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        if !self.state.is_up() {
+            self.state.resync_soon();
+            return;
+        }
+        for chunk in gone.chunks(CHUNK) {
+            let result = self.unsubscribe(chunk, deadline).await;
+            channels.record_unsubscribe(chunk, result.is_ok());
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "Redis unsubscribe failed; will retry");
+                self.state.resync_soon();
+                return;
+            }
+        }
+    }
+
+    /// Makes Redis's subscriptions match the users connected to this node.
+    async fn resync(&self) -> Result<()> {
+        let drops = self.state.drops.load(Ordering::SeqCst);
+        let relinked = drops != self.state.synced.load(Ordering::SeqCst);
+        self.ping().await?;
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        let Ok(mut channels) = timeout_at(deadline, self.channels.lock()).await else {
+            return Err(timed_out("the resync"));
+        };
+        let wanted: HashSet<UserId> = self.hub.connected_users().into_iter().collect();
+        // After a reconnection, ask for every wanted channel again: re-subscribing is harmless,
+        // and it does not depend on what the manager restored by itself.
+        let to_subscribe: Vec<UserId> = wanted
+            .iter()
+            .filter(|u| relinked || !channels.subscribed.contains(u))
+            .copied()
+            .collect();
+        let to_unsubscribe: Vec<UserId> = channels
+            .subscribed
+            .union(&channels.unsure)
+            .filter(|u| !wanted.contains(u))
+            .copied()
+            .collect();
+        for chunk in to_subscribe.chunks(CHUNK) {
+            let deadline = Instant::now() + COMMAND_TIMEOUT;
+            let result = self.subscribe(chunk, deadline).await;
+            channels.record_subscribe(chunk, result.is_ok());
+            result?;
+        }
+        for chunk in to_unsubscribe.chunks(CHUNK) {
+            let deadline = Instant::now() + COMMAND_TIMEOUT;
+            let result = self.unsubscribe(chunk, deadline).await;
+            channels.record_unsubscribe(chunk, result.is_ok());
+            result?;
+        }
+        self.state.synced.store(drops, Ordering::SeqCst);
+        if relinked {
+            metrics::counter!(crate::telemetry::REDIS_RECONNECTS, "link" => "subscriber")
+                .increment(1);
+            tracing::info!(
+                users = wanted.len(),
+                "Redis subscriber connection restored and re-subscribed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs resyncs when due, retrying with capped exponential backoff, and PINGs an idle link.
+    pub(super) async fn run_resync(self: Arc<Self>) {
+        let mut retry = RETRY_MIN;
+        let mut failing = false;
+        loop {
+            if !self.state.dirty.swap(false, Ordering::SeqCst) {
+                tokio::select! {
+                    _ = self.state.wake.notified() => {}
+                    _ = tokio::time::sleep(KEEPALIVE) => {
+                        if let Err(e) = self.ping().await {
+                            tracing::warn!(error = %e, "Redis subscriber connection not answering");
+                            self.state.lost();
+                        }
+                    }
+                }
+                continue;
+            }
+            match self.resync().await {
+                Ok(()) => {
+                    failing = false;
+                    retry = RETRY_MIN;
+                }
+                Err(e) => {
+                    self.state.dirty.store(true, Ordering::SeqCst);
+                    if !failing {
+                        tracing::warn!(error = %e, "Redis subscriptions out of date; retrying until Redis answers");
+                        failing = true;
+                    }
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}

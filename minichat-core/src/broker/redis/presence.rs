@@ -1,0 +1,193 @@
+//! Cluster-wide presence in Redis: which nodes a user is connected to, and when they were seen.
+//!
+//! This file exists so that the presence records, the scripts that change them and the heartbeat
+//! that keeps them alive are read together: their expiry rules only make sense side by side.
+//!
+//! Each user has a sorted set `{prefix}online:{user}` of the nodes where they are connected,
+//! scored by when that report expires ([`PRESENCE_TTL`] by default); every node renews its users
+//! every heartbeat, so a node that dies without goodbye drops out by itself. Arrivals and
+//! departures are Lua scripts, so "came online" and "went offline" are decided atomically across
+//! nodes. `{prefix}seen:{user}` keeps when the user was last seen, in Unix milliseconds.
+//! (Presence changes travel on `{prefix}presence:{user}`, which every node pattern-subscribes;
+//! see the subscriber link.)
+
+use super::{unavailable, CHUNK};
+use crate::broker::ClusterPresence;
+use crate::error::{Backend, Result};
+use crate::hub::Hub;
+use crate::model::UserId;
+use crate::redis_support::{Keys, RedisPool};
+use redis::Value;
+use std::time::{Duration, SystemTime};
+
+/// How long a node's presence report for a user lasts without a heartbeat, by default: a node
+/// that stops without goodbye drops out of its users' presence within this time. Nodes renew
+/// their users' reports three times per TTL.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// How long `{prefix}seen:{user}` is kept.
+const SEEN_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Adds this node to a user's presence and records them seen now; 1 when that made them
+/// online (no other live node).
+const ARRIVE: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local added = redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
+if added == 1 and redis.call('ZCARD', KEYS[1]) == 1 then return 1 end
+return 0
+"#;
+
+/// Removes this node from a user's presence and records when they were seen; 1 when that made
+/// them offline (no other live node).
+const LEAVE: &str = r#"
+local removed = redis.call('ZREM', KEYS[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+if removed == 1 and redis.call('ZCARD', KEYS[1]) == 0 then return 1 end
+return 0
+"#;
+
+fn unix_millis(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A duration as Redis milliseconds (`PX`, `PEXPIRE`), clamped.
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// This node's presence reports, and the reading of everyone's.
+pub(super) struct Presence {
+    pool: RedisPool,
+    keys: Keys,
+    /// This node's name in users' presence sets.
+    node: String,
+    ttl: Duration,
+    arrive: redis::Script,
+    leave: redis::Script,
+}
+
+impl Presence {
+    /// Presence for a new node (named at random) whose reports last `ttl` without renewal.
+    pub(super) fn new(pool: RedisPool, keys: Keys, ttl: Duration) -> Presence {
+        Presence {
+            pool,
+            keys,
+            node: format!("{:016x}", rand::random::<u64>()),
+            ttl,
+            arrive: redis::Script::new(ARRIVE),
+            leave: redis::Script::new(LEAVE),
+        }
+    }
+
+    /// Adds this node to `user`'s presence; whether that made them online cluster-wide.
+    pub(super) async fn arrive(&self, user: UserId) -> Result<bool> {
+        let now = SystemTime::now();
+        let mut conn = self.pool.get(Backend::Broker).await?;
+        let came_online: i64 = self
+            .arrive
+            .key(self.keys.online(user))
+            .key(self.keys.seen(user))
+            .arg(unix_millis(now))
+            .arg(unix_millis(now + self.ttl))
+            .arg(&self.node)
+            .arg(millis(self.ttl * 2))
+            .arg(millis(SEEN_TTL))
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(came_online == 1)
+    }
+
+    /// Removes this node from `user`'s presence; whether that made them offline cluster-wide.
+    pub(super) async fn leave(&self, user: UserId) -> Result<bool> {
+        let mut conn = self.pool.get(Backend::Broker).await?;
+        let went_offline: i64 = self
+            .leave
+            .key(self.keys.online(user))
+            .key(self.keys.seen(user))
+            .arg(unix_millis(SystemTime::now()))
+            .arg(&self.node)
+            .arg(millis(SEEN_TTL))
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(went_offline == 1)
+    }
+
+    /// Whether each of `users` has a live report from any node, and when they were last seen.
+    pub(super) async fn query(&self, users: &[UserId]) -> Result<Vec<ClusterPresence>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = unix_millis(SystemTime::now());
+        let mut pipe = redis::pipe();
+        for &user in users {
+            pipe.cmd("ZCOUNT")
+                .arg(self.keys.online(user))
+                .arg(now)
+                .arg("+inf");
+            pipe.cmd("GET").arg(self.keys.seen(user));
+        }
+        let mut conn = self.pool.get(Backend::Broker).await?;
+        let answers: Vec<Value> = pipe.query_async(&mut *conn).await.map_err(unavailable)?;
+        Ok(answers
+            .chunks(2)
+            .map(|pair| {
+                let count = redis::from_redis_value::<i64>(pair[0].clone()).unwrap_or(0);
+                let seen = redis::from_redis_value::<Option<i64>>(pair[1].clone()).unwrap_or(None);
+                ClusterPresence {
+                    online: count > 0,
+                    last_seen: seen.and_then(chrono::DateTime::from_timestamp_millis),
+                }
+            })
+            .collect())
+    }
+
+    /// Renews this node's presence report for every user connected to `hub`, and when they were
+    /// seen, in one pipelined round trip per chunk of users, three times per TTL. Runs until
+    /// aborted.
+    pub(super) async fn run_heartbeat(self: std::sync::Arc<Self>, hub: Hub) {
+        let mut tick = tokio::time::interval(self.ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.renew(&hub.connected_users()).await {
+                tracing::debug!(error = %e, "presence heartbeat failed; retrying next beat");
+            }
+        }
+    }
+
+    /// One heartbeat for `users`; stops at the first chunk that fails.
+    async fn renew(&self, users: &[UserId]) -> Result<()> {
+        let now = SystemTime::now();
+        let (now_ms, expiry) = (unix_millis(now), unix_millis(now + self.ttl));
+        for chunk in users.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            for &user in chunk {
+                pipe.cmd("ZADD")
+                    .arg(self.keys.online(user))
+                    .arg(expiry)
+                    .arg(&self.node)
+                    .ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(self.keys.online(user))
+                    .arg(millis(self.ttl * 2))
+                    .ignore();
+                pipe.cmd("SET")
+                    .arg(self.keys.seen(user))
+                    .arg(now_ms)
+                    .arg("PX")
+                    .arg(millis(SEEN_TTL))
+                    .ignore();
+            }
+            let mut conn = self.pool.get(Backend::Broker).await?;
+            pipe.query_async::<()>(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+}
