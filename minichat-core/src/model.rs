@@ -3,7 +3,8 @@
 //! This file is the one place where input is judged. Transports (the HTTP server, an embedding
 //! application) hand raw input to [`ChatService`](crate::ChatService), which calls the `validate`
 //! functions here; storage backends only ever see the validated types ([`ValidUser`],
-//! [`ValidMessage`], [`HistoryQuery`]), whose fields cannot be built any other way.
+//! [`ValidMessage`], [`HistoryQuery`], [`ValidReadMark`]), whose fields cannot be built any other
+//! way.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -321,6 +322,98 @@ impl NewMessage {
     }
 }
 
+/// Input of "tell `receiver_id` that `sender_id` is typing", as a client sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypingSignal {
+    pub sender_id: UserId,
+    pub receiver_id: UserId,
+}
+
+/// A typing signal that passed validation; only [`TypingSignal::validate`] makes one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidTypingSignal {
+    sender_id: UserId,
+    receiver_id: UserId,
+}
+
+impl ValidTypingSignal {
+    pub fn sender_id(&self) -> UserId {
+        self.sender_id
+    }
+    pub fn receiver_id(&self) -> UserId {
+        self.receiver_id
+    }
+}
+
+impl TypingSignal {
+    /// A user cannot signal typing to themself.
+    pub fn validate(self) -> Result<ValidTypingSignal, ValidationError> {
+        if self.sender_id == self.receiver_id {
+            return Err(ValidationError::single(
+                "receiver_id",
+                "Cannot send typing to yourself",
+            ));
+        }
+        Ok(ValidTypingSignal {
+            sender_id: self.sender_id,
+            receiver_id: self.receiver_id,
+        })
+    }
+}
+
+/// Input of "`reader_id` has read `peer_id`'s messages up to `up_to`", as a client sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMark {
+    pub reader_id: UserId,
+    pub peer_id: UserId,
+    pub up_to: MessageId,
+}
+
+/// A read mark that passed validation; only [`ReadMark::validate`] makes one. (Whether `up_to`
+/// is a message from the peer to the reader is for storage to say.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidReadMark {
+    reader_id: UserId,
+    peer_id: UserId,
+    up_to: MessageId,
+}
+
+impl ValidReadMark {
+    pub fn reader_id(&self) -> UserId {
+        self.reader_id
+    }
+    pub fn peer_id(&self) -> UserId {
+        self.peer_id
+    }
+    pub fn up_to(&self) -> MessageId {
+        self.up_to
+    }
+}
+
+impl ReadMark {
+    /// A user cannot mark their own messages read, and `up_to` must be a message id (≥ 1).
+    /// Only the first of these that fails is reported.
+    pub fn validate(self) -> Result<ValidReadMark, ValidationError> {
+        if self.reader_id == self.peer_id {
+            return Err(ValidationError::single(
+                "peer_id",
+                "Cannot mark your own messages read",
+            ));
+        }
+        if self.up_to < 1 {
+            return Err(ValidationError::single(
+                "up_to",
+                "up_to must be a message id",
+            ));
+        }
+        Ok(ValidReadMark {
+            reader_id: self.reader_id,
+            peer_id: self.peer_id,
+            up_to: self.up_to,
+        })
+    }
+}
+
 /// An offset page: `skip` rows, then at most `limit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {
@@ -533,6 +626,52 @@ mod tests {
         assert!(with("abc-123").is_ok());
         assert!(with("").is_err());
         assert!(with(&"k".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn cannot_signal_typing_to_yourself() {
+        let typing = |s, r| {
+            TypingSignal {
+                sender_id: s,
+                receiver_id: r,
+            }
+            .validate()
+        };
+        let valid = typing(1, 2).unwrap();
+        assert_eq!((valid.sender_id(), valid.receiver_id()), (1, 2));
+        let e = typing(3, 3).unwrap_err();
+        assert_eq!(e.errors.len(), 1);
+        assert_eq!(e.errors[0].field, "receiver_id");
+        assert_eq!(e.errors[0].message, "Cannot send typing to yourself");
+    }
+
+    #[test]
+    fn read_marks_are_of_a_peer_and_a_message_id() {
+        let mark = |reader, peer, up_to| {
+            ReadMark {
+                reader_id: reader,
+                peer_id: peer,
+                up_to,
+            }
+            .validate()
+        };
+        let valid = mark(1, 2, 1).unwrap();
+        assert_eq!(
+            (valid.reader_id(), valid.peer_id(), valid.up_to()),
+            (1, 2, 1)
+        );
+        let own = mark(4, 4, 10).unwrap_err();
+        assert_eq!(own.errors[0].field, "peer_id");
+        assert_eq!(own.errors[0].message, "Cannot mark your own messages read");
+        for up_to in [0, -1, i64::MIN] {
+            let e = mark(1, 2, up_to).unwrap_err();
+            assert_eq!(e.errors[0].field, "up_to", "{up_to}");
+            assert_eq!(e.errors[0].message, "up_to must be a message id");
+        }
+        // Only the first failing rule is reported.
+        let both = mark(5, 5, 0).unwrap_err();
+        assert_eq!(both.errors.len(), 1);
+        assert_eq!(both.errors[0].field, "peer_id");
     }
 
     #[test]

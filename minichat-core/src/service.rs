@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::event::{message_event, presence_event, read_event, typing_event, Presence};
 use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
 use crate::model::{
-    HistoryRequest, Message, MessageId, NewMessage, NewUser, Page, ReadState, Seq, User, UserId,
-    ValidationError, RECENT_LIMIT,
+    HistoryRequest, Message, MessageId, NewMessage, NewUser, Page, ReadMark, ReadState, Seq,
+    TypingSignal, User, UserId, RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
 use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
@@ -459,15 +459,15 @@ impl ChatService for Chat {
     }
 
     async fn typing(&self, sender: UserId, receiver: UserId) -> Result<()> {
-        if sender == receiver {
-            return Err(
-                ValidationError::single("receiver_id", "Cannot send typing to yourself").into(),
-            );
+        let signal = TypingSignal {
+            sender_id: sender,
+            receiver_id: receiver,
         }
+        .validate()?;
         let delivery = Delivery {
-            user: receiver,
+            user: signal.receiver_id(),
             exclude: None,
-            event: typing_event(sender),
+            event: typing_event(signal.sender_id()),
         };
         self.inner
             .broker
@@ -478,15 +478,13 @@ impl ChatService for Chat {
     }
 
     async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {
-        if reader == peer {
-            return Err(
-                ValidationError::single("peer_id", "Cannot mark your own messages read").into(),
-            );
+        let valid = ReadMark {
+            reader_id: reader,
+            peer_id: peer,
+            up_to,
         }
-        if up_to < 1 {
-            return Err(ValidationError::single("up_to", "up_to must be a message id").into());
-        }
-        let mark = self.inner.storage.mark_read(reader, peer, up_to).await?;
+        .validate()?;
+        let mark = self.inner.storage.mark_read(&valid).await?;
         let delivery = Delivery {
             user: peer,
             exclude: None,

@@ -7,7 +7,7 @@ use super::Storage;
 use crate::error::{Error, Result};
 use crate::model::{
     now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage, User,
-    UserId, ValidMessage, ValidUser,
+    UserId, ValidMessage, ValidReadMark, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -209,7 +209,8 @@ impl Storage for MemoryStorage {
         Ok(self.state().stream.get(&user).map_or(0, |s| s.len() as Seq))
     }
 
-    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {
+    async fn mark_read(&self, mark: &ValidReadMark) -> Result<MessageId> {
+        let (reader, peer, up_to) = (mark.reader_id(), mark.peer_id(), mark.up_to());
         let mut state = self.state();
         let is_theirs = index(up_to, state.messages.len())
             .map(|i| &state.messages[i])

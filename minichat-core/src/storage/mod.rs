@@ -15,7 +15,7 @@ use crate::error::Result;
 use crate::model::ReadState;
 use crate::model::{
     HistoryQuery, Message, MessageId, Page, Seq, StoredMessage, User, UserId, ValidMessage,
-    ValidUser,
+    ValidReadMark, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -54,10 +54,10 @@ pub trait Storage: Send + Sync + 'static {
     /// The seq of `user`'s newest event (0 when none, or no such user).
     async fn current_seq(&self, user: UserId) -> Result<Seq>;
 
-    /// Records that `reader` has read the messages `peer` sent them up to `up_to` (a message
-    /// from `peer` to `reader`), never moving backwards; returns the stored mark.
+    /// Records that the mark's reader has read the messages its peer sent them up to `up_to` (a
+    /// message from the peer to the reader), never moving backwards; returns the stored mark.
     /// `Error::MessageNotFound` when `up_to` is not such a message.
-    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId>;
+    async fn mark_read(&self, mark: &ValidReadMark) -> Result<MessageId>;
 
     /// The read marks between `user` and `peer`: the newest of `peer`'s messages `user` has
     /// read, and the newest of `user`'s messages `peer` has read.

@@ -29,7 +29,7 @@ use super::Storage;
 use crate::error::{Backend, Error, Result};
 use crate::model::{
     now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage, User,
-    UserId, ValidMessage, ValidUser,
+    UserId, ValidMessage, ValidReadMark, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -381,7 +381,8 @@ impl Storage for PostgresStorage {
         }
     }
 
-    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {
+    async fn mark_read(&self, mark: &ValidReadMark) -> Result<MessageId> {
+        let (reader, peer, up_to) = (mark.reader_id(), mark.peer_id(), mark.up_to());
         let rows = self.query(MARK_READ, &[&reader, &peer, &up_to]).await?;
         col(rows.first().ok_or(Error::MessageNotFound)?, 0)
     }
