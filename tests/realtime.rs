@@ -377,8 +377,8 @@ impl minichat_core::broker::Broker for OutOfOrder {
     ) -> minichat_core::Result<()> {
         self.inner.publish_presence(user, event).await
     }
-    fn kind(&self) -> &'static str {
-        "local"
+    fn kind(&self) -> minichat_core::BackendKind {
+        minichat_core::BackendKind::Local
     }
     async fn check(&self) -> minichat_core::Result<()> {
         Ok(())

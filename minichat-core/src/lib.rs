@@ -25,6 +25,7 @@ pub mod broker;
 pub mod cache;
 mod error;
 pub mod event;
+mod health;
 pub mod hub;
 pub mod model;
 mod redis_support;
@@ -36,10 +37,11 @@ pub mod test_support;
 
 pub use error::{Backend, Error, Result};
 pub use event::Presence;
+pub use health::{BackendKind, BackendStatus, Health};
 pub use hub::{Closed, ConnectionId, Event, Hub, Subscription};
 pub use model::{
     HistoryRequest, Message, MessageId, NewMessage, NewUser, ReadState, Seq, User, UserId,
     ValidationError,
 };
 pub use redis_support::RedisConfig;
-pub use service::{BackendStatus, Chat, ChatConfig, ChatService, Health, SentMessage};
+pub use service::{Chat, ChatConfig, ChatService, SentMessage};

@@ -9,6 +9,7 @@ use crate::broker::{Broker, ClusterPresence, Delivery, LocalBroker, RedisBroker}
 use crate::cache::{MemoryCache, RecentCache, RedisCache};
 use crate::error::{Error, Result};
 use crate::event::{message_event, presence_event, read_event, typing_event, Presence};
+use crate::health::{BackendKind, BackendStatus, Health};
 use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
 use crate::model::{
     HistoryRequest, Message, MessageId, NewMessage, NewUser, Page, ReadMark, ReadState, Seq,
@@ -35,29 +36,6 @@ pub struct SentMessage {
     pub delivered: bool,
     /// False when this was a retry of an already stored `(sender, client_id)`.
     pub created: bool,
-}
-
-/// How one backend is doing, for `/health`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendStatus {
-    /// What it is (`"memory"`, `"postgresql"`, `"redis"`, `"local"`).
-    pub kind: &'static str,
-    /// `None` when it answers; otherwise why not.
-    pub error: Option<String>,
-}
-
-/// The health of every backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    pub storage: BackendStatus,
-    pub cache: BackendStatus,
-    pub broker: BackendStatus,
-}
-
-impl Health {
-    pub fn is_ok(&self) -> bool {
-        self.storage.error.is_none() && self.cache.error.is_none() && self.broker.error.is_none()
-    }
 }
 
 /// The public contract of a chat: users, messages, history, recent messages, subscriptions.
@@ -186,9 +164,9 @@ impl Drop for Inner {
 impl std::fmt::Debug for Chat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chat")
-            .field("storage", &self.inner.storage.kind())
-            .field("cache", &self.inner.cache.kind())
-            .field("broker", &self.inner.broker.kind())
+            .field("storage", &self.inner.storage.kind().as_str())
+            .field("cache", &self.inner.cache.kind().as_str())
+            .field("broker", &self.inner.broker.kind().as_str())
             .finish()
     }
 }
@@ -363,7 +341,7 @@ impl Chat {
     }
 }
 
-async fn status<F>(kind: &'static str, check: F) -> BackendStatus
+async fn status<F>(kind: BackendKind, check: F) -> BackendStatus
 where
     F: std::future::Future<Output = Result<()>>,
 {

@@ -220,7 +220,7 @@ async fn migrations_run_once_even_from_concurrent_nodes() {
     let alice = a.create_user(&new_user("alice", None)).await.unwrap();
     assert_eq!(b.get_user(alice.id).await.unwrap(), Some(alice.clone()));
     assert_eq!(c.get_user(alice.id).await.unwrap(), Some(alice));
-    assert_eq!(a.kind(), "postgresql");
+    assert_eq!(a.kind(), minichat_core::BackendKind::Postgresql);
     a.check().await.expect("check");
 }
 

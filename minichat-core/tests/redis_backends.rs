@@ -132,7 +132,7 @@ async fn cache_keeps_the_newest_hundred_newest_first_with_expiry() {
     let cache = RedisCache::connect(&config(&url, &prefix))
         .await
         .expect("connect");
-    assert_eq!(cache.kind(), "redis");
+    assert_eq!(cache.kind(), minichat_core::BackendKind::Redis);
     cache.check().await.expect("check");
 
     assert_eq!(cache.recent(1, 50).await.expect("recent"), None, "cold");
@@ -199,7 +199,7 @@ async fn two_nodes_deliver_exactly_once_with_seq_and_exclusion() {
     let b = RedisBroker::connect(&config(&url, &prefix), hub_b.clone())
         .await
         .expect("connect node B");
-    assert_eq!(a.kind(), "redis");
+    assert_eq!(a.kind(), minichat_core::BackendKind::Redis);
     a.check().await.expect("check A");
 
     // User 7 is connected to node B only; node A sends.

@@ -8,11 +8,12 @@ use crate::auth::{AuthMode, DEFAULT_TOKEN_TTL};
 use crate::config::Signup;
 use crate::error::{ApiError, Location};
 use crate::extract::{parse_int, parse_json, read_body, Query};
-use crate::routes::{json, AppState, Response};
+use crate::response::{json, Response};
+use crate::state::AppState;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use minichat_core::model::{timestamp, DEFAULT_USERS_LIMIT};
-use minichat_core::{BackendStatus, HistoryRequest, Message, NewMessage, NewUser, ReadState, User};
+use minichat_core::{BackendKind, HistoryRequest, Message, NewMessage, NewUser, ReadState, User};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -59,7 +60,7 @@ pub struct RecentMessages {
 pub struct HealthBody {
     /// `OK`, or `ERROR` when a configured backend is down.
     pub status: &'static str,
-    /// `memory`, `connected` or `unavailable`.
+    /// `memory` (in-process storage), `OK` (PostgreSQL answers) or `unavailable`.
     pub database: String,
     /// `disabled`, `connected` or `unavailable`.
     pub redis: String,
@@ -75,36 +76,22 @@ pub struct ErrorBody {
     pub detail: serde_json::Value,
 }
 
+/// `GET /`: who we are, and `endpoints`, the router's list of (name, path) to show.
 #[utoipa::path(get, path = "/", tag = "system",
     responses((status = 200, description = "Service name, version and endpoints", body = Object)))]
-pub fn root() -> Response {
+pub fn root(endpoints: &[(&'static str, &'static str)]) -> Response {
+    let endpoints: serde_json::Map<String, serde_json::Value> = endpoints
+        .iter()
+        .map(|(name, path)| ((*name).to_owned(), (*path).into()))
+        .collect();
     json(
         StatusCode::OK,
         &serde_json::json!({
             "message": "Mini Chat Backend API",
             "version": env!("CARGO_PKG_VERSION"),
-            "endpoints": {
-                "users": "/users/",
-                "messages": "/messages/",
-                "recent_messages": "/messages/recent/{user_id}",
-                "websocket": "/ws/{user_id}",
-                "health": "/health",
-                "metrics": "/metrics",
-                "docs": "/docs",
-                "redoc": "/redoc",
-                "openapi": "/openapi.json",
-                "app": "/app/",
-            }
+            "endpoints": endpoints,
         }),
     )
-}
-
-fn describe(status: &BackendStatus, in_process: &str) -> String {
-    match (&status.error, status.kind) {
-        (Some(_), _) => "unavailable".into(),
-        (None, "memory" | "local") => in_process.into(),
-        (None, _) => "connected".into(),
-    }
 }
 
 #[utoipa::path(get, path = "/health", tag = "system", responses(
@@ -112,10 +99,15 @@ fn describe(status: &BackendStatus, in_process: &str) -> String {
     (status = 503, description = "A configured backend is down", body = HealthBody)))]
 pub async fn health(state: &AppState) -> Response {
     let health = state.chat.health().await;
-    let database = describe(&health.storage, "memory");
+    // `OK` is the original's word for a database that answers, which its clients check.
+    let database = match (&health.storage.error, health.storage.kind) {
+        (Some(_), _) => "unavailable",
+        (None, BackendKind::Memory) => "memory",
+        (None, _) => "OK",
+    };
     // The cache and the broker are the same Redis when it is configured.
     let redis = match (health.cache.kind, health.broker.kind) {
-        ("memory", "local") => "disabled".to_owned(),
+        (BackendKind::Memory, BackendKind::Local) => "disabled".to_owned(),
         _ if health.cache.error.is_some() || health.broker.error.is_some() => "unavailable".into(),
         _ => "connected".into(),
     };
@@ -125,7 +117,7 @@ pub async fn health(state: &AppState) -> Response {
         ("broker", &health.broker),
     ] {
         if let Some(error) = &status.error {
-            tracing::warn!(backend = name, kind = status.kind, error = %error, "health check failed");
+            tracing::warn!(backend = name, kind = status.kind.as_str(), error = %error, "health check failed");
         }
     }
     let ok = health.is_ok();
@@ -137,7 +129,7 @@ pub async fn health(state: &AppState) -> Response {
         },
         &HealthBody {
             status: if ok { "OK" } else { "ERROR" },
-            database,
+            database: database.into(),
             redis,
             timestamp: minichat_core::model::now(),
         },

@@ -3,9 +3,9 @@
 //! the server. It talks to the server through the public API only (REST, the socket, tokens).
 
 use crate::error::ApiError;
-use crate::routes::Response;
+use crate::response::{redirect, Response};
 use bytes::Bytes;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderValue};
 use http_body_util::Full;
 
 /// Every file of the page: (name under `/app/`, content type, bytes).
@@ -30,12 +30,7 @@ const FILES: &[(&str, &str, &[u8])] = &[
 /// `/app` redirects to `/app/`, so the page's relative URLs resolve under it.
 pub fn serve(path: &str, tail: &str) -> Result<Response, ApiError> {
     if path == "/app" {
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-        response
-            .headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_static("/app/"));
-        return Ok(response);
+        return redirect("/app/").ok_or(ApiError::NotFound);
     }
     let tail = if tail == "index.html" { "" } else { tail };
     let (_, content_type, bytes) = FILES

@@ -4,12 +4,12 @@
 
 use crate::api;
 use crate::error::ApiError;
-use crate::routes::{AppState, Response};
-use crate::telemetry;
+use crate::response::{bytes, Response};
 use bytes::Bytes;
-use http::{header, HeaderValue, StatusCode};
+use http::{header, HeaderValue};
 use http_body_util::Full;
 use std::sync::{Arc, OnceLock};
+use utoipa::openapi::path::{HttpMethod, Paths};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -25,7 +25,7 @@ use utoipa::{Modify, OpenApi};
         (status = 403, description = "Token of another user", body = api::ErrorBody),
         (status = 422, description = "Non-integer id", body = api::ErrorBody)))]
 #[allow(dead_code)]
-fn websocket() {}
+pub fn websocket() {}
 
 struct BearerAuth;
 
@@ -44,11 +44,11 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Everything of the OpenAPI document but its paths: those come from the route table
+/// (`routes.rs`), one `#[utoipa::path]` per documented route.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Minichat", description = "Real-time chat backend: REST and WebSocket. Wire contract compatible with the original Mini Chat Backend."),
-    paths(api::root, api::health, telemetry::metrics, api::create_user, api::list_users, api::get_user,
-          api::send_message, api::history, api::recent_messages, api::read_state, websocket),
     components(schemas(minichat_core::User, minichat_core::Message, minichat_core::NewUser,
                        minichat_core::NewMessage, minichat_core::ReadState, minichat_core::model::MessageType,
                        api::CreatedUser, api::UserWithPresence, api::SentMessageBody, api::RecentMessages,
@@ -56,25 +56,27 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     tags((name = "users"), (name = "messages"), (name = "websocket"), (name = "system"))
 )]
-pub struct ApiDoc;
+struct Base;
 
-/// The OpenAPI document as JSON, built once at start.
-pub fn openapi_json() -> Bytes {
-    let mut doc = ApiDoc::openapi();
+/// The OpenAPI document of `paths`, with this crate's version.
+pub fn document(paths: Paths) -> utoipa::openapi::OpenApi {
+    let mut doc = Base::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
-    Bytes::from(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()))
+    doc.paths = paths;
+    doc
 }
 
-fn bytes_response(content_type: &'static str, body: Bytes) -> Response {
-    let mut response = Response::new(Full::new(body));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
+/// One documented operation, from its `#[utoipa::path]`: (path, methods, operation).
+pub type Operation = (String, Vec<HttpMethod>, utoipa::openapi::path::Operation);
+
+/// The operation `P` (a handler's `#[utoipa::path]`) documents.
+pub fn operation<P: utoipa::Path>() -> Operation {
+    (P::path(), P::methods(), P::operation())
 }
 
-pub fn openapi(state: &AppState) -> Response {
-    bytes_response("application/json", state.openapi_json.clone())
+/// `GET /openapi.json`.
+pub fn openapi(json: Bytes) -> Response {
+    bytes("application/json", json)
 }
 
 fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {
@@ -84,36 +86,47 @@ fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {
         .clone()
 }
 
-/// `/docs` and everything under it: Swagger UI's files.
-pub fn swagger(path: &str, tail: &str) -> Result<Response, ApiError> {
-    if path == "/docs" {
-        // Swagger UI's page loads its files relative to the directory.
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-        response
-            .headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_static("/docs/"));
-        return Ok(response);
-    }
+/// Swagger UI's page. Its asset URLs are relative (`./swagger-ui.css`), so a `<base>` makes
+/// them resolve under `/docs/` whether the page is fetched as `/docs` or `/docs/`.
+fn swagger_page() -> Result<Response, ApiError> {
+    static PAGE: OnceLock<Option<Bytes>> = OnceLock::new();
+    let page = PAGE.get_or_init(|| {
+        let file = swagger_file("")?;
+        let html = String::from_utf8(file.bytes.into_owned()).ok()?;
+        let html = html.replacen("<head>", "<head>\n    <base href=\"/docs/\">", 1);
+        Some(Bytes::from(html))
+    });
+    page.clone()
+        .map(|html| bytes("text/html; charset=utf-8", html))
+        .ok_or(ApiError::NotFound)
+}
+
+fn swagger_file(tail: &str) -> Option<utoipa_swagger_ui::SwaggerFile<'static>> {
     match utoipa_swagger_ui::serve(tail, swagger_config()) {
-        Ok(Some(file)) => {
-            let mut response = Response::new(Full::new(Bytes::from(file.bytes.into_owned())));
-            if let Ok(v) = HeaderValue::from_str(&file.content_type) {
-                response.headers_mut().insert(header::CONTENT_TYPE, v);
-            }
-            if file.gzpipped {
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            }
-            Ok(response)
-        }
-        Ok(None) => Err(ApiError::NotFound),
+        Ok(file) => file,
         Err(e) => {
             tracing::error!(error = %e, "Swagger UI file failed");
-            Err(ApiError::NotFound)
+            None
         }
     }
+}
+
+/// `/docs`, `/docs/` (the page) and the files under `/docs/`.
+pub fn swagger(tail: &str) -> Result<Response, ApiError> {
+    if matches!(tail, "" | "index.html") {
+        return swagger_page();
+    }
+    let file = swagger_file(tail).ok_or(ApiError::NotFound)?;
+    let mut response = Response::new(Full::new(Bytes::from(file.bytes.into_owned())));
+    if let Ok(v) = HeaderValue::from_str(&file.content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    if file.gzpipped {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    Ok(response)
 }
 
 const REDOC_PAGE: &str = r#"<!DOCTYPE html>
@@ -135,14 +148,14 @@ const REDOC_PAGE: &str = r#"<!DOCTYPE html>
 static REDOC_JS: &[u8] = include_bytes!("../assets/redoc.standalone.js");
 
 pub fn redoc_page() -> Response {
-    bytes_response(
+    bytes(
         "text/html; charset=utf-8",
         Bytes::from_static(REDOC_PAGE.as_bytes()),
     )
 }
 
 pub fn redoc_script() -> Response {
-    let mut response = bytes_response(
+    let mut response = bytes(
         "application/javascript; charset=utf-8",
         Bytes::from_static(REDOC_JS),
     );

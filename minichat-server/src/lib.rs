@@ -12,27 +12,35 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Files, one concern each: `config` (flags and environment), `server` (accept loop and
-//! shutdown), `routes` (the routing table, CORS, request ids), `api` (REST handlers), `ws` (the
-//! WebSocket connection), `auth` (tokens and who may act as whom), `limits` (send rate, socket caps), `extract` (parsing input),
-//! `error` (statuses and error bodies), `docs` (OpenAPI, Swagger UI, ReDoc), `app` (the embedded web chat page),
-//! `telemetry` (the Prometheus recorder and `GET /metrics`).
+//! Files, one concern each, in layers that only point down:
+//!
+//! - `server` (accept loop, timeouts, shutdown) uses `routes` (the one route table, request
+//!   ids, 404/405/307, `HEAD`), which uses the handlers;
+//! - the handlers: `api` (REST), `ws` (the WebSocket connection), `docs` (OpenAPI, Swagger UI,
+//!   ReDoc), `app` (the embedded web chat page), `telemetry` (the Prometheus recorder and
+//!   `GET /metrics`);
+//! - the ground floor they share: `state` (`AppState`), `response` (building responses),
+//!   `cors`, `error` (statuses and error bodies), `extract` (parsing input), `auth` (tokens and
+//!   who may act as whom), `limits` (send rate, socket caps), `config` (flags and environment).
 
 mod api;
 mod app;
 pub mod auth;
 pub mod config;
+mod cors;
 mod docs;
 mod error;
 mod extract;
 mod limits;
+mod response;
 mod routes;
 mod server;
+mod state;
 mod telemetry;
 mod ws;
 
 pub use auth::{AuthMode, Authenticator};
 pub use config::{Cli, CorsOrigins, Limits, Settings, Signup};
-pub use docs::ApiDoc;
 pub use error::ApiError;
+pub use routes::ApiDoc;
 pub use server::{shutdown_signal, RunningServer, Server, ServerError};

@@ -1,194 +1,271 @@
-//! The router: from a request's method and path to its handler, and what every response gets.
+//! The router: the one table of every route, and what every request goes through.
 //!
-//! One table ([`Route::parse`]) knows every path; unknown paths are 404, known paths with the
-//! wrong method 405, and a path that only differs by its trailing slash is redirected (307) as
-//! the original did. Every request gets an id (logged on each of its lines and returned in
+//! [`ROUTES`] is the single source of a route's path template, method, metrics label, handler,
+//! OpenAPI operation and place in `GET /`'s endpoint list: adding a route is one entry here,
+//! its handler and the handler's `#[utoipa::path]`. Unknown paths are 404, known paths with
+//! the wrong method 405 (with `Allow`), `HEAD` is answered on every GET route like GET without
+//! the body, and a path that only differs by its trailing slash is redirected (307) as the
+//! original did. Every request gets an id (logged on each of its lines and returned in
 //! `x-request-id`) and the CORS headers, and is counted in the metrics under its route's
-//! template ([`Route::template`]), never its raw path.
+//! label, never its raw path.
+//!
+//! Layers point down: handlers (`api`, `ws`, `docs`, `app`, `telemetry`) use `state`,
+//! `response` and `error`, and never this file; only `server` uses it.
 
-use crate::auth::{bearer_token, Authenticator, Caller};
-use crate::config::{CorsOrigins, Limits, Signup};
-use crate::docs;
 use crate::error::ApiError;
-use crate::limits::Guards;
-use crate::telemetry;
-use crate::ws;
-use crate::{api, app};
+use crate::response::{redirect, Response};
+use crate::state::AppState;
+use crate::{api, app, cors, docs, telemetry, ws};
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, StatusCode};
+use http::{header, HeaderValue, Method, Request};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use minichat_core::ChatService;
+use hyper::body::{Body as _, Incoming};
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+use utoipa::openapi::path::Paths;
 
-pub type Response = http::Response<Full<Bytes>>;
-
-/// What every handler shares: the chat, access control, limits. Behind one `Arc`.
-pub struct AppState {
-    pub chat: Arc<dyn ChatService>,
-    pub auth: Authenticator,
-    pub signup: Signup,
-    pub limits: Limits,
-    /// Send rate and connection counts.
-    pub guards: Guards,
-    pub cors: CorsOrigins,
-    /// Cancelled when the server shuts down; WebSocket loops watch it.
-    pub shutdown: CancellationToken,
-    /// WebSocket connections, which outlive their request; awaited at shutdown.
-    pub tasks: TaskTracker,
-    /// The OpenAPI document, serialised once.
-    pub openapi_json: Bytes,
-    next_request_id: AtomicU64,
+/// What a handler gets: the shared state, the request, and the text its path template's
+/// parameter captured (empty when it has none). Ids stay raw text here: parsing them is the
+/// handler's job, so that `/users/abc` is a 422 on a known route rather than a 404.
+struct Call {
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    param: String,
 }
 
-impl AppState {
-    pub fn new(
-        chat: Arc<dyn ChatService>,
-        auth: Authenticator,
-        signup: Signup,
-        limits: Limits,
-        cors: CorsOrigins,
-        shutdown: CancellationToken,
-    ) -> AppState {
-        AppState {
-            chat,
-            auth,
-            signup,
-            guards: Guards::new(&limits),
-            limits,
-            cors,
-            shutdown,
-            tasks: crate::server::new_task_tracker(),
-            openapi_json: docs::openapi_json(),
-            next_request_id: AtomicU64::new(1),
+type Reply = Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send>>;
+type Handler = fn(Call) -> Reply;
+
+fn reply(future: impl Future<Output = Result<Response, ApiError>> + Send + 'static) -> Reply {
+    Box::pin(future)
+}
+
+/// Whether a route is in the OpenAPI document.
+#[derive(Clone, Copy)]
+enum Doc {
+    /// An operation of the API, documented by its handler's `#[utoipa::path]`.
+    Api(fn() -> docs::Operation),
+    /// A page, a file, or the document itself: not an API operation.
+    Page,
+}
+
+/// One method on one path.
+struct Endpoint {
+    method: Method,
+    /// The path template: literal segments, then at most one parameter, last: `{name}` takes
+    /// one non-empty segment, `{*name}` the non-empty rest of the path.
+    path: &'static str,
+    /// The `route` label of the HTTP metrics (the path, unless set).
+    label: &'static str,
+    /// Its name in `GET /`'s endpoint list, if listed there.
+    listed: Option<&'static str>,
+    doc: Doc,
+    /// A WebSocket upgrade: neither redirected for a trailing slash nor answered to `HEAD`.
+    upgrade: bool,
+    handler: Handler,
+}
+
+fn get(path: &'static str, doc: Doc, handler: Handler) -> Endpoint {
+    Endpoint {
+        method: Method::GET,
+        path,
+        label: path,
+        listed: None,
+        doc,
+        upgrade: false,
+        handler,
+    }
+}
+
+fn post(path: &'static str, doc: Doc, handler: Handler) -> Endpoint {
+    Endpoint {
+        method: Method::POST,
+        ..get(path, doc, handler)
+    }
+}
+
+impl Endpoint {
+    fn label(self, label: &'static str) -> Endpoint {
+        Endpoint { label, ..self }
+    }
+
+    fn listed(self, name: &'static str) -> Endpoint {
+        Endpoint {
+            listed: Some(name),
+            ..self
         }
     }
 
-    /// Who the request acts as, from its `Authorization` header.
-    pub fn caller(&self, req: &Request<Incoming>) -> Caller {
-        self.auth
-            .caller(bearer_token(req.headers().get(header::AUTHORIZATION)), None)
+    fn upgrade(self) -> Endpoint {
+        Endpoint {
+            upgrade: true,
+            ..self
+        }
     }
 }
 
-/// Every path the server knows. Ids stay raw text here: parsing them is the handler's job, so
-/// that `/users/abc` is a 422 on a known route rather than a 404.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route<'a> {
-    Root,
-    Health,
-    Metrics,
-    OpenApi,
-    Docs(&'a str),
-    App(&'a str),
-    Redoc,
-    RedocScript,
-    Users,
-    User(&'a str),
-    Messages,
-    RecentMessages(&'a str),
-    ReadState,
-    WebSocket(&'a str),
+/// Swagger UI's page and files share one label, and so do the chat page's.
+const DOCS: &str = "/docs/{file}";
+const APP: &str = "/app/{file}";
+
+/// Every route.
+static ROUTES: LazyLock<Vec<Endpoint>> = LazyLock::new(|| {
+    use docs::operation as op;
+    use Doc::{Api, Page};
+    vec![
+        get("/", Api(op::<api::__path_root>), |_| {
+            reply(async { Ok(api::root(&endpoints())) })
+        }),
+        get("/health", Api(op::<api::__path_health>), |c| {
+            reply(async move { Ok(api::health(&c.state).await) })
+        })
+        .listed("health"),
+        get("/metrics", Api(op::<telemetry::__path_metrics>), |_| {
+            reply(async { Ok(telemetry::metrics()) })
+        })
+        .listed("metrics"),
+        get("/openapi.json", Page, |_| {
+            reply(async { Ok(docs::openapi(OPENAPI_JSON.clone())) })
+        })
+        .listed("openapi"),
+        get("/docs", Page, |_| reply(async { docs::swagger("") }))
+            .label(DOCS)
+            .listed("docs"),
+        get("/docs/", Page, |_| reply(async { docs::swagger("") })).label(DOCS),
+        get("/docs/{*file}", Page, |c| {
+            reply(async move { docs::swagger(&c.param) })
+        })
+        .label(DOCS),
+        get("/redoc", Page, |_| reply(async { Ok(docs::redoc_page()) })).listed("redoc"),
+        get("/redoc/redoc.standalone.js", Page, |_| {
+            reply(async { Ok(docs::redoc_script()) })
+        }),
+        get("/app", Page, |_| reply(async { app::serve("/app", "") })).label(APP),
+        get("/app/", Page, |_| reply(async { app::serve("/app/", "") }))
+            .label(APP)
+            .listed("app"),
+        get("/app/{*file}", Page, |c| {
+            reply(async move { app::serve(c.req.uri().path(), &c.param) })
+        })
+        .label(APP),
+        post("/users/", Api(op::<api::__path_create_user>), |c| {
+            reply(async move { api::create_user(&c.state, c.req).await })
+        })
+        .listed("users"),
+        get("/users/", Api(op::<api::__path_list_users>), |c| {
+            reply(async move { api::list_users(&c.state, c.req).await })
+        }),
+        get("/users/{user_id}", Api(op::<api::__path_get_user>), |c| {
+            reply(async move { api::get_user(&c.state, c.req, &c.param).await })
+        }),
+        post("/messages/", Api(op::<api::__path_send_message>), |c| {
+            reply(async move { api::send_message(&c.state, c.req).await })
+        })
+        .listed("messages"),
+        get("/messages/", Api(op::<api::__path_history>), |c| {
+            reply(async move { api::history(&c.state, c.req).await })
+        }),
+        get(
+            "/messages/recent/{user_id}",
+            Api(op::<api::__path_recent_messages>),
+            |c| reply(async move { api::recent_messages(&c.state, c.req, &c.param).await }),
+        )
+        .listed("recent_messages"),
+        get("/messages/read", Api(op::<api::__path_read_state>), |c| {
+            reply(async move { api::read_state(&c.state, c.req).await })
+        }),
+        get("/ws/{user_id}", Api(op::<docs::__path_websocket>), |c| {
+            reply(async move { ws::upgrade(&c.state, c.req, &c.param) })
+        })
+        .listed("websocket")
+        .upgrade(),
+    ]
+});
+
+/// `GET /`'s endpoint list: (name, path) of every listed route.
+fn endpoints() -> Vec<(&'static str, &'static str)> {
+    ROUTES
+        .iter()
+        .filter_map(|e| e.listed.map(|name| (name, e.path)))
+        .collect()
 }
 
-impl<'a> Route<'a> {
-    pub fn parse(path: &'a str) -> Option<Route<'a>> {
-        let route = match path {
-            "/" => Route::Root,
-            "/health" => Route::Health,
-            "/metrics" => Route::Metrics,
-            "/openapi.json" => Route::OpenApi,
-            "/redoc" => Route::Redoc,
-            "/redoc/redoc.standalone.js" => Route::RedocScript,
-            "/users/" => Route::Users,
-            "/messages/" => Route::Messages,
-            "/messages/read" => Route::ReadState,
-            "/docs" => Route::Docs(""),
-            "/app" => Route::App(""),
-            _ => {
-                if let Some(tail) = path.strip_prefix("/docs/") {
-                    Route::Docs(tail)
-                } else if let Some(tail) = path.strip_prefix("/app/") {
-                    Route::App(tail)
-                } else if let Some(id) = single_segment(path, "/users/") {
-                    Route::User(id)
-                } else if let Some(id) = single_segment(path, "/messages/recent/") {
-                    Route::RecentMessages(id)
-                } else if let Some(id) = single_segment(path, "/ws/") {
-                    Route::WebSocket(id)
-                } else {
-                    return None;
-                }
+/// The OpenAPI document: the routes' operations, with [`docs`]' schemas and metadata.
+pub struct ApiDoc;
+
+impl utoipa::OpenApi for ApiDoc {
+    fn openapi() -> utoipa::openapi::OpenApi {
+        let mut paths = Paths::new();
+        for endpoint in ROUTES.iter() {
+            if let Doc::Api(operation) = endpoint.doc {
+                let (path, methods, operation) = operation();
+                paths.add_path_operation(path, methods, operation);
             }
-        };
-        Some(route)
-    }
-
-    /// The route's path template, the `route` label of the HTTP metrics: a fixed set of values,
-    /// whatever the paths requested.
-    pub fn template(&self) -> &'static str {
-        match self {
-            Route::Root => "/",
-            Route::Health => "/health",
-            Route::Metrics => "/metrics",
-            Route::OpenApi => "/openapi.json",
-            Route::Docs(_) => "/docs/{file}",
-            Route::App(_) => "/app/{file}",
-            Route::Redoc => "/redoc",
-            Route::RedocScript => "/redoc/redoc.standalone.js",
-            Route::Users => "/users/",
-            Route::User(_) => "/users/{user_id}",
-            Route::Messages => "/messages/",
-            Route::RecentMessages(_) => "/messages/recent/{user_id}",
-            Route::ReadState => "/messages/read",
-            Route::WebSocket(_) => "/ws/{user_id}",
         }
-    }
-
-    /// The methods this route answers (besides `OPTIONS`, answered for CORS everywhere).
-    fn methods(&self) -> &'static [Method] {
-        match self {
-            Route::Users | Route::Messages => &[Method::GET, Method::POST],
-            _ => &[Method::GET],
-        }
+        docs::document(paths)
     }
 }
 
-fn single_segment<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
-    path.strip_prefix(prefix)
-        .filter(|rest| !rest.is_empty() && !rest.contains('/'))
+/// The OpenAPI document as JSON, built once.
+static OPENAPI_JSON: LazyLock<Bytes> = LazyLock::new(|| {
+    let doc = <ApiDoc as utoipa::OpenApi>::openapi();
+    Bytes::from(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()))
+});
+
+/// What `path` captures when it fits `template`: `""` for a template without a parameter.
+fn capture<'p>(template: &str, path: &'p str) -> Option<&'p str> {
+    let Some(open) = template.find('{') else {
+        return (template == path).then_some("");
+    };
+    let rest = path.strip_prefix(&template[..open])?;
+    let one_segment = !template[open..].starts_with("{*");
+    let fits = !rest.is_empty() && (!one_segment || !rest.contains('/'));
+    fits.then_some(rest)
+}
+
+/// The endpoints of the one path template `path` fits (each method of a route), and what it
+/// captured; empty when no route has that path.
+fn lookup(path: &str) -> (Vec<&'static Endpoint>, &str) {
+    let mut found: Vec<&'static Endpoint> = Vec::new();
+    let mut captured = "";
+    for endpoint in ROUTES.iter() {
+        if let Some(param) = capture(endpoint.path, path) {
+            if found.is_empty() || found[0].path == endpoint.path {
+                found.push(endpoint);
+                captured = param;
+            }
+        }
+    }
+    (found, captured)
 }
 
 /// The service function hyper calls for every request.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, Infallible> {
-    let id = state.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let id = state.next_request_id();
     let span = tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path());
     async move {
         let started = Instant::now();
+        let (route, param) = lookup(req.uri().path());
         // Unknown paths (404s, trailing-slash redirects) share one label value.
-        let template = Route::parse(req.uri().path()).map_or("unmatched", |r| r.template());
+        let label = route.first().map_or("unmatched", |e| e.label);
         let method = req.method().clone();
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut response = if req.method() == Method::OPTIONS {
-            preflight(&req)
+        let mut response = if method == Method::OPTIONS {
+            cors::preflight(req.headers())
         } else {
-            match dispatch(&state, req).await {
-                Ok(response) => response,
-                Err(e) => e.into_response(),
-            }
+            let param = param.to_owned();
+            dispatch(state.clone(), req, &route, param).await
         };
-        add_cors(&state.cors, origin.as_ref(), &mut response);
+        cors::allow_origin(&state.cors, origin.as_ref(), &mut response);
         if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
             response.headers_mut().insert("x-request-id", v);
         }
         let elapsed = started.elapsed();
-        telemetry::http_request(template, &method, response.status(), elapsed);
+        telemetry::http_request(label, &method, response.status(), elapsed);
         tracing::info!(
             status = response.status().as_u16(),
             elapsed_ms = elapsed.as_secs_f64() * 1e3,
@@ -200,158 +277,254 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
     .await
 }
 
-async fn dispatch(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response, ApiError> {
-    let path = req.uri().path().to_owned();
-    let Some(route) = Route::parse(&path) else {
-        return redirect_slash(&req).ok_or(ApiError::NotFound);
-    };
-    if !route.methods().contains(req.method()) {
-        return Err(ApiError::MethodNotAllowed);
+/// Runs the endpoint of `route` for the request's method.
+async fn dispatch(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    route: &[&'static Endpoint],
+    param: String,
+) -> Response {
+    if route.is_empty() {
+        return redirect_slash(&req).unwrap_or_else(|| ApiError::NotFound.into_response());
     }
-    let post = req.method() == Method::POST;
-    match route {
-        Route::Root => Ok(api::root()),
-        Route::Health => Ok(api::health(state).await),
-        Route::Metrics => Ok(telemetry::metrics()),
-        Route::OpenApi => Ok(docs::openapi(state)),
-        Route::Docs(tail) => docs::swagger(&path, tail),
-        Route::App(tail) => app::serve(&path, tail),
-        Route::Redoc => Ok(docs::redoc_page()),
-        Route::RedocScript => Ok(docs::redoc_script()),
-        Route::Users if post => api::create_user(state, req).await,
-        Route::Users => api::list_users(state, req).await,
-        Route::User(id) => api::get_user(state, req, id).await,
-        Route::Messages if post => api::send_message(state, req).await,
-        Route::Messages => api::history(state, req).await,
-        Route::RecentMessages(id) => api::recent_messages(state, req, id).await,
-        Route::ReadState => api::read_state(state, req).await,
-        Route::WebSocket(id) => ws::upgrade(state, req, id),
+    let head = req.method() == Method::HEAD;
+    let endpoint = route
+        .iter()
+        .find(|e| e.method == req.method() || (head && e.method == Method::GET && !e.upgrade));
+    let Some(endpoint) = endpoint else {
+        let mut response = ApiError::MethodNotAllowed.into_response();
+        if let Ok(allow) = HeaderValue::from_str(&allowed_methods(route)) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        return response;
+    };
+    let call = Call { state, req, param };
+    let response = (endpoint.handler)(call)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    if head {
+        without_body(response)
+    } else {
+        response
     }
 }
 
+/// The `Allow` header of a route: its methods, `HEAD` with `GET`, and `OPTIONS` (CORS).
+fn allowed_methods(route: &[&Endpoint]) -> String {
+    let mut methods = Vec::new();
+    for endpoint in route {
+        methods.push(endpoint.method.as_str());
+        if endpoint.method == Method::GET && !endpoint.upgrade {
+            methods.push(Method::HEAD.as_str());
+        }
+    }
+    methods.push(Method::OPTIONS.as_str());
+    methods.join(", ")
+}
+
+/// A GET response answered to `HEAD`: its status and headers, its length, no body.
+fn without_body(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = body.size_hint().exact() {
+        parts
+            .headers
+            .entry(header::CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(length));
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
 /// `/users` → `/users/` and `/users/1/` → `/users/1`, keeping the query, as the original did.
-fn redirect_slash(req: &Request<Incoming>) -> Option<Response> {
+fn redirect_slash<B>(req: &Request<B>) -> Option<Response> {
     let path = req.uri().path();
     let other = match path.strip_suffix('/') {
         Some(stripped) if !stripped.is_empty() => stripped.to_owned(),
         Some(_) => return None,
         None => format!("{path}/"),
     };
-    if matches!(Route::parse(&other), None | Some(Route::WebSocket(_))) {
+    let (route, _) = lookup(&other);
+    if route.first().is_none_or(|e| e.upgrade) {
         return None;
     }
-    let location = match req.uri().query() {
-        Some(q) => format!("{other}?{q}"),
-        None => other,
-    };
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-    response
-        .headers_mut()
-        .insert(header::LOCATION, HeaderValue::from_str(&location).ok()?);
-    Some(response)
-}
-
-fn preflight(req: &Request<Incoming>) -> Response {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
-    let requested = req
-        .headers()
-        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("authorization, content-type"));
-    headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested);
-    headers.insert(
-        header::ACCESS_CONTROL_MAX_AGE,
-        HeaderValue::from_static("600"),
-    );
-    response
-}
-
-fn add_cors(cors: &CorsOrigins, origin: Option<&HeaderValue>, response: &mut Response) {
-    let allowed = match cors {
-        CorsOrigins::Any => Some(HeaderValue::from_static("*")),
-        CorsOrigins::List(list) => origin
-            .filter(|o| {
-                list.iter()
-                    .any(|allowed| o.as_bytes() == allowed.as_bytes())
-            })
-            .cloned(),
-    };
-    if let Some(value) = allowed {
-        let headers = response.headers_mut();
-        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
-    }
-}
-
-/// A JSON response.
-pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => {
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "response did not serialise");
-            let mut response = Response::new(Full::new(Bytes::from_static(
-                b"{\"detail\":\"Internal server error\"}",
-            )));
-            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            response
-        }
+    match req.uri().query() {
+        Some(q) => redirect(&format!("{other}?{q}")),
+        None => redirect(&other),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
-    #[test]
-    fn routes_parse() {
-        assert_eq!(Route::parse("/"), Some(Route::Root));
-        assert_eq!(Route::parse("/users/"), Some(Route::Users));
-        assert_eq!(Route::parse("/users/12"), Some(Route::User("12")));
-        assert_eq!(Route::parse("/users/abc"), Some(Route::User("abc")));
-        assert_eq!(Route::parse("/users"), None);
-        assert_eq!(Route::parse("/users/1/x"), None);
-        assert_eq!(
-            Route::parse("/messages/recent/3"),
-            Some(Route::RecentMessages("3"))
-        );
-        assert_eq!(Route::parse("/ws/3"), Some(Route::WebSocket("3")));
-        assert_eq!(Route::parse("/docs"), Some(Route::Docs("")));
-        assert_eq!(
-            Route::parse("/docs/swagger-ui.css"),
-            Some(Route::Docs("swagger-ui.css"))
-        );
-        assert_eq!(Route::parse("/nope"), None);
-        assert_eq!(Route::parse("/metrics"), Some(Route::Metrics));
+    fn route_of(path: &str) -> Option<(&'static str, String)> {
+        let (route, param) = lookup(path);
+        route.first().map(|e| (e.path, param.to_owned()))
+    }
+
+    fn at(template: &'static str, param: &str) -> Option<(&'static str, String)> {
+        Some((template, param.to_owned()))
     }
 
     #[test]
-    fn templates_never_hold_the_raw_path() {
+    fn paths_find_their_route() {
+        assert_eq!(route_of("/"), at("/", ""));
+        assert_eq!(route_of("/users/"), at("/users/", ""));
+        assert_eq!(route_of("/users/12"), at("/users/{user_id}", "12"));
+        assert_eq!(route_of("/users/abc"), at("/users/{user_id}", "abc"));
+        assert_eq!(route_of("/users"), None);
+        assert_eq!(route_of("/users/1/x"), None);
         assert_eq!(
-            Route::parse("/users/12345").map(|r| r.template()),
-            Some("/users/{user_id}")
+            route_of("/messages/recent/3"),
+            at("/messages/recent/{user_id}", "3")
         );
+        assert_eq!(route_of("/messages/read"), at("/messages/read", ""));
+        assert_eq!(route_of("/ws/3"), at("/ws/{user_id}", "3"));
+        assert_eq!(route_of("/ws/"), None);
+        assert_eq!(route_of("/docs"), at("/docs", ""));
+        assert_eq!(route_of("/docs/"), at("/docs/", ""));
         assert_eq!(
-            Route::parse("/messages/recent/9").map(|r| r.template()),
+            route_of("/docs/swagger-ui.css"),
+            at("/docs/{*file}", "swagger-ui.css")
+        );
+        assert_eq!(route_of("/app/a/b.js"), at("/app/{*file}", "a/b.js"));
+        assert_eq!(route_of("/nope"), None);
+        assert_eq!(route_of("/metrics"), at("/metrics", ""));
+    }
+
+    #[test]
+    fn a_path_has_its_methods_together() {
+        let (route, _) = lookup("/users/");
+        let methods: Vec<_> = route.iter().map(|e| e.method.clone()).collect();
+        assert_eq!(methods, [Method::POST, Method::GET]);
+        assert_eq!(allowed_methods(&route), "POST, GET, HEAD, OPTIONS");
+        let (route, _) = lookup("/ws/1");
+        assert_eq!(allowed_methods(&route), "GET, OPTIONS");
+    }
+
+    #[test]
+    fn templates_are_well_formed_and_never_overlap() {
+        let mut seen = BTreeSet::new();
+        for endpoint in ROUTES.iter() {
+            assert!(
+                seen.insert((endpoint.path, endpoint.method.as_str())),
+                "{} {} twice",
+                endpoint.method,
+                endpoint.path
+            );
+            let params = endpoint.path.matches('{').count();
+            assert!(params <= 1, "{}: one parameter at most", endpoint.path);
+            if params == 1 {
+                assert!(
+                    endpoint.path.ends_with('}'),
+                    "{}: parameter last",
+                    endpoint.path
+                );
+            }
+            // A path of this template finds this template, not another one.
+            let example = endpoint.path.split('{').next().map(|prefix| {
+                if params == 1 {
+                    format!("{prefix}1")
+                } else {
+                    prefix.to_owned()
+                }
+            });
+            let example = example.unwrap_or_default();
+            assert_eq!(lookup(&example).0[0].path, endpoint.path, "{example}");
+        }
+    }
+
+    #[test]
+    fn labels_never_hold_the_raw_path() {
+        let label = |path: &str| lookup(path).0.first().map(|e| e.label);
+        assert_eq!(label("/users/12345"), Some("/users/{user_id}"));
+        assert_eq!(
+            label("/messages/recent/9"),
             Some("/messages/recent/{user_id}")
         );
+        assert_eq!(label("/docs/swagger-ui.css"), Some("/docs/{file}"));
+        assert_eq!(label("/docs"), Some("/docs/{file}"));
+        assert_eq!(label("/app/"), Some("/app/{file}"));
+        for endpoint in ROUTES.iter() {
+            assert!(!endpoint.label.contains("{*"), "{}", endpoint.label);
+        }
+    }
+
+    /// `GET /` lists what the original listed (and the pages added since), each a route.
+    #[test]
+    fn the_endpoint_list_comes_from_the_table() {
+        let listed: Vec<_> = endpoints();
+        let names: BTreeSet<_> = listed.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names.len(), listed.len(), "names are unique");
+        let expected = [
+            ("app", "/app/"),
+            ("docs", "/docs"),
+            ("health", "/health"),
+            ("messages", "/messages/"),
+            ("metrics", "/metrics"),
+            ("openapi", "/openapi.json"),
+            ("recent_messages", "/messages/recent/{user_id}"),
+            ("redoc", "/redoc"),
+            ("users", "/users/"),
+            ("websocket", "/ws/{user_id}"),
+        ];
+        let listed: BTreeSet<_> = listed.into_iter().collect();
+        assert_eq!(listed, expected.into_iter().collect());
+    }
+
+    /// Each documented route's `#[utoipa::path]` names the table's path and method, and the
+    /// document has those operations and nothing else.
+    #[test]
+    fn openapi_is_the_tables_api_routes() {
+        let mut from_table = BTreeSet::new();
+        for endpoint in ROUTES.iter() {
+            let Doc::Api(operation) = endpoint.doc else {
+                continue;
+            };
+            let (path, methods, _) = operation();
+            assert_eq!(path, endpoint.path, "the handler's #[utoipa::path] path");
+            let method = endpoint.method.as_str().to_lowercase();
+            let documented: Vec<String> = methods
+                .iter()
+                .map(|m| serde_json::to_value(m).map(|v| v.as_str().unwrap_or_default().to_owned()))
+                .collect::<Result<_, _>>()
+                .expect("methods serialise");
+            assert_eq!(documented, std::slice::from_ref(&method), "{path}");
+            from_table.insert((path, method));
+        }
+        let doc = serde_json::to_value(<ApiDoc as utoipa::OpenApi>::openapi()).expect("json");
+        let mut in_doc = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                in_doc.insert((path.clone(), method.clone()));
+            }
+        }
+        assert_eq!(in_doc, from_table);
+        assert!(from_table.contains(&("/ws/{user_id}".into(), "get".into())));
+        assert!(!in_doc.iter().any(|(path, _)| path.starts_with("/docs")));
+    }
+
+    #[test]
+    fn slash_variants_redirect_except_sockets() {
+        let req = |uri: &str| Request::builder().uri(uri).body(()).expect("request");
+        let location = |uri: &str| {
+            redirect_slash(&req(uri))
+                .map(|r| r.headers()[header::LOCATION].to_str().map(str::to_owned))
+        };
         assert_eq!(
-            Route::parse("/docs/swagger-ui.css").map(|r| r.template()),
-            Some("/docs/{file}")
+            location("/users?limit=1").map(Result::ok),
+            Some(Some("/users/?limit=1".into()))
         );
+        assert_eq!(
+            location("/users/1/").map(Result::ok),
+            Some(Some("/users/1".into()))
+        );
+        assert_eq!(
+            location("/redoc/").map(Result::ok),
+            Some(Some("/redoc".into()))
+        );
+        assert!(location("/ws/1/").is_none());
+        assert!(location("/nope").is_none());
+        assert!(location("/").is_none());
     }
 }

@@ -7,21 +7,21 @@
 
 use crate::auth::{AuthMode, Authenticator};
 use crate::config::{Limits, Settings};
-use crate::routes::{self, AppState};
+use crate::routes;
+use crate::state::AppState;
 use crate::telemetry;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use minichat_core::{Chat, ChatService};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -91,17 +91,7 @@ impl Server {
     /// Serves until `shutdown` resolves, then shuts down gracefully.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         let Server { listener, state } = self;
-        let limits: Limits = state.limits.clone();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(64 * 1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(64);
+        let connections = Connections::new(&state.limits);
         let graceful = GracefulShutdown::new();
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
         tokio::pin!(shutdown);
@@ -118,29 +108,7 @@ impl Server {
                     }
                 },
             };
-            let _ = stream.set_nodelay(true);
-            let state = state.clone();
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
-            let first_byte_timeout = limits.header_read_timeout;
-            tokio::spawn(async move {
-                // hyper's header timer starts only once the protocol is known, which takes a
-                // first byte: a client that never sends one is dropped here instead.
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => {
-                        tracing::debug!(%peer, "no request within the header timeout");
-                        return;
-                    }
-                }
-                let service = service_fn(move |req| routes::handle(state.clone(), req));
-                let connection =
-                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(connection.into_owned()).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            });
+            tokio::spawn(connections.serve(stream, peer, state.clone(), graceful.watcher()));
         }
         drop(listener);
         tracing::info!("shutting down: closing WebSockets, finishing requests");
@@ -150,10 +118,7 @@ impl Server {
             graceful.shutdown().await;
             state.tasks.wait().await;
         };
-        if tokio::time::timeout(limits.shutdown_grace, drained)
-            .await
-            .is_err()
-        {
+        if within(state.limits.shutdown_grace, drained).await.is_none() {
             tracing::warn!("shutdown grace period over; dropping what is left");
         }
         tracing::info!("stopped");
@@ -210,7 +175,65 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Tasks outlive requests (WebSocket connections); the server waits for them at shutdown.
-pub(crate) fn new_task_tracker() -> TaskTracker {
-    TaskTracker::new()
+/// How every connection is served: hyper's settings and the header timeout, written once.
+#[derive(Clone)]
+struct Connections {
+    builder: auto::Builder<TokioExecutor>,
+    /// From the connection's start to its request's headers being read; hyper keeps it after
+    /// the first byte, [`Connections::serve`] before.
+    header_timeout: Duration,
+}
+
+impl Connections {
+    fn new(limits: &Limits) -> Connections {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(64 * 1024);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(64);
+        Connections {
+            builder,
+            header_timeout: limits.header_read_timeout,
+        }
+    }
+
+    /// Serves one connection until it ends (or the shutdown `watcher` ends it).
+    fn serve(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        state: Arc<AppState>,
+        watcher: Watcher,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let Connections {
+            builder,
+            header_timeout,
+        } = self.clone();
+        async move {
+            let _ = stream.set_nodelay(true);
+            // hyper's header timer starts only once the protocol is known, which takes a
+            // first byte: a client that never sends one is dropped here instead.
+            let mut first = [0u8; 1];
+            if !matches!(within(header_timeout, stream.peek(&mut first)).await, Some(Ok(n)) if n > 0)
+            {
+                tracing::debug!(%peer, "no request within the header timeout");
+                return;
+            }
+            let service = service_fn(move |req| routes::handle(state.clone(), req));
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+    }
+}
+
+/// `future`'s output, or `None` when it took longer than `limit`.
+async fn within<T>(limit: Duration, future: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(limit, future).await.ok()
 }

@@ -15,7 +15,7 @@
 //! Every label has a small, fixed set of values: HTTP requests are labelled with their route's
 //! template (`/users/{user_id}`), never the raw path, and unknown methods are `other`.
 
-use crate::routes::Response;
+use crate::response::Response;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::Full;

@@ -12,7 +12,8 @@
 
 use crate::error::{ApiError, Location};
 use crate::extract::{parse_int, Query};
-use crate::routes::{AppState, Response};
+use crate::response::Response;
+use crate::state::AppState;
 use crate::telemetry;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};

@@ -54,8 +54,8 @@ impl Broker for LocalBroker {
         Ok(())
     }
 
-    fn kind(&self) -> &'static str {
-        "local"
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Local
     }
 
     async fn check(&self) -> Result<()> {

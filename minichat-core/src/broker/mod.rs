@@ -58,8 +58,8 @@ pub trait Broker: Send + Sync + 'static {
     /// Hands a presence event of `user` to every node's connections watching them.
     async fn publish_presence(&self, user: UserId, event: &Event) -> Result<()>;
 
-    /// What this broker is, for `/health` (`"local"`, `"redis"`).
-    fn kind(&self) -> &'static str;
+    /// What this broker is, for `/health` (local or Redis).
+    fn kind(&self) -> crate::BackendKind;
 
     async fn check(&self) -> Result<()>;
 }

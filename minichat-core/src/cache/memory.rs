@@ -77,8 +77,8 @@ impl RecentCache for MemoryCache {
         ))
     }
 
-    fn kind(&self) -> &'static str {
-        "memory"
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Memory
     }
 
     async fn check(&self) -> Result<()> {

@@ -33,8 +33,8 @@ pub trait RecentCache: Send + Sync + 'static {
     /// holds nothing for them.
     async fn recent(&self, receiver: UserId, limit: usize) -> Result<Option<Vec<Message>>>;
 
-    /// What this cache is, for `/health` (`"memory"`, `"redis"`).
-    fn kind(&self) -> &'static str;
+    /// What this cache is, for `/health` (memory or Redis).
+    fn kind(&self) -> crate::BackendKind;
 
     async fn check(&self) -> Result<()>;
 }

@@ -183,8 +183,8 @@ impl RecentCache for RedisCache {
         self.read(&mut conn, receiver, limit).await
     }
 
-    fn kind(&self) -> &'static str {
-        "redis"
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Redis
     }
 
     async fn check(&self) -> Result<()> {

@@ -246,8 +246,8 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
-    fn kind(&self) -> &'static str {
-        "memory"
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Memory
     }
 
     async fn check(&self) -> Result<()> {

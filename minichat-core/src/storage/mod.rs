@@ -69,8 +69,8 @@ pub trait Storage: Send + Sync + 'static {
     /// When each of `users` was last seen online, as recorded; `None` for never (or unknown).
     async fn last_seen(&self, users: &[UserId]) -> Result<Vec<Option<DateTime<Utc>>>>;
 
-    /// What this backend is, for `/health` (`"memory"`, `"postgresql"`).
-    fn kind(&self) -> &'static str;
+    /// What this backend is, for `/health` (memory or PostgreSQL).
+    fn kind(&self) -> crate::BackendKind;
 
     /// Whether the backend answers now.
     async fn check(&self) -> Result<()>;

@@ -217,8 +217,8 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    fn kind(&self) -> &'static str {
-        "redis"
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Redis
     }
 
     async fn check(&self) -> Result<()> {

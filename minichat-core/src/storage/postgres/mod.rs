@@ -420,8 +420,8 @@ impl Storage for PostgresStorage {
             .collect())
     }
 
-    fn kind(&self) -> &'static str {
-        "postgresql"
+    fn kind(&self) -> crate::BackendKind {
+        crate::BackendKind::Postgresql
     }
 
     async fn check(&self) -> Result<()> {

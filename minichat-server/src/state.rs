@@ -1,0 +1,61 @@
+//! [`AppState`]: what every handler shares, behind one `Arc`.
+
+use crate::auth::{bearer_token, Authenticator, Caller};
+use crate::config::{CorsOrigins, Limits, Signup};
+use crate::limits::Guards;
+use http::{header, Request};
+use minichat_core::ChatService;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every handler shares: the chat, access control, limits.
+pub struct AppState {
+    pub chat: Arc<dyn ChatService>,
+    pub auth: Authenticator,
+    pub signup: Signup,
+    pub limits: Limits,
+    /// Send rate and connection counts.
+    pub guards: Guards,
+    pub cors: CorsOrigins,
+    /// Cancelled when the server shuts down; WebSocket loops watch it.
+    pub shutdown: CancellationToken,
+    /// WebSocket connections, which outlive their request; awaited at shutdown.
+    pub tasks: TaskTracker,
+    next_request_id: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        chat: Arc<dyn ChatService>,
+        auth: Authenticator,
+        signup: Signup,
+        limits: Limits,
+        cors: CorsOrigins,
+        shutdown: CancellationToken,
+    ) -> AppState {
+        AppState {
+            chat,
+            auth,
+            signup,
+            guards: Guards::new(&limits),
+            limits,
+            cors,
+            shutdown,
+            tasks: TaskTracker::new(),
+            next_request_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Who the request acts as, from its `Authorization` header.
+    pub fn caller<B>(&self, req: &Request<B>) -> Caller {
+        self.auth
+            .caller(bearer_token(req.headers().get(header::AUTHORIZATION)), None)
+    }
+
+    /// The id of the next request, for its logs and its `x-request-id`.
+    pub fn next_request_id(&self) -> u64 {
+        self.next_request_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
