@@ -429,3 +429,27 @@ async fn events_published_out_of_order_reach_every_socket_in_seq_order_exactly_o
         ws.assert_no_pending_message().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_more_than_the_limit_is_refused_with_an_error_frame() {
+    let backends = Backends::new(Backend::Memory).await;
+    let server = TestServer::open(&backends).await;
+    let carol = id(&server.user(&name("wc")).await);
+    let bob = id(&server.user(&name("wb")).await);
+    let mut ws = Ws::connect_ready(&server.ws_url(&format!("/ws/{carol}"))).await;
+    let too_many: Vec<i64> = (1_000_000..1_001_001).collect();
+    ws.send_json(json!({"type": "watch", "user_ids": too_many}))
+        .await;
+    assert_eq!(
+        ws.next_json().await,
+        json!({"type": "error", "status": 422, "detail": "A connection may watch at most 1000 users"})
+    );
+    // Nothing was watched, and the connection stays usable.
+    ws.send_json(json!({"type": "watch", "user_ids": [bob]}))
+        .await;
+    let now = ws.next_json().await;
+    assert_eq!(
+        (now["type"].clone(), now["user_id"].clone()),
+        (json!("presence"), json!(bob))
+    );
+}

@@ -57,6 +57,9 @@ pub enum Error {
     /// A `client_id` was reused by the same sender for a different message.
     #[error("client_id was already used for a different message")]
     ClientIdConflict,
+    /// A subscription asked to watch the presence of more users than it may.
+    #[error("A connection may watch at most {max} users")]
+    WatchLimit { max: usize },
     /// A backend could not be reached or failed; nothing was half-done.
     #[error("{backend} unavailable")]
     Unavailable {

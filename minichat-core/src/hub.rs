@@ -13,6 +13,7 @@
 //! events that arrive from elsewhere, and learns through [`Departures`] when a user's last local
 //! subscriber has gone.
 
+use crate::error::{Error, Result};
 use crate::model::{Seq, UserId};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -252,33 +253,36 @@ impl Hub {
     }
 
     /// Makes `subscription` receive the presence events of `users` (see
-    /// [`deliver_presence`](Hub::deliver_presence)), on top of those it watches already, up to
-    /// [`MAX_WATCHED`] users. Returns the users newly watched.
-    pub fn watch(&self, subscription: &mut Subscription, users: &[UserId]) -> Vec<UserId> {
+    /// [`deliver_presence`](Hub::deliver_presence)), on top of those it watches already.
+    /// Returns the users newly watched. `Error::WatchLimit`, and nothing watched, when that
+    /// would make more than [`MAX_WATCHED`] users in all.
+    pub fn watch(&self, subscription: &mut Subscription, users: &[UserId]) -> Result<Vec<UserId>> {
+        let mut seen: HashSet<UserId> = subscription.watching.iter().copied().collect();
+        let mut added: Vec<UserId> = Vec::new();
+        for &user in users {
+            if seen.insert(user) {
+                added.push(user);
+            }
+            if seen.len() > MAX_WATCHED {
+                return Err(Error::WatchLimit { max: MAX_WATCHED });
+            }
+        }
         let slot = {
             let map = lock(self.shard(subscription.user));
             map.get(&subscription.user)
                 .and_then(|slots| slots.iter().find(|s| s.id == subscription.id).cloned())
         };
         let Some(slot) = slot else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        let mut added = Vec::new();
-        for &user in users {
-            if subscription.watching.len() >= MAX_WATCHED {
-                break;
-            }
-            if subscription.watching.contains(&user) {
-                continue;
-            }
+        for &user in &added {
             lock(self.watcher_shard(user))
                 .entry(user)
                 .or_default()
                 .push(slot.clone());
             subscription.watching.push(user);
-            added.push(user);
         }
-        added
+        Ok(added)
     }
 
     /// Queues a presence event of `user` for every local connection watching them.
@@ -532,8 +536,8 @@ mod tests {
         let hub = Hub::new(4);
         let (mut watcher, _) = hub.subscribe(1);
         let (mut other, _) = hub.subscribe(1);
-        assert_eq!(hub.watch(&mut watcher, &[7, 8, 7]), vec![7, 8]);
-        assert_eq!(hub.watch(&mut watcher, &[8]), Vec::<UserId>::new());
+        assert_eq!(hub.watch(&mut watcher, &[7, 8, 7]).unwrap(), vec![7, 8]);
+        assert_eq!(hub.watch(&mut watcher, &[8]).unwrap(), Vec::<UserId>::new());
         assert_eq!(hub.deliver_presence(7, &event("seven")), 1);
         assert_eq!(watcher.recv().await.unwrap(), event("seven"));
         assert_eq!(other.try_recv().unwrap(), None);
@@ -545,11 +549,34 @@ mod tests {
     async fn a_full_queue_evicts_through_presence_too() {
         let hub = Hub::new(1);
         let (mut watcher, _) = hub.subscribe(1);
-        hub.watch(&mut watcher, &[2]);
+        hub.watch(&mut watcher, &[2]).unwrap();
         assert_eq!(hub.deliver_presence(2, &event("a")), 1);
         assert_eq!(hub.deliver_presence(2, &event("b")), 0);
         // Evicted although the user registry still holds a handle to its queue.
         assert_eq!(watcher.recv().await, Err(Closed::SlowConsumer));
+    }
+
+    #[test]
+    fn watching_more_than_the_limit_is_refused_whole() {
+        let hub = Hub::new(1);
+        let (mut watcher, _) = hub.subscribe(1);
+        let first: Vec<UserId> = (2..2 + MAX_WATCHED as UserId - 1).collect();
+        assert_eq!(
+            hub.watch(&mut watcher, &first).unwrap().len(),
+            MAX_WATCHED - 1
+        );
+        // Already watched ones and repeats do not count twice: this makes exactly the limit.
+        let last = 2 + MAX_WATCHED as UserId;
+        assert_eq!(
+            hub.watch(&mut watcher, &[2, last, last]).unwrap(),
+            vec![last]
+        );
+        assert!(matches!(
+            hub.watch(&mut watcher, &[2, last + 1]),
+            Err(Error::WatchLimit { max: MAX_WATCHED })
+        ));
+        assert_eq!(watcher.watching().len(), MAX_WATCHED);
+        assert_eq!(hub.deliver_presence(last + 1, &event("x")), 0);
     }
 
     #[test]

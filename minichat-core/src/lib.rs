@@ -7,6 +7,8 @@
 //! - [`ChatService`]: the contract every transport uses; [`Chat`] implements it over three
 //!   seams: [`storage::Storage`], [`cache::RecentCache`] and [`broker::Broker`].
 //! - [`Hub`]: the transport-agnostic fan-out of events to this node's subscribers.
+//! - [`stream`]: a user's resumable stream over a [`ChatService`], in seq order without gaps or
+//!   duplicates: what a transport or an embedding application reads.
 //! - [`telemetry`]: the metrics it records through the `metrics` facade.
 //!
 //! ```no_run
@@ -31,6 +33,7 @@ pub mod model;
 mod redis_support;
 mod service;
 pub mod storage;
+pub mod stream;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
@@ -45,3 +48,4 @@ pub use model::{
 };
 pub use redis_support::RedisConfig;
 pub use service::{Chat, ChatConfig, ChatService, SentMessage};
+pub use stream::EventStream;

@@ -95,8 +95,9 @@ pub trait ChatService: Send + Sync + 'static {
     /// Whether each of `users` is online anywhere in the cluster, and when they were last seen.
     async fn presence(&self, users: &[UserId]) -> Result<Vec<Presence>>;
 
-    /// Makes `subscription` receive presence events of `users` (at most
-    /// [`MAX_WATCHED`](crate::hub::MAX_WATCHED) in all), and returns their presence now.
+    /// Makes `subscription` receive presence events of `users`, and returns their presence now.
+    /// `Error::WatchLimit`, and nothing watched, beyond [`MAX_WATCHED`](crate::hub::MAX_WATCHED)
+    /// users in all.
     async fn watch(
         &self,
         subscription: &mut Subscription,
@@ -515,7 +516,7 @@ impl ChatService for Chat {
         subscription: &mut Subscription,
         users: &[UserId],
     ) -> Result<Vec<Presence>> {
-        let added = self.inner.hub.watch(subscription, users);
+        let added = self.inner.hub.watch(subscription, users)?;
         self.presence(&added).await
     }
 

@@ -81,7 +81,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Core(e) => match e {
-                CoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                CoreError::Invalid(_) | CoreError::WatchLimit { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 CoreError::UsernameTaken => StatusCode::BAD_REQUEST,
                 CoreError::UserNotFound
                 | CoreError::SenderNotFound
@@ -189,6 +191,12 @@ mod tests {
         assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(down.detail(), json!("storage unavailable"));
         assert_eq!(ApiError::Forbidden.status(), StatusCode::FORBIDDEN);
+        let watch: ApiError = CoreError::WatchLimit { max: 1000 }.into();
+        assert_eq!(watch.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            watch.detail(),
+            json!("A connection may watch at most 1000 users")
+        );
     }
 
     #[test]

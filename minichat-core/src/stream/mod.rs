@@ -1,0 +1,329 @@
+//! A user's resumable event stream: the delivery guarantee for any reader of a [`ChatService`].
+//!
+//! A [`Subscription`] alone hands out events as the hub gets them: concurrent senders' events
+//! may arrive out of seq order, one may be missed (a broker outage), and nothing before the
+//! subscription is there. An [`EventStream`] wraps one and makes it the user's stream: it
+//! subscribes *before* reading storage, replays what came after `since` (in pages of
+//! [`REPLAY_PAGE`]), reads any gap in the live events from storage before the event after it,
+//! drops what its reader already has, and skips its reader's own sends once they are
+//! [acknowledged](EventStream::acknowledged). So a reader that keeps the last seq it saw and
+//! reopens with it as `since` gets every message exactly once, in seq order, with no gap. The
+//! WebSocket server is one such reader; an embedding application is another:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> minichat_core::Result<()> {
+//! use minichat_core::{Chat, ChatService, NewMessage, NewUser};
+//!
+//! let chat = Chat::in_memory(); // or Chat::connect(&ChatConfig { database_url, redis_url, .. })
+//! let alice = chat.create_user(NewUser { username: "alice".into(), display_name: None }).await?;
+//! let bob = chat.create_user(NewUser { username: "bob".into(), display_name: None }).await?;
+//! let mut inbox = chat.stream(bob.id, None).await?; // reopen with Some(inbox.last_seq()) to resume
+//! chat.send_message(NewMessage { sender_id: alice.id, receiver_id: bob.id,
+//!                                content: "hi".into(), client_id: None }, None).await?;
+//! let item = inbox.next().await.expect("subscribed"); // in seq order, none missing or doubled
+//! println!("{}", String::from_utf8_lossy(&item.event.payload)); // JSON, with bob's seq
+//! # Ok(()) }
+//! ```
+//!
+//! The rule itself (what to deliver, drop or fill) is the pure [`Sequencer`]; this file does
+//! the reading.
+
+mod sequencer;
+
+pub use sequencer::{Action, Sequencer, MAX_PENDING_OWN};
+
+use crate::error::{Error, Result};
+use crate::event::{message_event, Presence};
+use crate::hub::{Closed, ConnectionId, Event, Subscription};
+use crate::model::{Message, NewMessage, Seq, UserId};
+use crate::service::{Chat, ChatService, SentMessage};
+use futures_util::future::BoxFuture;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Stored events read per storage round trip (replay and gap fill).
+pub const REPLAY_PAGE: usize = 500;
+
+/// A page of stored events being read.
+type PageRead = BoxFuture<'static, Result<Vec<(Seq, Message)>>>;
+
+/// Where an [`Item`] came from (the server's delivery metrics tell them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Live from the hub, which queued it at `queued`.
+    Live { queued: Instant },
+    /// Read from storage to replay what came after `since`.
+    Replay,
+    /// Read from storage to fill a gap in the live events.
+    Gap,
+}
+
+/// One event of the stream, ready to hand to the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The serialised frame, and its seq for a message.
+    pub event: Event,
+    pub source: Source,
+}
+
+impl Item {
+    /// Whether it is a message (with a seq), rather than typing, a read receipt or presence.
+    pub fn is_message(&self) -> bool {
+        self.event.seq.is_some()
+    }
+}
+
+/// Why [`EventStream::next`] returned no item.
+#[derive(Debug)]
+pub enum End {
+    /// The hub closed the subscription: the reader was too slow (its queue filled up) or the
+    /// node shut down. The stream is over; reopen it with `since` = [`EventStream::last_seq`].
+    Closed(Closed),
+    /// Storage failed while replaying or filling a gap. Nothing was lost: calling `next` again
+    /// retries, or the reader may give up and reopen later with `since`.
+    Storage(Error),
+}
+
+/// What the stream is reading from storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    Replay,
+    /// The gap before a held live event with seq `before`.
+    Gap {
+        before: Seq,
+    },
+}
+
+/// A live event held back while the gap before it is read.
+struct Held {
+    event: Event,
+    queued: Instant,
+    filled: bool,
+}
+
+/// A user's stream of events, in seq order, without gaps or duplicates (see the module docs).
+///
+/// [`next`](EventStream::next) is cancel-safe: dropping its future (a `tokio::select!` that took
+/// another branch) loses nothing. The stream's position only moves when `next` returns an
+/// item, and a storage read in flight is kept and resumed by the next call.
+pub struct EventStream {
+    chat: Arc<dyn ChatService>,
+    user: UserId,
+    subscription: Subscription,
+    sequencer: Sequencer,
+    reading: Option<Reading>,
+    /// Whether storage may hold more for `reading` than was read so far.
+    more: bool,
+    /// The highest seq read from storage and kept: where the next page starts, if above the
+    /// sequencer's position.
+    read_to: Seq,
+    /// Stored events read for `reading`, not yet handed out, oldest first.
+    stored: VecDeque<(Seq, Message)>,
+    /// A storage read in flight, kept across cancelled calls of `next`.
+    fetch: Option<PageRead>,
+    held: Option<Held>,
+    closed: Option<Closed>,
+}
+
+impl std::fmt::Debug for EventStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStream")
+            .field("user", &self.user)
+            .field("connection", &self.subscription.id())
+            .field("last_seq", &self.sequencer.last_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens `user`'s stream: subscribes, then reads where it starts. With `since`, it first
+/// replays the stored events after it (a `since` beyond the newest stored seq is taken as the
+/// newest); without, it starts at the newest stored event. `Error::UserNotFound` for an
+/// unknown user.
+pub async fn open(
+    chat: Arc<dyn ChatService>,
+    user: UserId,
+    since: Option<Seq>,
+) -> Result<EventStream> {
+    // Subscribed first, so anything stored from here on is in the queue as well.
+    let subscription = chat.subscribe(user).await?;
+    let current = chat.current_seq(user).await?;
+    let sequencer = Sequencer::resume(since, current);
+    Ok(EventStream {
+        chat,
+        user,
+        subscription,
+        read_to: sequencer.last_seq(),
+        sequencer,
+        reading: since.map(|_| Reading::Replay),
+        more: since.is_some(),
+        stored: VecDeque::new(),
+        fetch: None,
+        held: None,
+        closed: None,
+    })
+}
+
+impl Chat {
+    /// Opens `user`'s resumable stream over this chat: see [`open`].
+    pub async fn stream(&self, user: UserId, since: Option<Seq>) -> Result<EventStream> {
+        open(Arc::new(self.clone()), user, since).await
+    }
+}
+
+impl EventStream {
+    pub fn user(&self) -> UserId {
+        self.user
+    }
+
+    /// The subscription's connection id: the `origin` of this reader's own sends.
+    pub fn connection_id(&self) -> ConnectionId {
+        self.subscription.id()
+    }
+
+    /// Every message up to this seq has been handed out (or acknowledged, or predates the
+    /// stream): the `since` to reopen with.
+    pub fn last_seq(&self) -> Seq {
+        self.sequencer.last_seq()
+    }
+
+    /// The users whose presence this stream receives.
+    pub fn watching(&self) -> &[UserId] {
+        self.subscription.watching()
+    }
+
+    /// Records that this reader's own send was stored with `seq` in the user's stream and
+    /// acknowledged to it (sent with `origin` = [`connection_id`](EventStream::connection_id),
+    /// so the hub does not echo it): it counts as handed out.
+    pub fn acknowledged(&mut self, seq: Seq) {
+        self.sequencer.acknowledged(seq);
+    }
+
+    /// Sends a message from this stream's reader: [`ChatService::send_message`] with this
+    /// stream as the origin, then [`acknowledged`](EventStream::acknowledged).
+    pub async fn send_message(&mut self, new: NewMessage) -> Result<SentMessage> {
+        let sent = self
+            .chat
+            .send_message(new, Some(self.connection_id()))
+            .await?;
+        if sent.message.sender_id == self.user {
+            self.sequencer.acknowledged(sent.sender_seq);
+        }
+        Ok(sent)
+    }
+
+    /// Makes the stream carry presence events of `users` too (see [`ChatService::watch`]), and
+    /// returns their presence now.
+    pub async fn watch(&mut self, users: &[UserId]) -> Result<Vec<Presence>> {
+        self.chat.watch(&mut self.subscription, users).await
+    }
+
+    /// The next event, or why there is none (see [`End`]). Cancel-safe (see [`EventStream`]).
+    pub async fn next(&mut self) -> Result<Item, End> {
+        loop {
+            if let Some(closed) = self.closed {
+                return Err(End::Closed(closed));
+            }
+            if let Some(reading) = self.reading {
+                if let Some(item) = self.next_stored(reading) {
+                    return Ok(item);
+                }
+                if self.more {
+                    self.read_page(reading).await.map_err(End::Storage)?;
+                    continue;
+                }
+                self.reading = None;
+                if let (Reading::Gap { .. }, Some(held)) = (reading, self.held.as_mut()) {
+                    held.filled = true;
+                }
+            }
+            if let Some(held) = self.held.take() {
+                let action = if held.filled {
+                    self.sequencer.live_after_fill(held.event.seq)
+                } else {
+                    self.sequencer.live(held.event.seq)
+                };
+                match action {
+                    Action::Deliver => {
+                        if let Some(seq) = held.event.seq {
+                            self.sequencer.delivered(seq);
+                        }
+                        return Ok(Item {
+                            event: held.event,
+                            source: Source::Live {
+                                queued: held.queued,
+                            },
+                        });
+                    }
+                    Action::Drop => continue,
+                    Action::Fill { .. } => {
+                        self.reading = Some(Reading::Gap {
+                            before: held.event.seq.unwrap_or(Seq::MAX),
+                        });
+                        self.more = true;
+                        self.held = Some(held);
+                        continue;
+                    }
+                }
+            }
+            match self.subscription.recv_timed().await {
+                Ok((event, queued)) => {
+                    self.held = Some(Held {
+                        event,
+                        queued,
+                        filled: false,
+                    })
+                }
+                Err(closed) => self.closed = Some(closed),
+            }
+        }
+    }
+
+    /// The next stored event already read that the reader lacks, dropping those it has.
+    fn next_stored(&mut self, reading: Reading) -> Option<Item> {
+        while let Some((seq, message)) = self.stored.pop_front() {
+            if self.sequencer.stored(seq) == Action::Deliver {
+                self.sequencer.delivered(seq);
+                let source = match reading {
+                    Reading::Replay => Source::Replay,
+                    Reading::Gap { .. } => Source::Gap,
+                };
+                return Some(Item {
+                    event: message_event(&message, seq),
+                    source,
+                });
+            }
+        }
+        None
+    }
+
+    /// Reads the next page for `reading` into `stored`. The read outlives a cancelled call, and
+    /// nothing changes until it completes.
+    async fn read_page(&mut self, reading: Reading) -> Result<()> {
+        let fetch = self.fetch.get_or_insert_with(|| {
+            let chat = self.chat.clone();
+            let (user, since) = (self.user, self.sequencer.last_seq().max(self.read_to));
+            Box::pin(async move { chat.events_since(user, since, REPLAY_PAGE).await })
+        });
+        let page = fetch.await;
+        self.fetch = None;
+        let page = page?;
+        self.more = page.len() >= REPLAY_PAGE;
+        for (seq, message) in page {
+            if let Reading::Gap { before } = reading {
+                if seq >= before {
+                    // The held event and what follows it come live.
+                    self.more = false;
+                    break;
+                }
+            }
+            self.read_to = self.read_to.max(seq);
+            self.stored.push_back((seq, message));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

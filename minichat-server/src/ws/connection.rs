@@ -1,0 +1,282 @@
+//! One WebSocket connection's life, once upgraded: it opens the user's
+//! [`EventStream`] (which subscribes before reading storage, replays `?since=`, and hands out
+//! events in seq order without gaps or duplicates), greets the client, writes the stream's
+//! items, answers the client's frames, pings a quiet client and closes a dead one, and closes
+//! with 4008 when it cannot keep up (its bounded queue filled on the hub) or 1001 at shutdown.
+//! No sequencing happens here. Frames' content is never logged.
+
+use super::frames::{
+    close_frame, text, AckFrame, ClientFrame, ErrorFrame, PongFrame, SystemFrame,
+    CLOSE_SLOW_CONSUMER, CLOSE_USER_NOT_FOUND,
+};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::telemetry;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use hyper_util::rt::TokioIo;
+use minichat_core::event::{presence_event, MessageFrame};
+use minichat_core::stream::{self, End as StreamEnd, Item, Source};
+use minichat_core::{Closed, Error as CoreError, EventStream, NewMessage, Seq, User, UserId};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// How long one write to a socket may take before the client is taken for dead: a client
+/// that stops reading holds its connection task no longer than this.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Why the connection loop ended, and the close frame to send (if any).
+enum End {
+    /// The client closed or vanished: nothing more to send.
+    Gone,
+    Close(u16, &'static str),
+}
+
+pub(super) struct Connection {
+    state: Arc<AppState>,
+    socket: Socket,
+    user: User,
+    metrics: telemetry::SocketMetrics,
+}
+
+impl Connection {
+    pub(super) async fn run(
+        state: Arc<AppState>,
+        mut socket: Socket,
+        user_id: UserId,
+        since: Option<Seq>,
+        metrics: telemetry::SocketMetrics,
+    ) {
+        let user = match state.chat.get_user(user_id).await {
+            Ok(user) => user,
+            Err(e) => {
+                let (code, reason) = match e {
+                    CoreError::UserNotFound => (CLOSE_USER_NOT_FOUND, "User not found"),
+                    _ => (1011, "storage unavailable"),
+                };
+                let _ = socket.send(close_frame(code, reason)).await;
+                let _ = socket.close(None).await;
+                return;
+            }
+        };
+        let mut conn = Connection {
+            state,
+            socket,
+            user,
+            metrics,
+        };
+        let end = match stream::open(conn.state.chat.clone(), user_id, since).await {
+            Ok(mut events) => {
+                tracing::Span::current().record("conn", events.connection_id());
+                tracing::info!("connected");
+                conn.serve(&mut events).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not open the event stream");
+                End::Close(1011, "storage unavailable")
+            }
+        };
+        if let End::Close(code, reason) = end {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, conn.socket.send(close_frame(code, reason)))
+                .await;
+            // Wait briefly for the client's close reply, so the close is clean.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(_)) = conn.socket.next().await {}
+            })
+            .await;
+        }
+        tracing::info!("disconnected");
+    }
+
+    async fn send(&mut self, frame: Frame) -> Result<(), End> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => {
+                tracing::info!("client stopped reading: dropping the connection");
+                Err(End::Gone)
+            }
+        }
+    }
+
+    async fn serve(&mut self, events: &mut EventStream) -> End {
+        let greeting = format!("Connected to chat as {}", self.user.username);
+        if let Err(end) = self.send(text(&SystemFrame::new(&greeting))).await {
+            return end;
+        }
+        // A socket silent for a ping interval is pinged (again at every interval); three
+        // intervals with no frame at all (a live client answers pings) and it is taken for dead.
+        let ping_interval = self.state.limits.ws_ping_interval;
+        let mut heartbeat = tokio::time::interval(ping_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        let mut last_heard = Instant::now();
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::Close(1001, "server shutting down"),
+                // Cancel-safe: an item not returned yet stays in the stream.
+                item = events.next() => match item {
+                    Ok(item) => self.write_item(item).await,
+                    Err(StreamEnd::Closed(Closed::SlowConsumer)) => {
+                        telemetry::slow_consumer_closed();
+                        tracing::info!("queue full: closing as a slow consumer");
+                        return End::Close(CLOSE_SLOW_CONSUMER, "slow consumer");
+                    }
+                    Err(StreamEnd::Closed(Closed::Shutdown)) => {
+                        return End::Close(1001, "server shutting down")
+                    }
+                    Err(StreamEnd::Storage(e)) => {
+                        tracing::warn!(error = %e, "replay failed");
+                        return End::Close(1011, "storage unavailable");
+                    }
+                },
+                frame = self.socket.next() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        None => return End::Gone,
+                        Some(Ok(Frame::Text(t))) => self.on_text(&t, events).await,
+                        Some(Ok(Frame::Binary(_))) => {
+                            self.error_frame(None, StatusCode::BAD_REQUEST, "Binary frames are not supported; send JSON text".into()).await
+                        }
+                        // Pings are answered and closes acknowledged by tungstenite itself.
+                        Some(Ok(_)) => Ok(()),
+                        Some(Err(tungstenite::Error::Capacity(_))) => return End::Close(1009, "message too big"),
+                        Some(Err(tungstenite::Error::Protocol(_))) => return End::Close(1002, "protocol error"),
+                        Some(Err(_)) => return End::Gone,
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let quiet = last_heard.elapsed();
+                    if quiet >= ping_interval * 3 {
+                        tracing::info!("no frame for {quiet:?}: closing dead connection");
+                        return End::Close(1001, "ping timeout");
+                    }
+                    if quiet >= ping_interval {
+                        self.send(Frame::Ping(Bytes::new())).await
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(end) = result {
+                return end;
+            }
+        }
+    }
+
+    /// Writes one item of the stream, and counts it once written.
+    async fn write_item(&mut self, item: Item) -> Result<(), End> {
+        let is_message = item.is_message();
+        if let Ok(text) = Utf8Bytes::try_from(item.event.payload) {
+            self.send(Frame::Text(text)).await?;
+            match item.source {
+                Source::Live { queued } => self.metrics.live_event_written(queued, is_message),
+                Source::Replay => self.metrics.stored_message_written(true),
+                Source::Gap => self.metrics.stored_message_written(false),
+            }
+        }
+        Ok(())
+    }
+
+    async fn error_frame(
+        &mut self,
+        client_id: Option<&str>,
+        status: StatusCode,
+        detail: serde_json::Value,
+    ) -> Result<(), End> {
+        self.send(text(&ErrorFrame::new(client_id, status, detail)))
+            .await
+    }
+
+    async fn on_text(&mut self, raw: &str, events: &mut EventStream) -> Result<(), End> {
+        let frame: ClientFrame = match serde_json::from_str(raw) {
+            Ok(f) => f,
+            Err(e) => {
+                let detail = ClientFrame::parse_error(&e);
+                return self
+                    .error_frame(None, StatusCode::UNPROCESSABLE_ENTITY, detail.into())
+                    .await;
+            }
+        };
+        // Typing, read and watch fan out, write or look up: a flood must not reach others.
+        if frame.is_signal() {
+            if let Err(e) = self.state.guards.check_signal(self.user.id) {
+                return self.error_frame(None, e.status(), e.detail()).await;
+            }
+        }
+        match frame {
+            ClientFrame::Ping => self.send(text(&PongFrame::now())).await,
+            ClientFrame::Message {
+                receiver_id,
+                content,
+                client_id,
+            } => {
+                if let Err(e) = self.state.guards.check_send(self.user.id) {
+                    return self
+                        .error_frame(client_id.as_deref(), e.status(), e.detail())
+                        .await;
+                }
+                let new = NewMessage {
+                    sender_id: self.user.id,
+                    receiver_id,
+                    content,
+                    client_id: client_id.clone(),
+                };
+                // Its own send is in this connection's stream too: the stream counts it as
+                // handed out, and it is acknowledged here instead of echoed.
+                match events.send_message(new).await {
+                    Ok(sent) => {
+                        let message = MessageFrame {
+                            message: &sent.message,
+                            seq: sent.sender_seq,
+                        };
+                        self.send(text(&AckFrame::new(client_id.as_deref(), message)))
+                            .await
+                    }
+                    Err(e) => self.core_error(client_id.as_deref(), e).await,
+                }
+            }
+            ClientFrame::Typing { receiver_id } => {
+                match self.state.chat.typing(self.user.id, receiver_id).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.core_error(None, e).await,
+                }
+            }
+            ClientFrame::Read { peer_id, up_to } => {
+                match self
+                    .state
+                    .chat
+                    .mark_read(self.user.id, peer_id, up_to)
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) => self.core_error(None, e).await,
+                }
+            }
+            ClientFrame::Watch { user_ids } => match events.watch(&user_ids).await {
+                Ok(now) => {
+                    for presence in &now {
+                        if let Ok(text) = Utf8Bytes::try_from(presence_event(presence).payload) {
+                            self.send(Frame::Text(text)).await?;
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => self.core_error(None, e).await,
+            },
+        }
+    }
+
+    /// Answers a failed request with an error frame; the connection stays open.
+    async fn core_error(&mut self, client_id: Option<&str>, e: CoreError) -> Result<(), End> {
+        let e = ApiError::from(e);
+        self.error_frame(client_id, e.status(), e.detail()).await
+    }
+}

@@ -1,0 +1,105 @@
+//! The WebSocket upgrade: every check happens before the 101 goes out (handshake headers, the
+//! user id, the caller's token, the socket caps), then the connection runs in a task.
+//!
+//! The task runs in a `ws{user, conn}` span (a child of the upgrade request's), so each of the
+//! connection's log lines names it.
+
+use super::connection::Connection;
+use crate::error::{ApiError, Location};
+use crate::extract::{parse_int, Query};
+use crate::response::Response;
+use crate::state::AppState;
+use crate::telemetry;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Checks the handshake and the caller, then answers 101 and runs the connection in a task.
+pub fn upgrade(
+    state: &Arc<AppState>,
+    mut req: Request<Incoming>,
+    raw_id: &str,
+) -> Result<Response, ApiError> {
+    let user_id = parse_int(Location::Path, "user_id", raw_id)?;
+    let headers = req.headers();
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let is_upgrade = header_has(headers, header::CONNECTION, "upgrade")
+        && header_has(headers, header::UPGRADE, "websocket");
+    let Some(key) = key.filter(|_| is_upgrade) else {
+        return Err(ApiError::BadRequest("WebSocket upgrade expected"));
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(ApiError::BadRequest(
+            "Unsupported WebSocket version (13 expected)",
+        ));
+    }
+    let query = Query::parse(req.uri().query());
+    let caller = state.auth.caller(
+        crate::auth::bearer_token(headers.get(header::AUTHORIZATION)),
+        query.get("token"),
+    );
+    caller.require_user(user_id)?;
+    let since = query.int("since")?.filter(|s| *s >= 0);
+    // Held for the connection's life; refused here, before the upgrade, when over a cap.
+    let permit = state.guards.open_socket(user_id)?;
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let state_for_task = state.clone();
+    // Every line of the connection carries its user and, once subscribed, its connection id
+    // (`conn`); the span's parent is the upgrade request's, so its request id too.
+    let span = tracing::info_span!("ws", user = user_id, conn = tracing::field::Empty);
+    let task = async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let metrics = telemetry::SocketMetrics::open();
+                let config = WebSocketConfig::default()
+                    .read_buffer_size(4096)
+                    .write_buffer_size(0)
+                    .max_write_buffer_size(256 * 1024)
+                    .max_message_size(Some(state_for_task.limits.max_ws_message_bytes))
+                    .max_frame_size(Some(state_for_task.limits.max_ws_message_bytes));
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                Connection::run(state_for_task, socket, user_id, since, metrics).await;
+                drop(permit);
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+    };
+    state.tasks.spawn(task.instrument(span));
+
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let accept = derive_accept_key(key.as_bytes());
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept)
+            .map_err(|_| ApiError::BadRequest("Bad Sec-WebSocket-Key"))?,
+    );
+    Ok(response)
+}
