@@ -2,10 +2,10 @@
 //!
 //! This file exists to show that `PostgresStorage` keeps the `Storage` contract exactly as
 //! `MemoryStorage` (the reference) does, and that it holds up where memory never has to:
-//! migrations run by several nodes at once, concurrent sends, restarts, and a database that
-//! goes away. Each test makes its own database (`TestDatabase`), so the tests run in parallel
-//! and leave nothing behind. They need PostgreSQL at 127.0.0.1:5432 (user `postgres`, trust
-//! auth), or `MINICHAT_TEST_PG_ADMIN_URL`.
+//! concurrent sends, restarts, and a database that goes away (migrations have their own file,
+//! `postgres_migrations.rs`). Each test makes its own database (`TestDatabase`), so the tests
+//! run in parallel and leave nothing behind. They need PostgreSQL at 127.0.0.1:5432 (user
+//! `postgres`, trust auth), or `MINICHAT_TEST_PG_ADMIN_URL`.
 
 use chrono::{DateTime, Utc};
 use minichat_core::model::{
@@ -175,53 +175,6 @@ async fn both(db: &TestDatabase) -> Both {
         pg: connect(db.url()).await,
         mem: MemoryStorage::new(),
     }
-}
-
-async fn migration_rows(url: &str) -> Vec<(i32, String)> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("admin connect");
-    tokio::spawn(connection);
-    client
-        .query(
-            "SELECT version, name FROM minichat_migrations ORDER BY version",
-            &[],
-        )
-        .await
-        .expect("read migrations")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_run_once_even_from_concurrent_nodes() {
-    let db = TestDatabase::create().await;
-    let config = PostgresConfig {
-        url: db.url().into(),
-        pool_size: 2,
-    };
-    // Two nodes start at once on a fresh database: both must come up, one migrating.
-    let (a, b) = tokio::join!(
-        PostgresStorage::connect(&config),
-        PostgresStorage::connect(&config)
-    );
-    let (a, b) = (a.expect("first node"), b.expect("second node"));
-    assert_eq!(migration_rows(db.url()).await, [(1, "initial".to_string())]);
-
-    // Running them again (a third node, or `minichat-server migrate`) changes nothing.
-    PostgresStorage::migrate_only(db.url())
-        .await
-        .expect("re-run");
-    let c = connect(db.url()).await;
-    assert_eq!(migration_rows(db.url()).await, [(1, "initial".to_string())]);
-
-    // All three nodes share one database.
-    let alice = a.create_user(&new_user("alice", None)).await.unwrap();
-    assert_eq!(b.get_user(alice.id).await.unwrap(), Some(alice.clone()));
-    assert_eq!(c.get_user(alice.id).await.unwrap(), Some(alice));
-    assert_eq!(a.kind(), minichat_core::BackendKind::Postgresql);
-    a.check().await.expect("check");
 }
 
 #[tokio::test]
