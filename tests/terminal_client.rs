@@ -1,4 +1,4 @@
-//! The terminal client example (`examples/terminal_client.rs`), driven as a user would drive it:
+//! The terminal client example (`examples/terminal_client/`), driven as a user would drive it:
 //! lines into its stdin, lines out of its stdout, against a real server with auth `token`.
 //!
 //! The client reaches the server through a TCP proxy of the test's own, which can cut every
