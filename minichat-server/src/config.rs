@@ -98,7 +98,7 @@ pub struct Options {
     )]
     pub jwt_secret: Option<String>,
 
-    /// Allowed CORS origins (like https://chat.example.com), comma separated, or `*` for any.
+    /// Allowed CORS origins (like `https://chat.example.com`), comma separated, or `*` for any.
     #[arg(long, env = "MINICHAT_CORS_ORIGINS", default_value_t = Settings::default().cors, value_parser = CorsOrigins::from_setting, global = true)]
     pub cors_origins: CorsOrigins,
 
