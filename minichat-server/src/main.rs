@@ -119,11 +119,10 @@ async fn main() -> ExitCode {
             Ok(server) => {
                 let addr = server.local_addr();
                 tracing::info!(
-                    page = %local_url(addr, "/app/"),
-                    docs = %local_url(addr, "/docs"),
-                    health = %local_url(addr, "/health"),
-                    "open the chat page at {}",
-                    local_url(addr, "/app/")
+                    "chat page {}  API docs {}  health check {}",
+                    local_url(addr, "/app/"),
+                    local_url(addr, "/docs"),
+                    local_url(addr, "/health")
                 );
                 server.run_until(shutdown_signal()).await;
                 ExitCode::SUCCESS
