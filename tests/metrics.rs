@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use support::{cargo_built, eventually, name, Backend, Backends, TestServer, Ws, DEADLINE};
+use support::{eventually, name, Backend, Backends, TestServer, Ws, DEADLINE};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message as Frame;
 
@@ -590,11 +590,7 @@ const CONTENT: &str = "zebra-quokka-7731";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_ids_and_no_secrets() {
-    // `cargo test --test metrics` builds this package's targets, not the server crate's binary.
-    let binary = cargo_built(
-        &["-p", "minichat-server", "--bin", "minichat-server"],
-        "minichat-server",
-    );
+    let binary = support::server_binary();
     let port = minichat_core::test_support::free_port();
     let mut child = tokio::process::Command::new(binary)
         .env_remove("RUST_LOG")

@@ -583,10 +583,7 @@ async fn the_token_subcommand_mints_tokens_the_server_accepts() {
         TestServer::start(backends.settings(AuthMode::Token)).await,
     );
     let (alice, _) = signup(&s, "cli").await;
-    let binary = support::cargo_built(
-        &["-p", "minichat-server", "--bin", "minichat-server"],
-        "minichat-server",
-    );
+    let binary = support::server_binary();
     let database_url = backends
         .database
         .as_ref()

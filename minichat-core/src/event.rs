@@ -1,6 +1,6 @@
 //! Events: what a connected user receives, serialised once per target user.
 //!
-//! An event is encoded to JSON here, once, and the resulting [`Event`](crate::hub::Event) bytes
+//! An event is encoded to JSON here, once, and the resulting [`Event`] bytes
 //! travel through the broker and the hub untouched to every connection of that user.
 
 use crate::hub::Event;

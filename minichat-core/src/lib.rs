@@ -11,17 +11,41 @@
 //!   duplicates: what a transport or an embedding application reads.
 //! - [`telemetry`]: the metrics it records through the `metrics` facade.
 //!
-//! ```no_run
-//! # async fn demo() -> minichat_core::Result<()> {
-//! use minichat_core::{Chat, ChatService, NewMessage, NewUser};
-//! let chat = Chat::in_memory();
-//! let alice = chat.create_user(NewUser { username: "alice".into(), display_name: None }).await?;
-//! let bob = chat.create_user(NewUser { username: "bob".into(), display_name: None }).await?;
-//! let mut inbox = chat.subscribe(bob.id).await?;
-//! chat.send_message(NewMessage { sender_id: alice.id, receiver_id: bob.id, content: "hi".into(), client_id: None }, None).await?;
-//! let event = inbox.recv().await.expect("delivered");
-//! # Ok(()) }
+//! A chat in a few lines: no database, no Redis, everything in this process. Every transport
+//! talks to the chat through [`ChatService`]; a subscription receives the user's [`Event`]s, each
+//! the JSON frame a client would get (the message and its `seq`, the user's own gapless update
+//! number), serialised once for that user.
+//!
 //! ```
+//! use minichat_core::{Chat, ChatService, NewMessage, NewUser};
+//!
+//! #[tokio::main]
+//! async fn main() -> minichat_core::Result<()> {
+//!     let chat = Chat::in_memory();
+//!     let alice = chat.create_user(NewUser { username: "alice".into(), display_name: None }).await?;
+//!     let bob = chat.create_user(NewUser { username: "bob".into(), display_name: None }).await?;
+//!
+//!     let mut inbox = chat.subscribe(bob.id).await?;
+//!     let sent = chat
+//!         .send_message(
+//!             NewMessage { sender_id: alice.id, receiver_id: bob.id, content: "hi".into(), client_id: None },
+//!             None,
+//!         )
+//!         .await?;
+//!     assert!(sent.delivered);
+//!
+//!     let event = inbox.recv().await.expect("bob is subscribed");
+//!     assert_eq!(event.seq, Some(1)); // bob's first event
+//!     let frame: serde_json::Value = serde_json::from_slice(&event.payload).expect("JSON");
+//!     assert_eq!(frame["type"], "message");
+//!     assert_eq!(frame["sender_username"], "alice");
+//!     assert_eq!(frame["content"], "hi");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! With PostgreSQL and Redis, build the chat with [`Chat::connect`] and a [`ChatConfig`] naming
+//! them (`database_url`, `redis_url`; `..ChatConfig::default()` for the rest).
 
 pub mod broker;
 pub mod cache;

@@ -1,4 +1,4 @@
-//! The REST handlers of the wire contract (`shared/API.md` Parts 1 and 2).
+//! The REST handlers of the wire contract (`docs/API.md`).
 //!
 //! Each handler reads its input with `extract`, asks the caller's permission with `auth`, calls
 //! the [`ChatService`](minichat_core::ChatService) and answers JSON. The `#[utoipa::path]`

@@ -7,7 +7,9 @@
 use crate::auth::AuthMode;
 use clap::{Parser, Subcommand, ValueEnum};
 use minichat_core::ChatConfig;
+use std::fmt::{self, Display};
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// Minichat: a real-time chat server (REST + WebSocket).
@@ -26,7 +28,12 @@ pub enum Command {
     /// Run the server (the default).
     Serve,
     /// Apply the PostgreSQL migrations and exit (needs DATABASE_URL).
-    Migrate,
+    Migrate {
+        /// First create the database DATABASE_URL names, if it does not exist (connecting to
+        /// the server's `postgres` database with the same user).
+        #[arg(long)]
+        create_database: bool,
+    },
     /// Print a token for an existing user (or an admin token), signed with MINICHAT_JWT_SECRET.
     Token {
         /// The user the token acts as.
@@ -58,37 +65,27 @@ pub enum LogFormat {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// Address to listen on.
-    #[arg(
-        long,
-        env = "MINICHAT_BIND",
-        default_value = "127.0.0.1:8000",
-        global = true
-    )]
+    #[arg(long, env = "MINICHAT_BIND", default_value_t = Settings::default().bind, value_parser = address, global = true)]
     pub bind: SocketAddr,
 
     /// PostgreSQL URL (postgresql://user:pass@host:5432/db); unset keeps data in memory.
-    #[arg(long, env = "DATABASE_URL", global = true)]
+    #[arg(long, env = "DATABASE_URL", value_parser = postgres_url, global = true)]
     pub database_url: Option<String>,
 
     /// Maximum PostgreSQL connections of this node.
-    #[arg(long, env = "MINICHAT_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..), global = true)]
-    pub database_pool_size: u16,
+    #[arg(long, env = "MINICHAT_DATABASE_POOL_SIZE", default_value_t = ChatConfig::default().database_pool_size, value_parser = at_least_one::<usize>, global = true)]
+    pub database_pool_size: usize,
 
     /// Redis URL (redis://host:6379); unset keeps fan-out and the cache in this process.
-    #[arg(long, env = "REDIS_URL", global = true)]
+    #[arg(long, env = "REDIS_URL", value_parser = redis_url, global = true)]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis key and channel.
-    #[arg(
-        long,
-        env = "MINICHAT_REDIS_PREFIX",
-        default_value = "minichat:",
-        global = true
-    )]
+    #[arg(long, env = "MINICHAT_REDIS_PREFIX", default_value_t = ChatConfig::default().redis_prefix, global = true)]
     pub redis_prefix: String,
 
     /// Access control: `token` (JWT bearer tokens) or `off` (the original's open behaviour).
-    #[arg(long, env = "MINICHAT_AUTH", value_enum, default_value_t = AuthMode::Token, global = true)]
+    #[arg(long, env = "MINICHAT_AUTH", value_enum, default_value_t = Settings::default().auth, global = true)]
     pub auth: AuthMode,
 
     /// HS256 secret shared by all nodes; unset makes a random one per process.
@@ -96,82 +93,127 @@ pub struct Options {
         long,
         env = "MINICHAT_JWT_SECRET",
         hide_env_values = true,
+        value_parser = secret,
         global = true
     )]
     pub jwt_secret: Option<String>,
 
-    /// Allowed CORS origins, comma separated, or `*` for any.
-    #[arg(
-        long,
-        env = "MINICHAT_CORS_ORIGINS",
-        default_value = "*",
-        global = true
-    )]
-    pub cors_origins: String,
+    /// Allowed CORS origins (like `https://chat.example.com`), comma separated, or `*` for any.
+    #[arg(long, env = "MINICHAT_CORS_ORIGINS", default_value_t = Settings::default().cors, value_parser = CorsOrigins::from_setting, global = true)]
+    pub cors_origins: CorsOrigins,
 
     /// Largest request body accepted, in bytes (larger: 413).
-    #[arg(long, env = "MINICHAT_MAX_BODY_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "MINICHAT_MAX_BODY_BYTES", default_value_t = Limits::DEFAULT.max_body_bytes, value_parser = whole::<usize>, global = true)]
     pub max_body_bytes: usize,
 
     /// Largest WebSocket message accepted, in bytes (larger: close 1009).
-    #[arg(long, env = "MINICHAT_MAX_WS_MESSAGE_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "MINICHAT_MAX_WS_MESSAGE_BYTES", default_value_t = Limits::DEFAULT.max_ws_message_bytes, value_parser = whole::<usize>, global = true)]
     pub max_ws_message_bytes: usize,
 
     /// Seconds a client has to send a request's headers; also how long an idle keep-alive
     /// connection is kept waiting for its next request.
-    #[arg(long, env = "MINICHAT_HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    #[arg(long, env = "MINICHAT_HEADER_READ_TIMEOUT_SECS", default_value_t = Limits::DEFAULT.header_read_timeout.as_secs(), value_parser = at_least_one::<u64>, global = true)]
     pub header_read_timeout_secs: u64,
 
     /// Messages a user may send per second, on average (REST and socket together).
-    #[arg(long, env = "MINICHAT_SEND_RATE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    #[arg(long, env = "MINICHAT_SEND_RATE", default_value_t = Limits::DEFAULT.send_rate_per_sec, value_parser = at_least_one::<u32>, global = true)]
     pub send_rate: u32,
 
     /// Messages a user may send in a burst above the rate.
-    #[arg(long, env = "MINICHAT_SEND_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    #[arg(long, env = "MINICHAT_SEND_BURST", default_value_t = Limits::DEFAULT.send_burst, value_parser = at_least_one::<u32>, global = true)]
     pub send_burst: u32,
 
     /// Typing, read and watch frames a user may send per second, on average.
-    #[arg(long, env = "MINICHAT_SIGNAL_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    #[arg(long, env = "MINICHAT_SIGNAL_RATE", default_value_t = Limits::DEFAULT.signal_rate_per_sec, value_parser = at_least_one::<u32>, global = true)]
     pub signal_rate: u32,
 
     /// Typing, read and watch frames a user may send in a burst above the rate.
-    #[arg(long, env = "MINICHAT_SIGNAL_BURST", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    #[arg(long, env = "MINICHAT_SIGNAL_BURST", default_value_t = Limits::DEFAULT.signal_burst, value_parser = at_least_one::<u32>, global = true)]
     pub signal_burst: u32,
 
     /// Open WebSockets allowed per user on one node.
-    #[arg(
-        long,
-        env = "MINICHAT_MAX_SOCKETS_PER_USER",
-        default_value_t = 16,
-        global = true
-    )]
+    #[arg(long, env = "MINICHAT_MAX_SOCKETS_PER_USER", default_value_t = Limits::DEFAULT.max_sockets_per_user, value_parser = whole::<usize>, global = true)]
     pub max_sockets_per_user: usize,
 
     /// Open WebSockets allowed on one node.
-    #[arg(
-        long,
-        env = "MINICHAT_MAX_SOCKETS",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "MINICHAT_MAX_SOCKETS", default_value_t = Limits::DEFAULT.max_sockets, value_parser = whole::<usize>, global = true)]
     pub max_sockets: usize,
 
     /// Who may create users: `open` (anyone) or `admin` (an admin token is needed).
-    #[arg(long, env = "MINICHAT_SIGNUP", value_enum, default_value_t = Signup::Open, global = true)]
+    #[arg(long, env = "MINICHAT_SIGNUP", value_enum, default_value_t = Settings::default().signup, global = true)]
     pub signup: Signup,
 
     /// Seconds a WebSocket may stay silent before the server pings it; three times that with no
     /// frame at all and it is closed as dead.
-    #[arg(long, env = "MINICHAT_WS_PING_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..), global = true)]
+    #[arg(long, env = "MINICHAT_WS_PING_SECS", default_value_t = Limits::DEFAULT.ws_ping_interval.as_secs(), value_parser = at_least_one::<u64>, global = true)]
     pub ws_ping_secs: u64,
 
     /// Events queued per WebSocket connection before it is closed as a slow consumer.
-    #[arg(long, env = "MINICHAT_WS_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..), global = true)]
-    pub ws_queue: u32,
+    #[arg(long, env = "MINICHAT_WS_QUEUE", default_value_t = ChatConfig::default().queue_capacity, value_parser = at_least_one::<usize>, global = true)]
+    pub ws_queue: usize,
 
     /// Log format: human-readable `text`, or `json`.
     #[arg(long, env = "MINICHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+}
+
+// ---- value parsers: each error is the "expected ..." part of the one line --------------------
+
+fn address(raw: &str) -> Result<SocketAddr, String> {
+    raw.trim().parse().map_err(|_| {
+        "expected an IP address and port, like 127.0.0.1:8000 (or 0.0.0.0:8000 in a container)"
+            .to_owned()
+    })
+}
+
+/// A whole number (`min` or more).
+fn number<T: FromStr + PartialOrd + Display>(raw: &str, min: T) -> Result<T, String> {
+    match raw.trim().parse::<T>() {
+        Ok(n) if n >= min => Ok(n),
+        _ => Err(format!("expected a whole number of at least {min}")),
+    }
+}
+
+fn whole<T: FromStr + PartialOrd + Display + From<u8>>(raw: &str) -> Result<T, String> {
+    number(raw, T::from(0))
+}
+
+fn at_least_one<T: FromStr + PartialOrd + Display + From<u8>>(raw: &str) -> Result<T, String> {
+    number(raw, T::from(1))
+}
+
+/// The scheme of a URL-shaped value (`scheme://...`), lowercased.
+fn scheme(raw: &str) -> Option<String> {
+    raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase())
+}
+
+/// Empty counts as unset (in memory). Other forms are checked when connecting.
+fn postgres_url(raw: &str) -> Result<String, String> {
+    match scheme(raw) {
+        Some(s) if s != "postgres" && s != "postgresql" => Err(format!(
+            "a {s}:// URL is not a PostgreSQL one; expected postgresql://user:password@host:5432/dbname"
+        )),
+        _ => Ok(raw.trim().to_owned()),
+    }
+}
+
+/// Empty counts as unset (in process). Other forms are checked when connecting.
+fn redis_url(raw: &str) -> Result<String, String> {
+    const SCHEMES: &[&str] = &["redis", "rediss", "redis+unix", "unix", "valkey", "valkeys"];
+    match scheme(raw) {
+        Some(s) if !SCHEMES.contains(&s.as_str()) => Err(format!(
+            "a {s}:// URL is not a Redis one; expected redis://host:6379[/db]"
+        )),
+        _ => Ok(raw.trim().to_owned()),
+    }
+}
+
+fn secret(raw: &str) -> Result<String, String> {
+    if raw.is_empty() {
+        Err("expected a non-empty secret shared by every node (unset the variable for a random one per process)".into())
+    } else {
+        Ok(raw.to_owned())
+    }
 }
 
 /// Limits that keep one client from hurting the rest.
@@ -197,21 +239,26 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
+impl Limits {
+    /// The defaults: the one place they are written (the flags' defaults come from here).
+    pub const DEFAULT: Limits = Limits {
+        max_body_bytes: 64 * 1024,
+        max_ws_message_bytes: 64 * 1024,
+        header_read_timeout: Duration::from_secs(10),
+        ws_ping_interval: Duration::from_secs(30),
+        send_rate_per_sec: 30,
+        send_burst: 100,
+        signal_rate_per_sec: 10,
+        signal_burst: 30,
+        max_sockets_per_user: 16,
+        max_sockets: 10_000,
+        shutdown_grace: Duration::from_secs(10),
+    };
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_body_bytes: 64 * 1024,
-            max_ws_message_bytes: 64 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            ws_ping_interval: Duration::from_secs(30),
-            send_rate_per_sec: 30,
-            send_burst: 100,
-            signal_rate_per_sec: 10,
-            signal_burst: 30,
-            max_sockets_per_user: 16,
-            max_sockets: 10_000,
-            shutdown_grace: Duration::from_secs(10),
-        }
+        Limits::DEFAULT
     }
 }
 
@@ -223,6 +270,37 @@ pub enum CorsOrigins {
 }
 
 impl CorsOrigins {
+    /// Parses `MINICHAT_CORS_ORIGINS`, refusing what no browser would ever send as an `Origin`:
+    /// each entry must be `*` or exactly `scheme://host[:port]`, as browsers write it.
+    pub fn from_setting(raw: &str) -> Result<CorsOrigins, String> {
+        const EXPECTED: &str =
+            "expected `*` or origins like https://chat.example.com, comma separated";
+        if raw.trim().is_empty() {
+            return Err(format!("empty; {EXPECTED}"));
+        }
+        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if entry == "*" {
+                continue;
+            }
+            let origin = url::Url::parse(entry)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .map(|u| u.origin().ascii_serialization())
+                .filter(|o| o != "null");
+            match origin {
+                Some(o) if o == entry => {}
+                Some(o) => {
+                    return Err(format!(
+                        "`{entry}` is not an origin as browsers send it (write `{o}`); {EXPECTED}"
+                    ))
+                }
+                None => return Err(format!("`{entry}` is not an http(s) origin; {EXPECTED}")),
+            }
+        }
+        Ok(CorsOrigins::parse(raw))
+    }
+
+    /// Parses a comma-separated list leniently (an empty list or a `*` is any origin).
     pub fn parse(raw: &str) -> CorsOrigins {
         let list: Vec<String> = raw
             .split(',')
@@ -238,8 +316,18 @@ impl CorsOrigins {
     }
 }
 
+impl Display for CorsOrigins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CorsOrigins::Any => f.write_str("*"),
+            CorsOrigins::List(list) => f.write_str(&list.join(",")),
+        }
+    }
+}
+
 /// Everything the server runs on.
 #[derive(Debug, Clone)]
+/// `Default` is the one place the defaults of these fields are written.
 pub struct Settings {
     pub bind: SocketAddr,
     pub auth: AuthMode,
@@ -271,7 +359,7 @@ impl Options {
             auth: self.auth,
             jwt_secret: self.jwt_secret.clone().filter(|s| !s.is_empty()),
             signup: self.signup,
-            cors: CorsOrigins::parse(&self.cors_origins),
+            cors: self.cors_origins.clone(),
             limits: Limits {
                 max_body_bytes: self.max_body_bytes,
                 max_ws_message_bytes: self.max_ws_message_bytes,
@@ -287,14 +375,96 @@ impl Options {
             },
             chat: ChatConfig {
                 database_url: self.database_url.clone().filter(|s| !s.is_empty()),
-                database_pool_size: usize::from(self.database_pool_size),
+                database_pool_size: self.database_pool_size,
                 redis_url: self.redis_url.clone().filter(|s| !s.is_empty()),
                 redis_prefix: self.redis_prefix.clone(),
-                queue_capacity: self.ws_queue as usize,
+                queue_capacity: self.ws_queue,
                 ..ChatConfig::default()
             },
         }
     }
+}
+
+// ---- one line per bad setting ------------------------------------------------------------------
+
+/// How a setting is named in an error line: `MINICHAT_AUTH (--auth)`, or `--ttl-secs` for a
+/// flag without a variable. `key` is the environment variable or the long flag.
+pub fn setting_name(key: &str) -> String {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let all = command
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(|c| c.get_arguments()));
+    for arg in all {
+        let env = arg.get_env().and_then(|e| e.to_str());
+        let long = arg.get_long();
+        if env == Some(key) || long == Some(key.trim_start_matches("--")) {
+            return match (env, long) {
+                (Some(env), Some(long)) => format!("{env} (--{long})"),
+                (None, Some(long)) => format!("--{long}"),
+                (Some(env), None) => env.to_owned(),
+                (None, None) => key.to_owned(),
+            };
+        }
+    }
+    key.to_owned()
+}
+
+/// A value as it may be printed: a URL's password is masked.
+pub fn shown_value(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => value.to_owned(),
+    }
+}
+
+/// The one line for a setting whose value is wrong: `NAME (--flag) 'value': problem`.
+pub fn bad_setting(key: &str, value: &str, problem: impl Display) -> String {
+    format!("{} '{}': {problem}", setting_name(key), shown_value(value))
+}
+
+/// The one line for a clap error about a value (unparsable, out of range, not one of the
+/// choices); `None` for the others (`--help`, `--version`, unknown flags), which clap prints.
+pub fn describe_cli_error(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    // "--auth <AUTH>": the flag is its first word.
+    let arg = text(ContextKind::InvalidArg)?;
+    let flag = arg.split_whitespace().next()?.to_owned();
+    let value = text(ContextKind::InvalidValue).unwrap_or_default();
+    let problem = match (e.kind(), e.get(ContextKind::ValidValue)) {
+        (ErrorKind::ValueValidation, _) => std::error::Error::source(e)
+            .map_or_else(|| "invalid value".to_owned(), |s| s.to_string()),
+        (_, Some(ContextValue::Strings(choices))) => {
+            format!("expected one of: {}", choices.join(", "))
+        }
+        _ => "expected a value".to_owned(),
+    };
+    let name = setting_name(&flag);
+    let hidden = {
+        use clap::CommandFactory;
+        Cli::command().get_arguments().any(|a| {
+            a.get_long() == Some(flag.trim_start_matches("--")) && a.is_hide_env_values_set()
+        })
+    };
+    let shown = if hidden && !value.is_empty() {
+        "(hidden)".to_owned()
+    } else {
+        shown_value(&value)
+    };
+    Some(format!("{name} '{shown}': {problem}"))
 }
 
 #[cfg(test)]
@@ -335,5 +505,59 @@ mod tests {
         assert_eq!(s.limits.max_body_bytes, 100);
         assert!(Cli::try_parse_from(["minichat-server", "--auth", "maybe"]).is_err());
         assert!(Cli::try_parse_from(["minichat-server", "--bind", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn defaults_come_from_one_place() {
+        let s = Cli::try_parse_from(["minichat-server"])
+            .unwrap()
+            .options
+            .settings();
+        let d = Settings::default();
+        assert_eq!(s.bind, d.bind);
+        assert_eq!(s.cors, d.cors);
+        assert_eq!(s.limits.max_body_bytes, Limits::DEFAULT.max_body_bytes);
+        assert_eq!(
+            s.limits.header_read_timeout,
+            Limits::DEFAULT.header_read_timeout
+        );
+        assert_eq!(s.chat.database_pool_size, d.chat.database_pool_size);
+        assert_eq!(s.chat.redis_prefix, d.chat.redis_prefix);
+        assert_eq!(s.chat.queue_capacity, d.chat.queue_capacity);
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        assert_eq!(CorsOrigins::from_setting("*"), Ok(CorsOrigins::Any));
+        assert!(CorsOrigins::from_setting("https://a.example,http://b.example:8080").is_ok());
+        for bad in [
+            "",
+            "not a url",
+            "https://a.example/",
+            "ftp://a.example",
+            "https://A.example",
+        ] {
+            assert!(CorsOrigins::from_setting(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bad_value_is_one_line_naming_variable_and_flag() {
+        let e = Cli::try_parse_from(["minichat-server", "--auth", "maybe"]).unwrap_err();
+        let line = describe_cli_error(&e).unwrap();
+        assert_eq!(
+            line,
+            "MINICHAT_AUTH (--auth) 'maybe': expected one of: token, off"
+        );
+        let e = Cli::try_parse_from(["minichat-server", "--send-rate", "0"]).unwrap_err();
+        let line = describe_cli_error(&e).unwrap();
+        assert_eq!(
+            line,
+            "MINICHAT_SEND_RATE (--send-rate) '0': expected a whole number of at least 1"
+        );
+        assert_eq!(
+            shown_value("postgresql://u:pw@h:5432/d"),
+            "postgresql://u:***@h:5432/d"
+        );
     }
 }

@@ -4,11 +4,16 @@
 //! endpoints of the wire contract. It has no SQL in it: storage, caching and fan-out are the
 //! core's. Use it as the `minichat-server` binary, or embed it:
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), minichat_server::ServerError> {
-//! let settings = minichat_server::Settings::default();
-//! let server = minichat_server::Server::bind(settings).await?;
-//! server.run_until(minichat_server::shutdown_signal()).await;
+//! ```
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), minichat_server::ServerError> {
+//! use minichat_server::{Server, Settings};
+//!
+//! // The in-memory defaults, on a free port.
+//! let settings = Settings { bind: "127.0.0.1:0".parse().expect("an address"), ..Settings::default() };
+//! let server = Server::bind(settings).await?.spawn();
+//! println!("open http://{}/app/", server.addr());
+//! server.shutdown().await; // or `run_until(minichat_server::shutdown_signal())` on a `Server`
 //! # Ok(()) }
 //! ```
 //!

@@ -352,6 +352,27 @@ impl Drop for TcpProxy {
     }
 }
 
+/// The `minichat-server` binary, built once before the tests by `scripts/test`, which passes
+/// its path in `MINICHAT_SERVER_BIN` (`cargo test --test X` alone builds no other crate's
+/// binary, and building it inside a test would be slow and hidden).
+pub fn server_binary() -> PathBuf {
+    let path = std::env::var_os("MINICHAT_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+            "MINICHAT_SERVER_BIN is not set: run the tests with `bash scripts/test`, or build the \
+             server first: `cargo build -p minichat-server --bin minichat-server && \
+             MINICHAT_SERVER_BIN=target/debug/minichat-server cargo test ...`"
+        )
+        });
+    assert!(
+        path.is_file(),
+        "MINICHAT_SERVER_BIN={} is not a file: build it with `cargo build -p minichat-server --bin minichat-server`",
+        path.display()
+    );
+    path
+}
+
 /// Builds a sibling target of this package's tests with `cargo build --quiet <args>` in the
 /// profile the tests run in (`target/<profile>/`, found from this test binary's path under
 /// `target/<profile>/deps`), and returns `target/<profile>/<file_name>` plus the platform's

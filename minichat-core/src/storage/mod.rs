@@ -7,6 +7,7 @@
 
 mod memory;
 mod postgres;
+pub mod provision;
 
 pub use memory::MemoryStorage;
 pub use postgres::{PostgresConfig, PostgresStorage};
