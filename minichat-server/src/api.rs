@@ -76,7 +76,8 @@ pub struct ErrorBody {
     pub detail: serde_json::Value,
 }
 
-/// `GET /`: who we are, and `endpoints`, the router's list of (name, path) to show.
+// `endpoints`: the router's list of (name, path) to show (a plain comment: a doc comment
+// would become the operation's summary in OpenAPI).
 #[utoipa::path(get, path = "/", tag = "system",
     responses((status = 200, description = "Service name, version and endpoints", body = Object)))]
 pub fn root(endpoints: &[(&'static str, &'static str)]) -> Response {

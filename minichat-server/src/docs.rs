@@ -5,11 +5,11 @@
 use crate::api;
 use crate::error::ApiError;
 use crate::response::{bytes, Response};
+use crate::telemetry;
 use bytes::Bytes;
 use http::{header, HeaderValue};
 use http_body_util::Full;
 use std::sync::{Arc, OnceLock};
-use utoipa::openapi::path::{HttpMethod, Paths};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -25,7 +25,7 @@ use utoipa::{Modify, OpenApi};
         (status = 403, description = "Token of another user", body = api::ErrorBody),
         (status = 422, description = "Non-integer id", body = api::ErrorBody)))]
 #[allow(dead_code)]
-pub fn websocket() {}
+fn websocket() {}
 
 struct BearerAuth;
 
@@ -44,11 +44,13 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Everything of the OpenAPI document but its paths: those come from the route table
-/// (`routes.rs`), one `#[utoipa::path]` per documented route.
+/// The OpenAPI document. Its `paths` must be the route table's API routes (`routes.rs`, where
+/// a unit test compares them): utoipa's derive is what attaches each operation's tag.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Minichat", description = "Real-time chat backend: REST and WebSocket. Wire contract compatible with the original Mini Chat Backend."),
+    paths(api::root, api::health, telemetry::metrics, api::create_user, api::list_users, api::get_user,
+          api::send_message, api::history, api::recent_messages, api::read_state, websocket),
     components(schemas(minichat_core::User, minichat_core::Message, minichat_core::NewUser,
                        minichat_core::NewMessage, minichat_core::ReadState, minichat_core::model::MessageType,
                        api::CreatedUser, api::UserWithPresence, api::SentMessageBody, api::RecentMessages,
@@ -56,27 +58,17 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     tags((name = "users"), (name = "messages"), (name = "websocket"), (name = "system"))
 )]
-struct Base;
+pub struct ApiDoc;
 
-/// The OpenAPI document of `paths`, with this crate's version.
-pub fn document(paths: Paths) -> utoipa::openapi::OpenApi {
-    let mut doc = Base::openapi();
-    doc.info.version = env!("CARGO_PKG_VERSION").into();
-    doc.paths = paths;
-    doc
-}
-
-/// One documented operation, from its `#[utoipa::path]`: (path, methods, operation).
-pub type Operation = (String, Vec<HttpMethod>, utoipa::openapi::path::Operation);
-
-/// The operation `P` (a handler's `#[utoipa::path]`) documents.
-pub fn operation<P: utoipa::Path>() -> Operation {
-    (P::path(), P::methods(), P::operation())
-}
-
-/// `GET /openapi.json`.
-pub fn openapi(json: Bytes) -> Response {
-    bytes("application/json", json)
+/// `GET /openapi.json`: the document, with this crate's version, serialised once.
+pub fn openapi() -> Response {
+    static JSON: OnceLock<Bytes> = OnceLock::new();
+    let json = JSON.get_or_init(|| {
+        let mut doc = ApiDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").into();
+        Bytes::from(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()))
+    });
+    bytes("application/json", json.clone())
 }
 
 fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {

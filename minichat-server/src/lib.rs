@@ -46,6 +46,6 @@ mod ws;
 
 pub use auth::{AuthMode, Authenticator};
 pub use config::{Cli, CorsOrigins, Limits, Settings, Signup};
+pub use docs::ApiDoc;
 pub use error::ApiError;
-pub use routes::ApiDoc;
 pub use server::{shutdown_signal, RunningServer, Server, ServerError};
