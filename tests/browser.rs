@@ -4,9 +4,10 @@
 //! test's own, which can cut every connection on demand and refuse new ones: that is the
 //! server-side socket drop. Two browser sessions, each with its own profile, sign up as two
 //! users, chat both ways, see each other typing and online, get read receipts, then live
-//! through a drop: the page shows that it is reconnecting, a message queued in the page meanwhile
-//! is sent once after it resumes, and a message sent over REST during the drop is shown exactly
-//! once. Screenshots of both sessions go to `artifacts/browser/` under the workspace root.
+//! through a drop: the page shows that it is reconnecting, two identical messages queued in the
+//! page meanwhile are each sent once after it resumes (matched to their acks and replays by
+//! `client_id`), and messages sent over REST during the drop (one of them Alice's own, from
+//! "another device", with the same text) are shown exactly once. Screenshots of both sessions go to `artifacts/browser/` under the workspace root.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`;
 //! `scripts/test` installs them). Without them the test is skipped with a message, so developers
@@ -300,7 +301,8 @@ impl Chat {
     }
 
     /// The server side drops every socket and refuses new ones for a while: both pages show
-    /// it; Bob writes over REST meanwhile (its id is returned) and Alice's page queues a message.
+    /// it; Bob writes over REST meanwhile (its id is returned), Alice's page queues the same
+    /// message twice, and Alice's "other device" (REST) sends that text too, with a client id.
     async fn drop_the_connection(&self) -> i64 {
         self.proxy.cut();
         for browser in [&self.alice, &self.bob] {
@@ -329,21 +331,38 @@ impl Chat {
             .await;
         assert_eq!(status, 200, "REST send during the drop: {body}");
         let away_id = body["id"].as_i64().expect("message id");
-        // ...and Alice writes to Bob in the page, which has to queue it.
-        self.alice.type_message(QUEUED).await;
-        self.alice.press_enter().await;
-        self.alice
-            .wait_messages(QUEUED, "Alice's offline message to show as pending", |m| {
-                m.len() == 1 && m[0]["status"] == "pending"
-            })
+        // ...and Alice writes to Bob in the page, twice the same, which has to queue both...
+        for n in 1..=2 {
+            self.alice.type_message(QUEUED).await;
+            self.alice.press_enter().await;
+            self.alice
+                .wait_messages(QUEUED, "Alice's offline messages to show as pending", |m| {
+                    m.len() == n && m.iter().all(|m| m["status"] == "pending")
+                })
+                .await;
+        }
+        // ...while her other device sends the same text: its replay must not be taken for one
+        // of the page's pending sends.
+        let (status, body) = self
+            .server
+            .send(
+                self.server
+                    .http
+                    .post(self.server.url("/messages/"))
+                    .bearer_auth(&self.a.token)
+                    .json(&json!({"sender_id": self.a.id, "receiver_id": self.b.id,
+                                  "content": QUEUED, "client_id": "other-device-1"})),
+            )
             .await;
+        assert_eq!(status, 200, "Alice's REST send during the drop: {body}");
         self.alice.shot("04-alice-reconnecting").await;
         self.bob.shot("04-bob-reconnecting").await;
         away_id
     }
 
-    /// The connection comes back: the message sent during the drop and the queued one are
-    /// each shown and stored exactly once. Returns the id of a live message sent after.
+    /// The connection comes back: the message sent during the drop, the two queued ones and
+    /// the other device's are each shown and stored exactly once. Returns the id of a live
+    /// message sent after.
     async fn resume(&self, away_id: i64) -> i64 {
         self.proxy.restore();
         self.alice.wait_online().await;
@@ -354,13 +373,15 @@ impl Chat {
             .await;
         assert_eq!(shown[0]["id"], away_id.to_string());
         self.alice
-            .wait_messages(QUEUED, "the queued message to be sent", |m| {
-                m.len() == 1 && (m[0]["status"] == "sent" || m[0]["status"] == "read")
+            .wait_messages(QUEUED, "the queued messages to be sent", |m| {
+                m.len() == 3
+                    && m.iter()
+                        .all(|m| m["status"] == "sent" || m["status"] == "read")
             })
             .await;
         self.bob
-            .wait_messages(QUEUED, "Bob to receive the queued message", |m| {
-                m.len() == 1
+            .wait_messages(QUEUED, "Bob to receive the queued messages", |m| {
+                m.len() == 3
             })
             .await;
         // A live message after the resume: once it is on Alice's screen, everything replayed before
@@ -380,16 +401,19 @@ impl Chat {
             1,
             "the message sent during the drop is shown exactly once"
         );
-        assert_eq!(
-            self.alice.messages(QUEUED).await.len(),
-            1,
-            "the queued message is shown once to its sender"
-        );
-        assert_eq!(
-            self.bob.messages(QUEUED).await.len(),
-            1,
-            "the queued message is delivered once"
-        );
+        for (browser, what) in [
+            (&self.alice, "shown to its sender"),
+            (&self.bob, "delivered"),
+        ] {
+            let shown = browser.messages(QUEUED).await;
+            let ids: std::collections::HashSet<&str> =
+                shown.iter().filter_map(|m| m["id"].as_str()).collect();
+            assert_eq!(
+                (shown.len(), ids.len()),
+                (3, 3),
+                "each of the three identical messages is {what} once: {shown:?}"
+            );
+        }
         for browser in [&self.alice, &self.bob] {
             let duplicates = browser
                 .js(
@@ -404,7 +428,8 @@ impl Chat {
                 browser.label
             );
         }
-        // The server stored each message once (the page resent the queued one with its client_id).
+        // The server stored each message once (the page resent the queued ones with their
+        // client_ids).
         let (status, history) = self
             .server
             .send(
@@ -426,8 +451,8 @@ impl Chat {
             .collect();
         assert_eq!(
             contents.iter().filter(|c| **c == QUEUED).count(),
-            1,
-            "stored once: {contents:?}"
+            3,
+            "each stored once: {contents:?}"
         );
         self.alice.shot("05-alice-resumed").await;
         self.bob.shot("05-bob-resumed").await;
@@ -505,10 +530,10 @@ impl Chat {
             .await;
         assert_eq!(self.alice.messages(HELLO).await.len(), 1, "history once");
         // Bob read up to the queued message: ✓✓ again in the fresh session, with Bob doing nothing.
-        for text in [HELLO, QUEUED] {
+        for (text, count) in [(HELLO, 1), (QUEUED, 3)] {
             self.alice
                 .wait_messages(text, "the ✓✓ after signing in again", |m| {
-                    m.len() == 1 && m[0]["status"] == "read" && m[0]["tick"] == "✓✓"
+                    m.len() == count && m.iter().all(|m| m["status"] == "read" && m["tick"] == "✓✓")
                 })
                 .await;
         }

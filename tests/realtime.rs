@@ -134,6 +134,88 @@ async fn a_retried_client_id_stores_one_message_over_rest_and_socket_on_either_n
     assert_eq!(history.as_array().unwrap().len(), 1);
 }
 
+/// The next message event of `ws`, as `(content, client_id)` (`None`: no `client_id` key).
+async fn next_message(ws: &mut Ws) -> (String, Option<String>) {
+    let frame = ws.next_json().await;
+    assert_eq!(frame["type"], "message", "{frame}");
+    let client_id = frame.get("client_id").map(|c| {
+        c.as_str()
+            .unwrap_or_else(|| panic!("client_id is a string: {frame}"))
+            .to_owned()
+    });
+    (
+        frame["content"].as_str().expect("content").to_owned(),
+        client_id,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_senders_own_events_carry_their_client_ids_and_the_receivers_none() {
+    let backends = Backends::new(Backend::Shared).await;
+    let (a, b) = (
+        TestServer::open(&backends).await,
+        TestServer::open(&backends).await,
+    );
+    let alice = id(&a.user(&name("cia")).await);
+    let bob = id(&a.user(&name("cib")).await);
+    // Alice has a socket on each node; bob is on the second.
+    let mut sending = Ws::connect_ready(&a.ws_url(&format!("/ws/{alice}"))).await;
+    let mut other = Ws::connect_ready(&b.ws_url(&format!("/ws/{alice}"))).await;
+    let mut inbox = Ws::connect_ready(&b.ws_url(&format!("/ws/{bob}"))).await;
+    for key in ["c-1", "c-2"] {
+        sending
+            .send_json(
+                json!({"type": "message", "receiver_id": bob, "content": "ok", "client_id": key}),
+            )
+            .await;
+        let ack = sending.next_json().await;
+        assert_eq!(
+            (&ack["type"], &ack["client_id"]),
+            (&json!("ack"), &json!(key)),
+            "{ack}"
+        );
+        assert_eq!(ack["message"]["client_id"], key, "{ack}");
+    }
+    // Without a client id, over REST: none on any copy.
+    let (status, _) = a
+        .post(
+            "/messages/",
+            json!({"sender_id": alice, "receiver_id": bob, "content": "ok"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let own = |key: Option<&str>| ("ok".to_owned(), key.map(str::to_owned));
+    let expected_own = [own(Some("c-1")), own(Some("c-2")), own(None)];
+    for expected in &expected_own {
+        assert_eq!(&next_message(&mut other).await, expected);
+        assert_eq!(next_message(&mut inbox).await, own(None));
+    }
+    // The sending socket got acks (and the REST send), not echoes of its own sends.
+    assert_eq!(next_message(&mut sending).await, own(None));
+    sending.assert_no_pending_message().await;
+    // Replayed after a reconnect, on either node: the same.
+    let mut again = Ws::connect_ready(&b.ws_url(&format!("/ws/{alice}?since=0"))).await;
+    let mut again_bob = Ws::connect_ready(&a.ws_url(&format!("/ws/{bob}?since=0"))).await;
+    for expected in &expected_own {
+        assert_eq!(&next_message(&mut again).await, expected);
+        assert_eq!(next_message(&mut again_bob).await, own(None));
+    }
+    // REST history and recent messages keep their shape: no client ids.
+    for path in [
+        format!("/messages/?user_id={alice}"),
+        format!("/messages/recent/{bob}"),
+    ] {
+        let (status, list) = a.get(&path).await;
+        assert_eq!(status, 200, "{path}: {list}");
+        let list = list
+            .as_array()
+            .or_else(|| list["messages"].as_array())
+            .expect("a list");
+        assert_eq!(list.len(), 3, "{path}");
+        assert!(list.iter().all(|m| m.get("client_id").is_none()), "{path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_receipts_and_presence_cross_nodes() {
     let backends = Backends::new(Backend::Shared).await;

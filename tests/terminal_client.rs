@@ -7,6 +7,7 @@
 mod support;
 
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::process::Stdio;
 use support::{cargo_built, name, Backend, Backends, TcpProxy, TestServer, Ws, DEADLINE};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -294,28 +295,43 @@ async fn chats_over_stdin_and_stdout_and_resumes_after_a_drop() {
         "history out of order or incomplete: {listed:?}"
     );
 
-    // The connection drops; while the client is away the peer writes, and the client queues a line.
+    // The connection drops; while the client is away the peer writes, and the client queues the
+    // same line twice.
     proxy.cut();
     client
         .expect("the drop", |l| l.starts_with("* reconnecting…"))
         .await;
     rest_message(&server, &peer_token, peer, me, "missed while down").await;
-    client.type_line("queued while down").await;
-    client
-        .expect("the line queued", |l| {
-            l.starts_with("* not connected: queued")
-        })
-        .await;
+    for _ in 0..2 {
+        client.type_line("queued while down").await;
+        client
+            .expect("the line queued", |l| {
+                l.starts_with("* not connected: queued")
+            })
+            .await;
+    }
 
     proxy.restore();
     client
         .expect("the reconnect", |l| l == "* reconnected")
         .await;
     let mut after = client
-        .lines_until("the queued line's ack", |l| {
+        .lines_until("the first queued line's ack", |l| {
             sent_id(l, "queued while down").is_some()
         })
         .await;
+    after.extend(
+        client
+            .lines_until("the second queued line's ack", |l| {
+                sent_id(l, "queued while down").is_some()
+            })
+            .await,
+    );
+    let acked: HashSet<i64> = after
+        .iter()
+        .filter_map(|l| sent_id(l, "queued while down"))
+        .collect();
+    assert_eq!(acked.len(), 2, "two lines, two messages: {after:?}");
     rest_message(&server, &peer_token, peer, me, "after the reconnect").await;
     after.extend(
         client
@@ -336,16 +352,30 @@ async fn chats_over_stdin_and_stdout_and_resumes_after_a_drop() {
         );
     }
 
-    // The queued line reached the peer once, and was stored once.
-    let queued = next_message_from(&mut peer_ws, me).await;
-    assert_eq!(queued["content"], "queued while down", "{queued}");
+    assert_eq!(
+        after
+            .iter()
+            .filter(|l| sent_id(l, "queued while down").is_some())
+            .count(),
+        2,
+        "each queued line acknowledged once: {after:?}"
+    );
+
+    // Each queued line reached the peer once, and was stored once.
+    let mut delivered = HashSet::new();
+    for _ in 0..2 {
+        let queued = next_message_from(&mut peer_ws, me).await;
+        assert_eq!(queued["content"], "queued while down", "{queued}");
+        delivered.insert(queued["id"].as_i64().expect("id"));
+    }
+    assert_eq!(delivered, acked);
     assert_no_pending_message_from(&mut peer_ws, me).await;
     let stored = history(&server, &peer_token, peer, me).await;
     let copies = stored
         .iter()
         .filter(|m| m["content"] == "queued while down")
         .count();
-    assert_eq!(copies, 1, "stored once: {stored:?}");
+    assert_eq!(copies, 2, "each stored once: {stored:?}");
 
     client.type_line("/quit").await;
     assert_eq!(client.exit_code().await, 0, "{:?}", client.transcript);

@@ -430,7 +430,7 @@ impl Client {
         };
         match frame["type"].as_str().unwrap_or_default() {
             "system" => self.on_system(&frame).await,
-            "message" => self.on_message(&frame).await,
+            "message" => return self.on_message(&frame).await,
             "ack" => return self.on_ack(&frame).await,
             "error" => return self.on_error(&frame).await,
             "pong" if self.settle_on_pong => {
@@ -501,25 +501,44 @@ impl Client {
         }
     }
 
-    async fn on_message(&mut self, frame: &Value) {
+    async fn on_message(&mut self, frame: &Value) -> Flow {
         let Some(message) = Msg::parse(frame) else {
             say(format!("! unreadable message frame: {frame}"));
-            return;
+            return Flow::Continue;
         };
         if let Some(seq) = frame["seq"].as_i64() {
             self.resume.see(seq);
         }
         self.names
             .insert(message.sender_id, message.sender_username.clone());
-        if !self.resume.first_sight(message.id) {
-            return;
+        // My own message carries the client_id I sent it with: if it is a line still waiting
+        // for its ack (the ack was lost in a drop, and this is the replay), it is that line,
+        // exactly (two identical lines have different client ids). A message without one is
+        // never a line of this client's: it gives every line a client id.
+        let own = frame["client_id"]
+            .as_str()
+            .filter(|_| message.sender_id == self.me)
+            .and_then(|c| self.outbox.iter().position(|o| o.client_id == c));
+        if let Some(at) = own {
+            self.outbox.remove(at);
         }
-        if let Some(before) = &self.quiet_before {
-            if message.timestamp.as_str() < before.as_str() {
-                return;
+        if self.resume.first_sight(message.id) {
+            if own.is_some() {
+                say(sent_line(&message));
+            } else if self
+                .quiet_before
+                .as_ref()
+                .is_none_or(|before| message.timestamp.as_str() >= before.as_str())
+            {
+                say(message.line());
+                self.note_unread(&message);
             }
         }
-        say(message.line());
+        self.check_flushed().await
+    }
+
+    /// Schedules a read receipt for a message the peer sent me.
+    fn note_unread(&mut self, message: &Msg) {
         let from_peer = self.peer.as_ref().map(|p| p.0) == Some(message.sender_id);
         if from_peer && message.receiver_id == self.me {
             let last = self.read_sent.get(&message.sender_id).copied();
@@ -545,7 +564,7 @@ impl Client {
         match Msg::parse(message) {
             Some(m) => {
                 if self.resume.first_sight(m.id) || waiting.is_some() {
-                    say(format!("> {} (sent #{})", m.content, m.id));
+                    say(sent_line(&m));
                 }
             }
             None => say(format!("! unreadable ack: {frame}")),
@@ -575,6 +594,11 @@ impl Client {
 }
 
 /// Awaits `future` if there is one, else never.
+/// `> <content> (sent #<id>)`: one of my lines, stored.
+fn sent_line(m: &Msg) -> String {
+    format!("> {} (sent #{})", m.content, m.id)
+}
+
 async fn maybe<F: Future>(future: Option<F>) -> F::Output {
     match future {
         Some(future) => future.await,

@@ -9,18 +9,33 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-/// A message as a connected user receives it: the message, plus its seq in that user's stream.
+/// A message as a connected user receives it: the message, plus its seq in that user's stream,
+/// plus, on the sender's own copy only, the `client_id` the sender gave it (absent when none),
+/// so the sender's clients can match it to their pending send exactly.
 #[derive(Debug, Serialize)]
 pub struct MessageFrame<'a> {
     #[serde(flatten)]
     pub message: &'a Message,
     pub seq: Seq,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<&'a str>,
 }
 
-/// Serialises the frame of `message` for the user whose stream gives it `seq`.
+/// Serialises the frame of `message` for the user whose stream gives it `seq`, without a
+/// `client_id`: the receiver's copy (and the sender's, when the send had no client id).
 pub fn message_event(message: &Message, seq: Seq) -> Event {
-    let json = serde_json::to_vec(&MessageFrame { message, seq })
-        .expect("a message always serialises to JSON");
+    own_message_event(message, seq, None)
+}
+
+/// Serialises the sender's own copy of `message` (`seq` in the sender's stream), carrying the
+/// `client_id` the send had. Never use it for the receiver's copy.
+pub fn own_message_event(message: &Message, seq: Seq, client_id: Option<&str>) -> Event {
+    let frame = MessageFrame {
+        message,
+        seq,
+        client_id,
+    };
+    let json = serde_json::to_vec(&frame).expect("a message always serialises to JSON");
     Event {
         seq: Some(seq),
         payload: Bytes::from(json),
@@ -100,5 +115,32 @@ mod tests {
         assert_eq!(v["id"], 7);
         assert_eq!(v["content"], "hi \"there\"");
         assert_eq!(v["sender_username"], "alice");
+        assert!(
+            v.get("client_id").is_none(),
+            "no client_id on the plain frame"
+        );
+    }
+
+    #[test]
+    fn the_senders_copy_carries_its_client_id() {
+        let m = Message {
+            id: 7,
+            sender_id: 1,
+            sender_username: "alice".into(),
+            receiver_id: 2,
+            content: "ok".into(),
+            timestamp: now(),
+            kind: MessageType::Message,
+        };
+        let own = own_message_event(&m, 4, Some("c-1"));
+        let v: serde_json::Value = serde_json::from_slice(&own.payload).unwrap();
+        assert_eq!(
+            (v["seq"].as_i64(), v["client_id"].as_str()),
+            (Some(4), Some("c-1"))
+        );
+        let none = own_message_event(&m, 4, None);
+        assert_eq!(none.payload, message_event(&m, 4).payload);
+        let v: serde_json::Value = serde_json::from_slice(&none.payload).unwrap();
+        assert!(v.get("client_id").is_none());
     }
 }

@@ -112,6 +112,16 @@ pub struct StoredMessage {
     pub created: bool,
 }
 
+/// A message of a user's update stream as storage replays it: the message, its seq in that
+/// user's stream, and the `client_id` it was sent with, present only when that user is its
+/// sender (the receiver never learns the sender's client ids) and the send had one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamMessage {
+    pub seq: Seq,
+    pub message: Message,
+    pub client_id: Option<String>,
+}
+
 /// How far two users have read each other's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, ToSchema)]
 pub struct ReadState {

@@ -8,12 +8,14 @@
 use crate::broker::{Broker, ClusterPresence, Delivery, LocalBroker, RedisBroker};
 use crate::cache::{MemoryCache, RecentCache, RedisCache};
 use crate::error::{Error, Result};
-use crate::event::{message_event, presence_event, read_event, typing_event, Presence};
+use crate::event::{
+    message_event, own_message_event, presence_event, read_event, typing_event, Presence,
+};
 use crate::health::{BackendKind, BackendStatus, Health};
 use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
 use crate::model::{
     HistoryRequest, Message, MessageId, NewMessage, NewUser, Page, ReadMark, ReadState, Seq,
-    TypingSignal, User, UserId, RECENT_LIMIT,
+    StreamMessage, TypingSignal, User, UserId, RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
 use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
@@ -69,13 +71,14 @@ pub trait ChatService: Send + Sync + 'static {
     async fn subscribe(&self, user: UserId) -> Result<Subscription>;
 
     /// Stored events of the user's stream with a seq above `since`, oldest first, at most
-    /// `limit`: what a reconnecting client missed.
+    /// `limit`: what a reconnecting client missed. The user's own sends carry their
+    /// `client_id` (see [`StreamMessage`]).
     async fn events_since(
         &self,
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<(Seq, Message)>>;
+    ) -> Result<Vec<StreamMessage>>;
 
     /// The seq of the user's newest stored event (0 when none): where a live stream that did
     /// not ask for a replay starts.
@@ -296,6 +299,8 @@ impl Chat {
         let mut delivered = false;
         if stored.created {
             metrics::counter!(telemetry::MESSAGES_STORED).increment(1);
+            // The receiver's copy never carries the sender's client id; the sender's other
+            // connections get it, to match the send to what they have pending.
             let deliveries = [
                 Delivery {
                     user: message.receiver_id,
@@ -305,7 +310,7 @@ impl Chat {
                 Delivery {
                     user: message.sender_id,
                     exclude: origin,
-                    event: message_event(&message, stored.sender_seq),
+                    event: own_message_event(&message, stored.sender_seq, valid.client_id()),
                 },
             ];
             // The message is committed; the cache and the fan-out are best effort from here,
@@ -429,7 +434,7 @@ impl ChatService for Chat {
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<(Seq, Message)>> {
+    ) -> Result<Vec<StreamMessage>> {
         self.inner.storage.events_since(user, since, limit).await
     }
 

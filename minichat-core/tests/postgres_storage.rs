@@ -9,8 +9,8 @@
 
 use chrono::{DateTime, Utc};
 use minichat_core::model::{
-    HistoryRequest, Message, NewMessage, NewUser, Page, StoredMessage, User, UserId, ValidMessage,
-    ValidUser,
+    HistoryRequest, Message, NewMessage, NewUser, Page, StoredMessage, StreamMessage, User, UserId,
+    ValidMessage, ValidUser,
 };
 use minichat_core::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
 use minichat_core::test_support::{free_port, TestDatabase};
@@ -151,7 +151,7 @@ impl Both {
         pg
     }
 
-    async fn events(&self, user: UserId, since: i64, limit: usize) -> Vec<(i64, Message)> {
+    async fn events(&self, user: UserId, since: i64, limit: usize) -> Vec<StreamMessage> {
         let pg = self
             .pg
             .events_since(user, since, limit)
@@ -162,8 +162,13 @@ impl Both {
             .events_since(user, since, limit)
             .await
             .expect("mem events");
-        let strip = |v: &[(i64, Message)]| -> Vec<(i64, Message)> {
-            v.iter().map(|(s, m)| (*s, timeless(m))).collect()
+        let strip = |v: &[StreamMessage]| -> Vec<StreamMessage> {
+            v.iter()
+                .map(|e| StreamMessage {
+                    message: timeless(&e.message),
+                    ..e.clone()
+                })
+                .collect()
         };
         assert_eq!(strip(&pg), strip(&mem), "events {user} {since} {limit}");
         pg
@@ -269,7 +274,7 @@ async fn seqs_count_every_message_a_user_sent_or_received() {
         .events(a, 0, 100)
         .await
         .into_iter()
-        .map(|(q, m)| (q, m.id))
+        .map(|e| (e.seq, e.message.id))
         .collect();
     assert_eq!(stream, [(1, 1), (2, 2), (3, 3), (4, 4)]);
     // Content is stored stripped, as validated.
@@ -324,6 +329,23 @@ async fn a_retried_client_id_returns_the_stored_message() {
         (3, 3, 3)
     );
     assert_eq!(s.events(a, 0, 100).await.len(), 3);
+
+    // Replayed, a message carries its client id for its sender only (both backends agree).
+    let keys = |events: &[StreamMessage]| -> Vec<(i64, Option<String>)> {
+        events
+            .iter()
+            .map(|e| (e.seq, e.client_id.clone()))
+            .collect()
+    };
+    assert_eq!(
+        keys(&s.events(a, 0, 100).await),
+        [(1, Some("k1".into())), (2, None), (3, None)]
+    );
+    assert_eq!(
+        keys(&s.events(b, 0, 100).await),
+        [(1, None), (2, Some("k1".into())), (3, None)]
+    );
+    assert_eq!(keys(&s.events(a, 1, 1).await), [(2, None)]);
 }
 
 #[tokio::test]
@@ -368,13 +390,20 @@ async fn history_recent_and_replay_agree_with_memory() {
     for name in ["alice", "bob", "carol", "dave"] {
         u.push(s.create_user(name, None).await.id);
     }
-    // 40 messages in a fixed, irregular pattern over every pair and direction.
+    // 40 messages in a fixed, irregular pattern over every pair and direction, every third
+    // with a client id.
     for i in 0..40usize {
         let from = u[(i * 7) % 4];
         let to = u[(i * 7 + 1 + i % 3) % 4];
-        s.send(new_message(from, to, &format!("message {i}")))
-            .await
-            .unwrap();
+        let key = (i % 3 == 0).then(|| format!("key {i}"));
+        s.send(with_client_id(
+            from,
+            to,
+            &format!("message {i}"),
+            key.as_deref(),
+        ))
+        .await
+        .unwrap();
     }
     let (alice, bob) = (u[0], u[1]);
 
@@ -455,8 +484,15 @@ async fn history_recent_and_replay_agree_with_memory() {
     // Replay: the user's stream above a seq, in seq order, limited.
     for user in &u {
         let stream = s.events(*user, 0, 1000).await;
-        let seqs: Vec<i64> = stream.iter().map(|(q, _)| *q).collect();
+        let seqs: Vec<i64> = stream.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=stream.len() as i64).collect::<Vec<_>>());
+        // A client id is replayed to its sender only, and only where the send had one.
+        for e in &stream {
+            let n: usize = e.message.content["message ".len()..].parse().unwrap();
+            let sent_with = (n % 3 == 0).then(|| format!("key {n}"));
+            let expected = sent_with.filter(|_| e.message.sender_id == *user);
+            assert_eq!(e.client_id, expected, "{e:?}");
+        }
         assert_eq!(s.events(*user, 3, 4).await, stream[3..7]);
         assert!(s.events(*user, stream.len() as i64, 10).await.is_empty());
         assert_eq!(s.events(*user, -5, 2).await, stream[..2]);
@@ -533,7 +569,7 @@ async fn concurrent_sends_keep_every_stream_gapless() {
         );
         // What is stored agrees, and replays in seq order.
         let stream = storage.events_since(*user, 0, 1000).await.unwrap();
-        let replayed: Vec<(i64, i64)> = stream.iter().map(|(q, m)| (*q, m.id)).collect();
+        let replayed: Vec<(i64, i64)> = stream.iter().map(|e| (e.seq, e.message.id)).collect();
         assert_eq!(replayed, told);
         // A user's row is locked from seq to commit, so within one user's stream ids increase
         // with seq (across users, ids may commit out of order): history (by id) and replay
@@ -581,7 +617,20 @@ async fn data_survives_a_reconnect() {
     );
     assert_eq!(
         second.events_since(alice.id, 0, 10).await.unwrap(),
-        [(1, sent.message.clone())]
+        [StreamMessage {
+            seq: 1,
+            message: sent.message.clone(),
+            client_id: Some("k".into()),
+        }]
+    );
+    assert_eq!(
+        second.events_since(bob.id, 0, 10).await.unwrap(),
+        [StreamMessage {
+            seq: 1,
+            message: sent.message.clone(),
+            client_id: None,
+        }],
+        "the receiver never gets the sender's client id"
     );
     // Seqs and client ids carry over too.
     let retry = second

@@ -6,8 +6,8 @@
 use super::Storage;
 use crate::error::{Error, Result};
 use crate::model::{
-    now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage, User,
-    UserId, ValidMessage, ValidReadMark, ValidUser,
+    now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage,
+    StreamMessage, User, UserId, ValidMessage, ValidReadMark, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -26,6 +26,9 @@ struct State {
     stream: HashMap<UserId, Vec<usize>>,
     /// `(sender, client_id)` → message index.
     client_ids: HashMap<(UserId, String), usize>,
+    /// `client_id_of[i]`: the client id `messages[i]` was sent with, if any (replayed to its
+    /// sender only).
+    client_id_of: Vec<Option<String>>,
     /// `(reader, peer)` → the newest message of `peer`'s that `reader` has read.
     read_marks: HashMap<(UserId, UserId), MessageId>,
     last_seen: HashMap<UserId, DateTime<Utc>>,
@@ -142,6 +145,9 @@ impl Storage for MemoryStorage {
             timestamp: now(),
             kind: MessageType::Message,
         });
+        state
+            .client_id_of
+            .push(message.client_id().map(str::to_owned));
         for user in [message.sender_id(), message.receiver_id()] {
             state.stream.entry(user).or_default().push(idx);
         }
@@ -189,7 +195,7 @@ impl Storage for MemoryStorage {
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<(Seq, Message)>> {
+    ) -> Result<Vec<StreamMessage>> {
         let state = self.state();
         let Some(stream) = state.stream.get(&user) else {
             return Ok(Vec::new());
@@ -201,7 +207,18 @@ impl Storage for MemoryStorage {
             .iter()
             .take(limit)
             .enumerate()
-            .map(|(k, &i)| ((start + k) as Seq + 1, state.messages[i].clone()))
+            .map(|(k, &i)| {
+                let message = state.messages[i].clone();
+                // Only the sender learns the client id it gave.
+                let client_id = (message.sender_id == user)
+                    .then(|| state.client_id_of[i].clone())
+                    .flatten();
+                StreamMessage {
+                    seq: (start + k) as Seq + 1,
+                    message,
+                    client_id,
+                }
+            })
             .collect())
     }
 

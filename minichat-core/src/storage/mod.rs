@@ -15,8 +15,8 @@ pub use postgres::{PostgresConfig, PostgresStorage};
 use crate::error::Result;
 use crate::model::ReadState;
 use crate::model::{
-    HistoryQuery, Message, MessageId, Page, Seq, StoredMessage, User, UserId, ValidMessage,
-    ValidReadMark, ValidUser,
+    HistoryQuery, Message, MessageId, Page, Seq, StoredMessage, StreamMessage, User, UserId,
+    ValidMessage, ValidReadMark, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -44,13 +44,14 @@ pub trait Storage: Send + Sync + 'static {
     async fn recent_received(&self, user: UserId, limit: usize) -> Result<Vec<Message>>;
 
     /// The messages of `user`'s update stream with a seq above `since`, oldest first, at most
-    /// `limit`, each with the seq it has in `user`'s stream.
+    /// `limit`, each with the seq it has in `user`'s stream, and with its `client_id` when
+    /// `user` sent it with one (never on a message `user` received).
     async fn events_since(
         &self,
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<(Seq, Message)>>;
+    ) -> Result<Vec<StreamMessage>>;
 
     /// The seq of `user`'s newest event (0 when none, or no such user).
     async fn current_seq(&self, user: UserId) -> Result<Seq>;

@@ -4,7 +4,7 @@
 use super::*;
 use crate::event::typing_event;
 use crate::health::Health;
-use crate::model::{HistoryRequest, MessageId, NewUser, ReadState, User};
+use crate::model::{HistoryRequest, Message, MessageId, NewUser, ReadState, User};
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -183,6 +183,72 @@ async fn own_sends_are_acknowledged_instead_of_echoed() {
     }
 }
 
+fn client_id(item: &Item) -> Option<String> {
+    let frame: serde_json::Value = serde_json::from_slice(&item.event.payload).expect("JSON");
+    frame
+        .get("client_id")
+        .map(|v| v.as_str().expect("a string").to_owned())
+}
+
+fn keyed(sender: UserId, receiver: UserId, content: &str, key: Option<&str>) -> NewMessage {
+    NewMessage {
+        client_id: key.map(Into::into),
+        ..text(sender, receiver, content)
+    }
+}
+
+#[tokio::test]
+async fn client_ids_reach_the_senders_copies_only_live_replayed_and_filled() {
+    let chat = Chat::in_memory();
+    let (alice, bob) = (user(&chat, "alice").await, user(&chat, "bob").await);
+    let sending = chat.stream(alice, None).await.expect("open");
+    let mut other = chat.stream(alice, None).await.expect("open");
+    let mut inbox = chat.stream(bob, None).await.expect("open");
+    for (content, key) in [("ok", Some("c-1")), ("ok", Some("c-2")), ("plain", None)] {
+        chat.send_message(
+            keyed(alice, bob, content, key),
+            Some(sending.connection_id()),
+        )
+        .await
+        .expect("send");
+    }
+    let expected = [Some("c-1".to_owned()), Some("c-2".to_owned()), None];
+    // Live: the sender's other connection gets each exact client id; the receiver none.
+    for (seq, key) in (1..).zip(&expected) {
+        let mine = next(&mut other).await;
+        assert_eq!((mine.event.seq, &client_id(&mine)), (Some(seq), key));
+        let theirs = next(&mut inbox).await;
+        assert_eq!((theirs.event.seq, client_id(&theirs)), (Some(seq), None));
+    }
+    // Replayed from storage: the same, for both users.
+    let mut replay = chat.stream(alice, Some(0)).await.expect("open");
+    let mut replay_bob = chat.stream(bob, Some(0)).await.expect("open");
+    for (seq, key) in (1..).zip(&expected) {
+        let mine = next(&mut replay).await;
+        assert!(is_source(&mine, true, false));
+        assert_eq!((mine.event.seq, &client_id(&mine)), (Some(seq), key));
+        let theirs = next(&mut replay_bob).await;
+        assert_eq!((theirs.event.seq, client_id(&theirs)), (Some(seq), None));
+    }
+    // Filled from a gap: alice's send from `replay` itself, unacknowledged, then a live one.
+    chat.send_message(
+        keyed(alice, bob, "ok", Some("c-3")),
+        Some(replay.connection_id()),
+    )
+    .await
+    .expect("send");
+    send(&chat, bob, alice, "reply").await;
+    let filled = next(&mut replay).await;
+    assert!(is_source(&filled, false, true), "{:?}", filled.source);
+    assert_eq!(
+        (filled.event.seq, client_id(&filled)),
+        (Some(4), Some("c-3".into()))
+    );
+    let live = next(&mut replay).await;
+    assert_eq!((live.event.seq, client_id(&live)), (Some(5), None));
+    drop(sending);
+}
+
 #[tokio::test]
 async fn a_reader_that_reopens_with_its_last_seq_misses_nothing() {
     let chat = Chat::in_memory();
@@ -358,7 +424,7 @@ impl ChatService for Yielding {
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<(Seq, Message)>> {
+    ) -> Result<Vec<StreamMessage>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         tokio::task::yield_now().await;
         self.chat.events_since(user, since, limit).await

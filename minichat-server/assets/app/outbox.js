@@ -144,12 +144,14 @@ export function onAck(frame) {
 
 /**
  * One of my messages arrived as an event (a replay after reconnecting, or another device):
- * if it is one this page sent and is still waiting for, it is that one, so it is not shown twice.
+ * if it carries the client_id of a send this page is still waiting for, it is that send (the
+ * server stored it), so it is not shown twice. The match is exact: two identical sends ("ok",
+ * "ok") have different client_ids. Every send of this page has one, so a message without one
+ * (sent over REST or by a client that gives none) is never one of them.
  */
 export function adoptPending(m) {
-  const entry = state.outbox.find(
-    (e) => e.transmitted && e.status === 'pending' && e.receiver_id === m.receiver_id && e.content === m.content,
-  );
+  if (typeof m.client_id !== 'string') return;
+  const entry = state.outbox.find((e) => e.client_id === m.client_id);
   if (entry) finishPending(entry, m);
 }
 

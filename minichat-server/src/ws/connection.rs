@@ -233,9 +233,11 @@ impl Connection {
                 // handed out, and it is acknowledged here instead of echoed.
                 match events.send_message(new).await {
                     Ok(sent) => {
+                        // The sender's copy, as its other connections get it.
                         let message = MessageFrame {
                             message: &sent.message,
                             seq: sent.sender_seq,
+                            client_id: client_id.as_deref(),
                         };
                         self.send(text(&AckFrame::new(client_id.as_deref(), message)))
                             .await

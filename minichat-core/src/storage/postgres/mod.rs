@@ -28,8 +28,8 @@ mod sql;
 use super::Storage;
 use crate::error::{Backend, Error, Result};
 use crate::model::{
-    now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage, User,
-    UserId, ValidMessage, ValidReadMark, ValidUser,
+    now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage,
+    StreamMessage, User, UserId, ValidMessage, ValidReadMark, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -365,12 +365,18 @@ impl Storage for PostgresStorage {
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<(Seq, Message)>> {
+    ) -> Result<Vec<StreamMessage>> {
         let rows = self
             .query(EVENTS_SINCE, &[&user, &since, &sql_limit(limit)])
             .await?;
         rows.iter()
-            .map(|row| Ok((col(row, 0)?, message_from(row, 1)?)))
+            .map(|row| {
+                Ok(StreamMessage {
+                    seq: col(row, 0)?,
+                    message: message_from(row, 1)?,
+                    client_id: col(row, 7)?,
+                })
+            })
             .collect()
     }
 

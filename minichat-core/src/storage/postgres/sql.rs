@@ -92,16 +92,20 @@ pub(super) const RECENT_RECEIVED: &str =
      ORDER BY m.id DESC LIMIT $2";
 
 /// The first `$3` messages of `$1`'s stream with a seq above `$2`: the first `$3` of each half
-/// (`messages_sender_seq_key`, `messages_receiver_seq_key`), merged by seq.
+/// (`messages_sender_seq_key`, `messages_receiver_seq_key`), merged by seq. The client id comes
+/// from the sent half only: the receiver never learns the sender's client ids.
 pub(super) const EVENTS_SINCE: &str =
-    "SELECT e.seq, e.id, e.sender_id, u.username, e.receiver_id, e.content, e.created_at
+    "SELECT e.seq, e.id, e.sender_id, u.username, e.receiver_id, e.content, e.created_at,
+            e.client_id
      FROM (
          SELECT * FROM (
-             (SELECT sender_seq AS seq, id, sender_id, receiver_id, content, created_at
+             (SELECT sender_seq AS seq, id, sender_id, receiver_id, content, created_at,
+                     client_id
               FROM messages WHERE sender_id = $1 AND sender_seq > $2
               ORDER BY sender_seq LIMIT $3)
              UNION ALL
-             (SELECT receiver_seq AS seq, id, sender_id, receiver_id, content, created_at
+             (SELECT receiver_seq AS seq, id, sender_id, receiver_id, content, created_at,
+                     NULL::text AS client_id
               FROM messages WHERE receiver_id = $1 AND receiver_seq > $2
               ORDER BY receiver_seq LIMIT $3)
          ) AS halves
