@@ -71,5 +71,7 @@ pub use model::{
     ValidationError,
 };
 pub use redis_support::RedisConfig;
-pub use service::{Chat, ChatConfig, ChatService, SentMessage};
+pub use service::{
+    Chat, ChatConfig, ChatService, SentMessage, DEFAULT_BACKEND_TIMEOUT, HEALTH_CHECK_TIMEOUT,
+};
 pub use stream::EventStream;

@@ -21,6 +21,12 @@
 //!   within that timeout, later ones at once until a background probe finds Redis back. The
 //!   pool reconnects by itself (each checkout PINGs the connection first and replaces a dead
 //!   one).
+//! - **One deadline per command.** Every command of the cache and the broker (checkout
+//!   included) goes through [`RedisPool::bounded`], which gives up after the configured backend
+//!   budget ([`RedisConfig::timeout`], `MINICHAT_BACKEND_TIMEOUT_MS`) and marks the pool down,
+//!   so a Redis that keeps its connections open but stops answering costs that budget once, not
+//!   on every call. (The connections' own response timeout, the redis crate's 500 ms default,
+//!   usually fails a command first.)
 
 use crate::error::{Backend, Error, Result};
 use crate::model::UserId;
@@ -39,6 +45,9 @@ pub struct RedisConfig {
     /// How long a node's presence report lasts without a heartbeat (heartbeats come three
     /// times as often).
     pub presence_ttl: std::time::Duration,
+    /// The longest any one command (checkout included) may take before it fails as
+    /// unavailable: the backend budget of [`ChatConfig`](crate::ChatConfig).
+    pub timeout: Duration,
 }
 
 /// How long a connection attempt, a pool checkout or a start-up probe may take before Redis is
@@ -68,6 +77,8 @@ pub(crate) struct RedisPool {
 
 struct PoolInner {
     pool: bb8::Pool<RedisConnectionManager>,
+    /// The deadline of each command ([`RedisPool::bounded`]).
+    timeout: Duration,
     /// The last checkout failed and the probe has not yet succeeded.
     down: AtomicBool,
     /// A probe task is running.
@@ -79,18 +90,42 @@ const PROBE_MIN: Duration = Duration::from_millis(100);
 const PROBE_MAX: Duration = Duration::from_secs(1);
 
 impl RedisPool {
-    fn new(pool: bb8::Pool<RedisConnectionManager>) -> RedisPool {
+    fn new(pool: bb8::Pool<RedisConnectionManager>, timeout: Duration) -> RedisPool {
         RedisPool {
             inner: Arc::new(PoolInner {
                 pool,
+                timeout,
                 down: AtomicBool::new(false),
                 probing: AtomicBool::new(false),
             }),
         }
     }
 
-    /// Checks a connection out: fails within [`CONNECT_TIMEOUT`] when Redis goes away, and at
-    /// once while it is known to be away.
+    /// Runs `command` (a checkout and what it sends) within the command deadline: no answer by
+    /// then is [`Error::Unavailable`] for `backend`, and marks the pool down like a failed
+    /// checkout (the background probe reopens it once Redis answers).
+    pub(crate) async fn bounded<T>(
+        &self,
+        backend: Backend,
+        command: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.inner.timeout, command).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.mark_down();
+                Err(Error::unavailable(
+                    backend,
+                    format!(
+                        "Redis did not answer within {} ms",
+                        self.inner.timeout.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Checks a connection out: fails within [`CONNECT_TIMEOUT`] (or the command deadline, if
+    /// shorter) when Redis goes away, and at once while it is known to be away.
     pub(crate) async fn get(&self, backend: Backend) -> Result<Pooled<'_>> {
         if self.inner.down.load(Ordering::Acquire) {
             return Err(Error::unavailable(
@@ -104,7 +139,10 @@ impl RedisPool {
                 bb8::RunError::User(e) => Error::unavailable(backend, e),
                 bb8::RunError::TimedOut => Error::unavailable(
                     backend,
-                    format!("no Redis connection within {} s", CONNECT_TIMEOUT.as_secs()),
+                    format!(
+                        "no Redis connection within {} ms",
+                        checkout_timeout(self.inner.timeout).as_millis()
+                    ),
                 ),
             }
         })
@@ -136,15 +174,23 @@ impl RedisPool {
         });
     }
 
-    /// PINGs Redis: the health check of both backends.
+    /// PINGs Redis within the command deadline: the health check of both backends.
     pub(crate) async fn ping(&self, backend: Backend) -> Result<()> {
-        let mut conn = self.get(backend).await?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut *conn)
-            .await
-            .map(drop)
-            .map_err(|e| Error::unavailable(backend, e))
+        self.bounded(backend, async {
+            let mut conn = self.get(backend).await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut *conn)
+                .await
+                .map(drop)
+                .map_err(|e| Error::unavailable(backend, e))
+        })
+        .await
     }
+}
+
+/// How long a checkout may wait: [`CONNECT_TIMEOUT`], or the command deadline if shorter.
+fn checkout_timeout(command_timeout: Duration) -> Duration {
+    CONNECT_TIMEOUT.min(command_timeout)
 }
 
 /// Parses and checks `REDIS_URL` without connecting.
@@ -201,11 +247,11 @@ pub(crate) async fn connect_pool(config: &RedisConfig) -> Result<(RedisPool, Con
         .map_err(|e| Error::config(SETTING, format!("not a valid Redis URL ({e})")))?;
     let pool = bb8::Pool::builder()
         .max_size(POOL_SIZE)
-        .connection_timeout(CONNECT_TIMEOUT)
+        .connection_timeout(checkout_timeout(config.timeout))
         .build(manager)
         .await
         .map_err(|e| Error::config(SETTING, format!("cannot connect to Redis: {e}")))?;
-    Ok((RedisPool::new(pool), info))
+    Ok((RedisPool::new(pool, config.timeout), info))
 }
 
 /// The names of every key and channel, all under one prefix (see the module docs).

@@ -22,7 +22,7 @@ use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
 use crate::telemetry;
 use async_trait::async_trait;
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
 /// The outcome of a send.
@@ -110,6 +110,15 @@ pub trait ChatService: Send + Sync + 'static {
     async fn health(&self) -> Health;
 }
 
+/// How long one call to a backend (a storage call with its transaction, one Redis command) may
+/// take before it fails as unavailable, by default (`MINICHAT_BACKEND_TIMEOUT_MS`): the one
+/// place this default is written.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long each backend's check of [`ChatService::health`] may take (they run concurrently),
+/// or the backend budget if that is shorter: past it, the backend is reported down.
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Which backends to use; the defaults are all in-process.
 #[derive(Debug, Clone)]
 pub struct ChatConfig {
@@ -126,6 +135,10 @@ pub struct ChatConfig {
     /// With Redis: how long a node's report that a user is connected lasts without renewal, so
     /// the users of a node that died without goodbye go offline by themselves.
     pub presence_ttl: std::time::Duration,
+    /// The longest one backend call may take before it fails as unavailable (a PostgreSQL
+    /// call as a whole, checkout and commit included; each Redis command): what bounds a
+    /// request while a backend is down or silent. Default [`DEFAULT_BACKEND_TIMEOUT`].
+    pub backend_timeout: Duration,
 }
 
 impl Default for ChatConfig {
@@ -137,6 +150,7 @@ impl Default for ChatConfig {
             redis_prefix: "minichat:".into(),
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             presence_ttl: crate::broker::PRESENCE_TTL,
+            backend_timeout: DEFAULT_BACKEND_TIMEOUT,
         }
     }
 }
@@ -152,6 +166,8 @@ struct Inner {
     cache: Arc<dyn RecentCache>,
     broker: Arc<dyn Broker>,
     hub: Hub,
+    /// The bound of each backend check of `health`.
+    health_timeout: Duration,
     /// Handles users whose last local connection left (started with the first subscription,
     /// since that is when a runtime is sure to be there); ends with the chat.
     departures: OnceLock<AbortHandle>,
@@ -194,12 +210,23 @@ impl Chat {
         broker: Arc<dyn Broker>,
         hub: Hub,
     ) -> Chat {
+        Chat::assemble(storage, cache, broker, hub, HEALTH_CHECK_TIMEOUT)
+    }
+
+    fn assemble(
+        storage: Arc<dyn Storage>,
+        cache: Arc<dyn RecentCache>,
+        broker: Arc<dyn Broker>,
+        hub: Hub,
+        health_timeout: Duration,
+    ) -> Chat {
         Chat {
             inner: Arc::new(Inner {
                 storage,
                 cache,
                 broker,
                 hub,
+                health_timeout,
                 departures: OnceLock::new(),
             }),
         }
@@ -262,6 +289,7 @@ impl Chat {
                 PostgresStorage::connect(&PostgresConfig {
                     url: url.clone(),
                     pool_size: config.database_pool_size,
+                    timeout: config.backend_timeout,
                 })
                 .await?,
             ),
@@ -273,6 +301,7 @@ impl Chat {
                     url: url.clone(),
                     prefix: config.redis_prefix.clone(),
                     presence_ttl: config.presence_ttl,
+                    timeout: config.backend_timeout,
                 };
                 let cache = RedisCache::connect(&redis).await?;
                 let broker = RedisBroker::connect(&redis, hub.clone()).await?;
@@ -283,7 +312,8 @@ impl Chat {
                 Arc::new(LocalBroker::new(hub.clone())),
             ),
         };
-        Ok(Chat::from_parts(storage, cache, broker, hub))
+        let health_timeout = HEALTH_CHECK_TIMEOUT.min(config.backend_timeout);
+        Ok(Chat::assemble(storage, cache, broker, hub, health_timeout))
     }
 
     /// This node's hub (to count connections, or close them all at shutdown).
@@ -347,14 +377,16 @@ impl Chat {
     }
 }
 
-async fn status<F>(kind: BackendKind, check: F) -> BackendStatus
+/// The status of one backend: `check`'s error, or a timeout when it takes longer than `limit`.
+async fn status<F>(kind: BackendKind, limit: Duration, check: F) -> BackendStatus
 where
     F: std::future::Future<Output = Result<()>>,
 {
-    BackendStatus {
-        kind,
-        error: check.await.err().map(|e| e.to_string()),
-    }
+    let error = match tokio::time::timeout(limit, check).await {
+        Ok(checked) => checked.err().map(|e| e.to_string()),
+        Err(_) => Some(format!("no answer within {} ms", limit.as_millis())),
+    };
+    BackendStatus { kind, error }
 }
 
 #[async_trait]
@@ -525,11 +557,14 @@ impl ChatService for Chat {
         self.presence(&added).await
     }
 
+    /// Checks the backends concurrently, each within its own short budget
+    /// ([`HEALTH_CHECK_TIMEOUT`], or the backend budget if shorter).
     async fn health(&self) -> Health {
+        let limit = self.inner.health_timeout;
         let (storage, cache, broker) = tokio::join!(
-            status(self.inner.storage.kind(), self.inner.storage.check()),
-            status(self.inner.cache.kind(), self.inner.cache.check()),
-            status(self.inner.broker.kind(), self.inner.broker.check()),
+            status(self.inner.storage.kind(), limit, self.inner.storage.check()),
+            status(self.inner.cache.kind(), limit, self.inner.cache.check()),
+            status(self.inner.broker.kind(), limit, self.inner.broker.check()),
         );
         Health {
             storage,

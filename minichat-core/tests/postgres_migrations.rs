@@ -15,6 +15,7 @@ fn config(url: &str) -> PostgresConfig {
     PostgresConfig {
         url: url.into(),
         pool_size: 2,
+        timeout: minichat_core::DEFAULT_BACKEND_TIMEOUT,
     }
 }
 

@@ -26,6 +26,7 @@ async fn connect(url: &str) -> PostgresStorage {
     PostgresStorage::connect(&PostgresConfig {
         url: url.into(),
         pool_size: 8,
+        timeout: minichat_core::DEFAULT_BACKEND_TIMEOUT,
     })
     .await
     .expect("connect")
@@ -662,7 +663,12 @@ fn assert_config_error(result: Result<PostgresStorage, Error>, needle: &str) {
 #[tokio::test]
 async fn bad_urls_and_unreachable_servers_are_config_errors() {
     let connect_to = |url: String| async move {
-        PostgresStorage::connect(&PostgresConfig { url, pool_size: 2 }).await
+        PostgresStorage::connect(&PostgresConfig {
+            url,
+            pool_size: 2,
+            timeout: minichat_core::DEFAULT_BACKEND_TIMEOUT,
+        })
+        .await
     };
     let started = Instant::now();
     let closed = format!("postgres://postgres@127.0.0.1:{}/minichat", free_port());

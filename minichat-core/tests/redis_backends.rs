@@ -30,6 +30,7 @@ fn config(url: &str, prefix: &str) -> RedisConfig {
         url: url.into(),
         prefix: prefix.into(),
         presence_ttl: minichat_core::broker::PRESENCE_TTL,
+        timeout: minichat_core::DEFAULT_BACKEND_TIMEOUT,
     }
 }
 

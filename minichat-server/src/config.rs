@@ -148,6 +148,12 @@ pub struct Options {
     #[arg(long, env = "MINICHAT_WS_PING_SECS", default_value_t = Limits::DEFAULT.ws_ping_interval.as_secs(), value_parser = at_least_one::<u64>, global = true)]
     pub ws_ping_secs: u64,
 
+    /// Milliseconds one backend call may take (a PostgreSQL call with its transaction, one Redis
+    /// command) before it fails as unavailable (503); `/health` checks each backend within
+    /// 1000 ms or this, if shorter.
+    #[arg(long, env = "MINICHAT_BACKEND_TIMEOUT_MS", default_value_t = millis(ChatConfig::default().backend_timeout), value_parser = at_least_one::<u64>, global = true)]
+    pub backend_timeout_ms: u64,
+
     /// Events queued per WebSocket connection before it is closed as a slow consumer.
     #[arg(long, env = "MINICHAT_WS_QUEUE", default_value_t = ChatConfig::default().queue_capacity, value_parser = at_least_one::<usize>, global = true)]
     pub ws_queue: usize,
@@ -180,6 +186,11 @@ fn whole<T: FromStr + PartialOrd + Display + From<u8>>(raw: &str) -> Result<T, S
 
 fn at_least_one<T: FromStr + PartialOrd + Display + From<u8>>(raw: &str) -> Result<T, String> {
     number(raw, T::from(1))
+}
+
+/// A duration as whole milliseconds (a flag's default), clamped.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The scheme of a URL-shaped value (`scheme://...`), lowercased.
@@ -379,6 +390,7 @@ impl Options {
                 redis_url: self.redis_url.clone().filter(|s| !s.is_empty()),
                 redis_prefix: self.redis_prefix.clone(),
                 queue_capacity: self.ws_queue,
+                backend_timeout: Duration::from_millis(self.backend_timeout_ms),
                 ..ChatConfig::default()
             },
         }
@@ -524,6 +536,12 @@ mod tests {
         assert_eq!(s.chat.database_pool_size, d.chat.database_pool_size);
         assert_eq!(s.chat.redis_prefix, d.chat.redis_prefix);
         assert_eq!(s.chat.queue_capacity, d.chat.queue_capacity);
+        assert_eq!(s.chat.backend_timeout, d.chat.backend_timeout);
+        let s = Cli::try_parse_from(["minichat-server", "--backend-timeout-ms", "1500"])
+            .unwrap()
+            .options
+            .settings();
+        assert_eq!(s.chat.backend_timeout, Duration::from_millis(1500));
     }
 
     #[test]
@@ -554,6 +572,11 @@ mod tests {
         assert_eq!(
             line,
             "MINICHAT_SEND_RATE (--send-rate) '0': expected a whole number of at least 1"
+        );
+        let e = Cli::try_parse_from(["minichat-server", "--backend-timeout-ms", "0"]).unwrap_err();
+        assert_eq!(
+            describe_cli_error(&e).unwrap(),
+            "MINICHAT_BACKEND_TIMEOUT_MS (--backend-timeout-ms) '0': expected a whole number of at least 1"
         );
         assert_eq!(
             shown_value("postgresql://u:pw@h:5432/d"),

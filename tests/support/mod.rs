@@ -268,11 +268,15 @@ where
 /// A TCP proxy of the test's own on a free loopback port, in front of `target`: it can cut
 /// every connection through it and refuse new ones (accepted, then closed at once), so a test
 /// can drop a client's sockets, or take a backend away from one node without touching the
-/// shared services.
+/// shared services. It can also [`hold`](TcpProxy::hold) ("black hole"): every connection,
+/// old and new, stays open, but no byte goes through in either direction until
+/// [`resume`](TcpProxy::resume), which delivers what waited, as a healed partition would.
 pub struct TcpProxy {
     pub port: u16,
     addr: SocketAddr,
     up: Arc<AtomicBool>,
+    /// `true` while holding: the pumps forward nothing.
+    held: watch::Sender<bool>,
     /// Bumped on every cut: each link watches it and ends when it changes.
     generation: watch::Sender<u64>,
     accept: tokio::task::JoinHandle<()>,
@@ -286,12 +290,14 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy address");
         let up = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
+        let (held, _) = watch::channel(false);
         let accept = tokio::spawn({
             let up = up.clone();
             let generation = generation.clone();
+            let held = held.clone();
             async move {
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
+                    let Ok((inbound, _)) = listener.accept().await else {
                         // A transient failure (a connection reset before it was accepted, or
                         // out of descriptors): keep serving, without spinning.
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -302,12 +308,20 @@ impl TcpProxy {
                     if !up.load(Ordering::SeqCst) {
                         continue; // dropped: the client sees the connection closed
                     }
+                    let (to_target, to_client) = (held.subscribe(), held.subscribe());
                     tokio::spawn(async move {
-                        let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        let Ok(outbound) = TcpStream::connect(target).await else {
                             return;
                         };
+                        let (from_client, into_client) = inbound.into_split();
+                        let (from_target, into_target) = outbound.into_split();
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = async {
+                                tokio::join!(
+                                    pump(from_client, into_target, to_target),
+                                    pump(from_target, into_client, to_client),
+                                )
+                            } => {}
                             _ = cuts.changed() => {}
                         }
                     });
@@ -318,6 +332,7 @@ impl TcpProxy {
             port: addr.port(),
             addr,
             up,
+            held,
             generation,
             accept,
         }
@@ -342,6 +357,42 @@ impl TcpProxy {
     /// Accepts and forwards new connections again (the cut ones stay closed).
     pub fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Black hole: connections (old and new) stay open, but no byte goes through either way.
+    pub fn hold(&self) {
+        self.held.send_replace(true);
+    }
+
+    /// Forwards again, the bytes that waited first.
+    pub fn resume(&self) {
+        self.held.send_replace(false);
+    }
+}
+
+/// Copies `from` to `to` while `held` is false: a read made just before a hold is delivered only
+/// after the resume. Ends at EOF (passed on as a shutdown) or on an error.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut held: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        if held.wait_for(|h| !*h).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if held.wait_for(|h| !*h).await.is_err() || to.write_all(&buffer[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -13,8 +13,9 @@
 //!   decode (written by another version, say), is reported as cold (`None`): the service then
 //!   reads storage, which is always the source of truth.
 //!
-//! Every Redis failure is [`Error::Unavailable`] for [`Backend::Cache`]; the service treats the
-//! cache as best effort and carries on without it.
+//! Every Redis failure is [`Error::Unavailable`] for [`Backend::Cache`], and so is a push or a
+//! read that takes longer than the backend budget (each is bounded as a whole); the service
+//! treats the cache as best effort and carries on without it.
 //!
 //! A push that fails leaves a hole in its receiver's list (Redis may keep the list through an
 //! outage of ours, or of the link). So a failed push marks the receiver stale: their list reads
@@ -167,7 +168,10 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Error {
 #[async_trait]
 impl RecentCache for RedisCache {
     async fn push(&self, receiver: UserId, frame: &Bytes) -> Result<()> {
-        let pushed = self.push_now(receiver, frame).await;
+        let pushed = self
+            .pool
+            .bounded(Backend::Cache, self.push_now(receiver, frame))
+            .await;
         if pushed.is_err() {
             self.mark_stale(receiver);
         }
@@ -175,12 +179,16 @@ impl RecentCache for RedisCache {
     }
 
     async fn recent(&self, receiver: UserId, limit: usize) -> Result<Option<Vec<Message>>> {
-        let mut conn = self.pool.get(Backend::Cache).await?;
-        self.clear_stale(&mut conn).await?;
-        if self.stale().receivers.contains(&receiver) {
-            return Ok(None);
-        }
-        self.read(&mut conn, receiver, limit).await
+        self.pool
+            .bounded(Backend::Cache, async {
+                let mut conn = self.pool.get(Backend::Cache).await?;
+                self.clear_stale(&mut conn).await?;
+                if self.stale().receivers.contains(&receiver) {
+                    return Ok(None);
+                }
+                self.read(&mut conn, receiver, limit).await
+            })
+            .await
     }
 
     fn kind(&self) -> crate::BackendKind {

@@ -19,8 +19,8 @@
 //! `publish` hands each event to the local hub instead (through [`LocalBroker`]) and still
 //! succeeds (once per outage it logs a warning): sends never fail for lack of fan-out, and
 //! storage is the source of truth for whatever other nodes missed. Only the first send of an
-//! outage waits for the pool's checkout timeout; later ones fall back at once until the pool
-//! finds Redis again. (If Redis goes away after publishing but before answering, the fallback
+//! outage waits, at most the backend budget (every command is bounded by it: see
+//! `RedisPool::bounded`); later ones fall back at once until the pool finds Redis again. (If Redis goes away after publishing but before answering, the fallback
 //! can hand this node's connections an event they also got through the subscription; a reader
 //! tracking `seq` can tell it is a duplicate.) Presence events fall back the same way, to this
 //! node's watchers.
@@ -138,22 +138,30 @@ impl RedisBroker {
                     event: &d.event,
                 });
         }
-        let mut conn = self.pool.get(Backend::Broker).await?;
-        pipe.query_async(&mut *conn).await.map_err(unavailable)
+        self.pool
+            .bounded(Backend::Broker, async {
+                let mut conn = self.pool.get(Backend::Broker).await?;
+                pipe.query_async(&mut *conn).await.map_err(unavailable)
+            })
+            .await
     }
 
     /// One `PUBLISH` of a presence event on `user`'s presence channel.
     async fn publish_presence_remote(&self, user: UserId, event: &Event) -> Result<i64> {
-        let mut conn = self.pool.get(Backend::Broker).await?;
-        redis::cmd("PUBLISH")
-            .arg(self.keys.presence_channel(user))
-            .arg(Envelope {
-                exclude: None,
-                event,
+        self.pool
+            .bounded(Backend::Broker, async {
+                let mut conn = self.pool.get(Backend::Broker).await?;
+                redis::cmd("PUBLISH")
+                    .arg(self.keys.presence_channel(user))
+                    .arg(Envelope {
+                        exclude: None,
+                        event,
+                    })
+                    .query_async(&mut *conn)
+                    .await
+                    .map_err(unavailable)
             })
-            .query_async(&mut *conn)
             .await
-            .map_err(unavailable)
     }
 }
 

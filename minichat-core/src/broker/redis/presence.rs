@@ -8,6 +8,7 @@
 //! every heartbeat, so a node that dies without goodbye drops out by itself. Arrivals and
 //! departures are Lua scripts, so "came online" and "went offline" are decided atomically across
 //! nodes. `{prefix}seen:{user}` keeps when the user was last seen, in Unix milliseconds.
+//! Every round trip here is bounded by the backend budget (`RedisPool::bounded`).
 //! (Presence changes travel on `{prefix}presence:{user}`, which every node pattern-subscribes;
 //! see the subscriber link.)
 
@@ -85,35 +86,43 @@ impl Presence {
     /// Adds this node to `user`'s presence; whether that made them online cluster-wide.
     pub(super) async fn arrive(&self, user: UserId) -> Result<bool> {
         let now = SystemTime::now();
-        let mut conn = self.pool.get(Backend::Broker).await?;
         let came_online: i64 = self
-            .arrive
-            .key(self.keys.online(user))
-            .key(self.keys.seen(user))
-            .arg(unix_millis(now))
-            .arg(unix_millis(now + self.ttl))
-            .arg(&self.node)
-            .arg(millis(self.ttl * 2))
-            .arg(millis(SEEN_TTL))
-            .invoke_async(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+            .pool
+            .bounded(Backend::Broker, async {
+                let mut conn = self.pool.get(Backend::Broker).await?;
+                self.arrive
+                    .key(self.keys.online(user))
+                    .key(self.keys.seen(user))
+                    .arg(unix_millis(now))
+                    .arg(unix_millis(now + self.ttl))
+                    .arg(&self.node)
+                    .arg(millis(self.ttl * 2))
+                    .arg(millis(SEEN_TTL))
+                    .invoke_async(&mut *conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
         Ok(came_online == 1)
     }
 
     /// Removes this node from `user`'s presence; whether that made them offline cluster-wide.
     pub(super) async fn leave(&self, user: UserId) -> Result<bool> {
-        let mut conn = self.pool.get(Backend::Broker).await?;
         let went_offline: i64 = self
-            .leave
-            .key(self.keys.online(user))
-            .key(self.keys.seen(user))
-            .arg(unix_millis(SystemTime::now()))
-            .arg(&self.node)
-            .arg(millis(SEEN_TTL))
-            .invoke_async(&mut *conn)
-            .await
-            .map_err(unavailable)?;
+            .pool
+            .bounded(Backend::Broker, async {
+                let mut conn = self.pool.get(Backend::Broker).await?;
+                self.leave
+                    .key(self.keys.online(user))
+                    .key(self.keys.seen(user))
+                    .arg(unix_millis(SystemTime::now()))
+                    .arg(&self.node)
+                    .arg(millis(SEEN_TTL))
+                    .invoke_async(&mut *conn)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
         Ok(went_offline == 1)
     }
 
@@ -131,8 +140,13 @@ impl Presence {
                 .arg("+inf");
             pipe.cmd("GET").arg(self.keys.seen(user));
         }
-        let mut conn = self.pool.get(Backend::Broker).await?;
-        let answers: Vec<Value> = pipe.query_async(&mut *conn).await.map_err(unavailable)?;
+        let answers: Vec<Value> = self
+            .pool
+            .bounded(Backend::Broker, async {
+                let mut conn = self.pool.get(Backend::Broker).await?;
+                pipe.query_async(&mut *conn).await.map_err(unavailable)
+            })
+            .await?;
         Ok(answers
             .chunks(2)
             .map(|pair| {
@@ -183,10 +197,14 @@ impl Presence {
                     .arg(millis(SEEN_TTL))
                     .ignore();
             }
-            let mut conn = self.pool.get(Backend::Broker).await?;
-            pipe.query_async::<()>(&mut *conn)
-                .await
-                .map_err(unavailable)?;
+            self.pool
+                .bounded(Backend::Broker, async {
+                    let mut conn = self.pool.get(Backend::Broker).await?;
+                    pipe.query_async::<()>(&mut *conn)
+                        .await
+                        .map_err(unavailable)
+                })
+                .await?;
         }
         Ok(())
     }

@@ -16,13 +16,16 @@
 //! - **Index-driven reads.** Each read is split into halves ("what the user sent", "what the user
 //!   received") that are each a bounded backward range scan of one index, then merged; see the
 //!   statements in `sql.rs` and the index comments in `migrations/0001_initial.sql`.
-//! - **Fail fast.** The pool has wait and create timeouts, so while PostgreSQL is down every call
-//!   returns [`Error::Unavailable`] within seconds instead of hanging.
+//! - **Fail fast.** Every call is bounded by the backend budget, and so are the pool's waits and
+//!   the connections' sockets (`pool.rs`), so while PostgreSQL is down or black-holed every call
+//!   returns [`Error::Unavailable`] within the budget instead of hanging, and a call that timed
+//!   out closes its connection rather than returning it to the pool mid-transaction.
 //!
 //! Every statement goes through [`run`]: prepared once per connection (`prepare_cached`), every
 //! value a parameter, every failure mapped by [`db_error`].
 
 mod migrations;
+mod pool;
 mod sql;
 
 use super::Storage;
@@ -33,22 +36,20 @@ use crate::model::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::GenericClient;
+use pool::{Connections, Lease};
 use sql::*;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 /// The setting every start-up error names.
 const SETTING: &str = "DATABASE_URL";
 
-/// How long to wait for a new connection (TCP connect plus PostgreSQL start-up).
+/// How long the start-up connections (migrations) wait for TCP connect plus PostgreSQL start-up;
+/// the pool's connections use the backend budget instead.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a call waits for a free pooled connection before it fails as unavailable.
-const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long checking a returning connection may take.
-const POOL_RECYCLE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the database is and how many connections this node may hold.
 #[derive(Debug, Clone)]
@@ -57,11 +58,14 @@ pub struct PostgresConfig {
     pub url: String,
     /// Maximum connections of this node's pool (at least 1 is used).
     pub pool_size: usize,
+    /// The longest one call (checkout, statements, commit) may take before it fails as
+    /// unavailable: the backend budget of [`ChatConfig`](crate::ChatConfig).
+    pub timeout: Duration,
 }
 
 /// Users and messages in PostgreSQL, through a pool of connections.
 pub struct PostgresStorage {
-    pool: Pool,
+    pool: Connections,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -80,21 +84,7 @@ impl PostgresStorage {
     pub async fn connect(config: &PostgresConfig) -> Result<Self> {
         let pg = parse_url(&config.url)?;
         migrations::migrate(&pg).await?;
-        let manager = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(1))
-            .wait_timeout(Some(POOL_WAIT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(POOL_RECYCLE_TIMEOUT))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::config(SETTING, format!("cannot build the pool: {e}")))?;
+        let pool = Connections::open(&pg, config.pool_size, config.timeout)?;
         Ok(PostgresStorage { pool })
     }
 
@@ -104,13 +94,20 @@ impl PostgresStorage {
         migrations::migrate(&pg).await
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(unavailable)
+    async fn client(&self) -> Result<Lease> {
+        self.pool.lease().await
     }
 
-    /// [`run`] on a connection from the pool.
+    /// [`run`] on a connection from the pool, within the budget.
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        run(&self.client().await?, sql, params).await
+        self.pool
+            .bounded(async {
+                let client = self.client().await?;
+                let rows = run(&*client, sql, params).await;
+                client.settle();
+                rows
+            })
+            .await
     }
 }
 
@@ -254,83 +251,15 @@ impl Storage for PostgresStorage {
     }
 
     async fn store_message(&self, message: &ValidMessage) -> Result<StoredMessage> {
-        let (sender, receiver) = (message.sender_id(), message.receiver_id());
-        let mut client = self.client().await?;
-        // An early return drops `tx`, which rolls the transaction back.
-        let tx = client.transaction().await.map_err(unavailable)?;
-
-        let mut sender_username = None;
-        let mut receiver_exists = false;
-        for row in run(&tx, LOCK_USERS, &[&vec![sender, receiver]]).await? {
-            let id: UserId = col(&row, 0)?;
-            if id == sender {
-                sender_username = Some(col::<String>(&row, 1)?);
-            } else if id == receiver {
-                receiver_exists = true;
-            }
-        }
-        let sender_username = sender_username.ok_or(Error::SenderNotFound)?;
-        if !receiver_exists {
-            return Err(Error::ReceiverNotFound);
-        }
-
-        // The sender's row is locked, so an earlier send with this client_id has committed by
-        // now, and this statement (a new snapshot under READ COMMITTED) sees it.
-        if let Some(client_id) = message.client_id() {
-            let earlier = run(&tx, FIND_CLIENT_ID, &[&sender, &client_id]).await?;
-            if let Some(row) = earlier.first() {
-                let earlier = Message {
-                    id: col(row, 0)?,
-                    sender_id: sender,
-                    sender_username,
-                    receiver_id: col(row, 1)?,
-                    content: col(row, 2)?,
-                    timestamp: col(row, 3)?,
-                    kind: MessageType::Message,
-                };
-                let sender_seq = col(row, 4)?;
-                let receiver_seq = col(row, 5)?;
-                tx.commit().await.map_err(unavailable)?;
-                if earlier.receiver_id != receiver || earlier.content != message.content() {
-                    return Err(Error::ClientIdConflict);
-                }
-                return Ok(StoredMessage {
-                    message: earlier,
-                    sender_seq,
-                    receiver_seq,
-                    created: false,
-                });
-            }
-        }
-
-        let timestamp = now();
-        let params: [&(dyn ToSql + Sync); 5] = [
-            &sender,
-            &receiver,
-            &message.content(),
-            &timestamp,
-            &message.client_id(),
-        ];
-        let rows = run(&tx, INSERT_MESSAGE, &params).await?;
-        let row = one(&rows)?;
-        let id = col(row, 0)?;
-        let sender_seq = col(row, 1)?;
-        let receiver_seq = col(row, 2)?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(StoredMessage {
-            message: Message {
-                id,
-                sender_id: sender,
-                sender_username,
-                receiver_id: receiver,
-                content: message.content().to_owned(),
-                timestamp,
-                kind: MessageType::Message,
-            },
-            sender_seq,
-            receiver_seq,
-            created: true,
-        })
+        self.pool
+            .bounded(async {
+                let mut client = self.client().await?;
+                let stored = store_on(&mut client, message).await;
+                // Completed: committed, or rolled back by dropping the transaction.
+                client.settle();
+                stored
+            })
+            .await
     }
 
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<Message>> {
@@ -434,6 +363,89 @@ impl Storage for PostgresStorage {
         one(&self.query(CHECK, &[]).await?)?;
         Ok(())
     }
+}
+
+/// [`Storage::store_message`] on `client`, in one transaction.
+async fn store_on(
+    client: &mut deadpool_postgres::Object,
+    message: &ValidMessage,
+) -> Result<StoredMessage> {
+    let (sender, receiver) = (message.sender_id(), message.receiver_id());
+    // An early return drops `tx`, which rolls the transaction back.
+    let tx = client.transaction().await.map_err(unavailable)?;
+
+    let mut sender_username = None;
+    let mut receiver_exists = false;
+    for row in run(&tx, LOCK_USERS, &[&vec![sender, receiver]]).await? {
+        let id: UserId = col(&row, 0)?;
+        if id == sender {
+            sender_username = Some(col::<String>(&row, 1)?);
+        } else if id == receiver {
+            receiver_exists = true;
+        }
+    }
+    let sender_username = sender_username.ok_or(Error::SenderNotFound)?;
+    if !receiver_exists {
+        return Err(Error::ReceiverNotFound);
+    }
+
+    // The sender's row is locked, so an earlier send with this client_id has committed by
+    // now, and this statement (a new snapshot under READ COMMITTED) sees it.
+    if let Some(client_id) = message.client_id() {
+        let earlier = run(&tx, FIND_CLIENT_ID, &[&sender, &client_id]).await?;
+        if let Some(row) = earlier.first() {
+            let earlier = Message {
+                id: col(row, 0)?,
+                sender_id: sender,
+                sender_username,
+                receiver_id: col(row, 1)?,
+                content: col(row, 2)?,
+                timestamp: col(row, 3)?,
+                kind: MessageType::Message,
+            };
+            let sender_seq = col(row, 4)?;
+            let receiver_seq = col(row, 5)?;
+            tx.commit().await.map_err(unavailable)?;
+            if earlier.receiver_id != receiver || earlier.content != message.content() {
+                return Err(Error::ClientIdConflict);
+            }
+            return Ok(StoredMessage {
+                message: earlier,
+                sender_seq,
+                receiver_seq,
+                created: false,
+            });
+        }
+    }
+
+    let timestamp = now();
+    let params: [&(dyn ToSql + Sync); 5] = [
+        &sender,
+        &receiver,
+        &message.content(),
+        &timestamp,
+        &message.client_id(),
+    ];
+    let rows = run(&tx, INSERT_MESSAGE, &params).await?;
+    let row = one(&rows)?;
+    let id = col(row, 0)?;
+    let sender_seq = col(row, 1)?;
+    let receiver_seq = col(row, 2)?;
+    tx.commit().await.map_err(unavailable)?;
+    Ok(StoredMessage {
+        message: Message {
+            id,
+            sender_id: sender,
+            sender_username,
+            receiver_id: receiver,
+            content: message.content().to_owned(),
+            timestamp,
+            kind: MessageType::Message,
+        },
+        sender_seq,
+        receiver_seq,
+        created: true,
+    })
 }
 
 #[cfg(test)]
