@@ -69,12 +69,8 @@ pub struct HealthBody {
     pub timestamp: chrono::DateTime<chrono::Utc>,
 }
 
-/// An error: `detail` is one sentence (or, for 422, FastAPI's list of invalid fields).
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    #[schema(value_type = Object)]
-    pub detail: serde_json::Value,
-}
+/// Every error's body (`error.rs` makes it): `detail` is one sentence, or FastAPI's list.
+pub use crate::error::ErrorBody;
 
 // `endpoints`: the router's list of (name, path) to show (a plain comment: a doc comment
 // would become the operation's summary in OpenAPI).

@@ -5,13 +5,13 @@
 use crate::api;
 use crate::error::ApiError;
 use crate::response::{bytes, Response};
+use crate::state::AppState;
 use crate::telemetry;
 use bytes::Bytes;
 use http::{header, HeaderValue};
 use http_body_util::Full;
 use std::sync::{Arc, OnceLock};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::OpenApi;
 
 /// `GET /ws/{user_id}`: documented here, served by `ws.rs`.
 #[utoipa::path(get, path = "/ws/{user_id}", tag = "websocket",
@@ -27,24 +27,8 @@ use utoipa::{Modify, OpenApi};
 #[allow(dead_code)]
 fn websocket() {}
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
-
-/// The OpenAPI document. Its `paths` must be the route table's API routes (`routes.rs`, where
+/// The OpenAPI document's operations and types. `openapi.rs` adds the validation rules, the
+/// common statuses and (with auth on) security; its `paths` must be the route table's API routes (`routes.rs`, where
 /// a unit test compares them): utoipa's derive is what attaches each operation's tag.
 #[derive(OpenApi)]
 #[openapi(
@@ -54,21 +38,14 @@ impl Modify for BearerAuth {
     components(schemas(minichat_core::User, minichat_core::Message, minichat_core::NewUser,
                        minichat_core::NewMessage, minichat_core::ReadState, minichat_core::model::MessageType,
                        api::CreatedUser, api::UserWithPresence, api::SentMessageBody, api::RecentMessages,
-                       api::HealthBody, api::ErrorBody)),
-    modifiers(&BearerAuth),
+                       api::HealthBody, api::ErrorBody, crate::error::Detail, crate::error::Invalid)),
     tags((name = "users"), (name = "messages"), (name = "websocket"), (name = "system"))
 )]
 pub struct ApiDoc;
 
-/// `GET /openapi.json`: the document, with this crate's version, serialised once.
-pub fn openapi() -> Response {
-    static JSON: OnceLock<Bytes> = OnceLock::new();
-    let json = JSON.get_or_init(|| {
-        let mut doc = ApiDoc::openapi();
-        doc.info.version = env!("CARGO_PKG_VERSION").into();
-        Bytes::from(doc.to_pretty_json().unwrap_or_else(|_| "{}".into()))
-    });
-    bytes("application/json", json.clone())
+/// `GET /openapi.json`: the document built at start for this server's settings.
+pub fn openapi(state: &AppState) -> Response {
+    bytes("application/json", state.openapi_json.clone())
 }
 
 fn swagger_config() -> Arc<utoipa_swagger_ui::Config<'static>> {

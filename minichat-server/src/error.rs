@@ -10,6 +10,9 @@ use http_body_util::Full;
 use minichat_core::{Error as CoreError, ValidationError};
 use serde::Serialize;
 use serde_json::json;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::ToSchema;
 
 /// Where a failing input came from, FastAPI's first `loc` element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -27,6 +30,44 @@ pub struct Invalid {
     pub msg: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
+}
+
+/// `loc` holds strings (`"body"`, a field name) and integers (a JSON column, a list index), so
+/// the schema is written here rather than derived from `Vec<serde_json::Value>`.
+impl utoipa::PartialSchema for Invalid {
+    fn schema() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let loc_part = OneOfBuilder::new()
+            .item(string())
+            .item(ObjectBuilder::new().schema_type(Type::Integer));
+        ObjectBuilder::new()
+            .description(Some(
+                "One invalid input, as FastAPI reports it: where (`[\"body\", \"content\"]`), why, and the kind",
+            ))
+            .property("loc", ArrayBuilder::new().items(loc_part))
+            .property("msg", string())
+            .property("type", string())
+            .required("loc")
+            .required("msg")
+            .required("type")
+            .into()
+    }
+}
+
+impl ToSchema for Invalid {}
+
+/// An error response's `detail`: one sentence, or (for 422) the list of invalid inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum Detail {
+    Sentence(String),
+    Invalid(Vec<Invalid>),
+}
+
+/// Every error response's body (what `ApiError::into_response` serialises).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub detail: Detail,
 }
 
 impl Invalid {
@@ -106,15 +147,23 @@ impl ApiError {
         }
     }
 
+    /// The body's `detail`: a sentence, or the list of invalid fields.
+    pub fn body(&self) -> ErrorBody {
+        let detail = match self {
+            ApiError::Core(CoreError::Invalid(v)) => Detail::Invalid(validation_items(v)),
+            ApiError::Invalid(items) => Detail::Invalid(items.clone()),
+            // `Unavailable` displays as "storage unavailable": its cause is logged, not shown.
+            ApiError::Core(CoreError::Config { .. }) => {
+                Detail::Sentence("Internal server error".into())
+            }
+            other => Detail::Sentence(other.to_string()),
+        };
+        ErrorBody { detail }
+    }
+
     /// The JSON `detail`: a sentence, or the list of invalid fields.
     pub fn detail(&self) -> serde_json::Value {
-        match self {
-            ApiError::Core(CoreError::Invalid(v)) => json!(validation_items(v)),
-            ApiError::Invalid(items) => json!(items),
-            // `Unavailable` displays as "storage unavailable": its cause is logged, not shown.
-            ApiError::Core(CoreError::Config { .. }) => json!("Internal server error"),
-            other => json!(other.to_string()),
-        }
+        json!(self.body().detail)
     }
 
     pub fn into_response(self) -> Response<Full<Bytes>> {
@@ -123,8 +172,8 @@ impl ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, source = ?std::error::Error::source(&self), "request failed");
         }
-        let body = serde_json::to_vec(&json!({ "detail": self.detail() }))
-            .unwrap_or_else(|_| b"{\"detail\":\"error\"}".to_vec());
+        let body =
+            serde_json::to_vec(&self.body()).unwrap_or_else(|_| b"{\"detail\":\"error\"}".to_vec());
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         response.headers_mut().insert(

@@ -37,6 +37,7 @@ mod docs;
 mod error;
 mod extract;
 mod limits;
+mod openapi;
 mod response;
 mod routes;
 mod server;

@@ -127,8 +127,8 @@ static ROUTES: LazyLock<Vec<Endpoint>> = LazyLock::new(|| {
             reply(async { Ok(telemetry::metrics()) })
         })
         .listed("metrics"),
-        get("/openapi.json", Page, |_| {
-            reply(async { Ok(docs::openapi()) })
+        get("/openapi.json", Page, |c| {
+            reply(async move { Ok(docs::openapi(&c.state)) })
         })
         .listed("openapi"),
         get("/docs", Page, |_| reply(async { docs::swagger("") }))

@@ -3,6 +3,7 @@
 use crate::auth::{bearer_token, Authenticator, Caller};
 use crate::config::{CorsOrigins, Limits, Signup};
 use crate::limits::Guards;
+use bytes::Bytes;
 use http::{header, Request};
 use minichat_core::ChatService;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// WebSocket connections, which outlive their request; awaited at shutdown.
     pub tasks: TaskTracker,
+    /// `GET /openapi.json`: the document for these settings (auth, signup), built once.
+    pub openapi_json: Bytes,
     next_request_id: AtomicU64,
 }
 
@@ -35,7 +38,9 @@ impl AppState {
         cors: CorsOrigins,
         shutdown: CancellationToken,
     ) -> AppState {
+        let openapi_json = Bytes::from(crate::openapi::json(auth.mode(), signup));
         AppState {
+            openapi_json,
             chat,
             auth,
             signup,
