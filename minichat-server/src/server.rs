@@ -70,6 +70,9 @@ impl Server {
             tracing::warn!("MINICHAT_JWT_SECRET is unset: using a random secret, so tokens die with this process and differ per node");
         }
         let auth = Authenticator::new(settings.auth, settings.jwt_secret.as_deref());
+        // The document follows the settings (security only when auth is on); built here, above
+        // the handlers, so the shared state stays on the ground floor.
+        let openapi_json = bytes::Bytes::from(crate::openapi::json(auth.mode(), settings.signup));
         let state = Arc::new(AppState::new(
             chat,
             auth,
@@ -77,6 +80,7 @@ impl Server {
             settings.limits,
             settings.cors,
             CancellationToken::new(),
+            openapi_json,
         ));
         Ok(Server { listener, state })
     }

@@ -37,8 +37,8 @@ impl AppState {
         limits: Limits,
         cors: CorsOrigins,
         shutdown: CancellationToken,
+        openapi_json: Bytes,
     ) -> AppState {
-        let openapi_json = Bytes::from(crate::openapi::json(auth.mode(), signup));
         AppState {
             openapi_json,
             chat,

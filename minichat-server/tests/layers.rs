@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("ws::handshake", 6),
     ("ws", 7),
     ("docs", 6),
+    ("openapi", 7),
     // The router, then the accept loop, then the crate's roots.
     ("routes", 8),
     ("server", 9),
