@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::event::typing_event;
-use crate::model::{HistoryRequest, MessageId, NewUser, ReadState, User};
 use crate::health::Health;
+use crate::model::{HistoryRequest, MessageId, NewUser, ReadState, User};
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
