@@ -28,6 +28,10 @@ struct Claims {
     sub: String,
     exp: u64,
     iat: u64,
+    /// Not valid before (seconds since the epoch); this server does not set it, but checks it
+    /// when present, with the same leeway as `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
     /// An operator's token: may create users when signup is `admin`; acts as no user.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     admin: bool,
@@ -35,6 +39,9 @@ struct Claims {
 
 /// The `sub` of admin tokens.
 const ADMIN_SUBJECT: &str = "admin";
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+const LEEWAY_SECS: u64 = 5;
 
 /// Mints and checks tokens.
 #[derive(Clone)]
@@ -72,7 +79,8 @@ impl Authenticator {
             }
         };
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Authenticator {
             mode,
@@ -102,6 +110,7 @@ impl Authenticator {
             sub,
             iat,
             exp: iat.saturating_add(ttl.as_secs()),
+            nbf: None,
             admin,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -116,6 +125,7 @@ impl Authenticator {
             sub: user.to_string(),
             iat: now.saturating_sub(ago.as_secs() * 2),
             exp: now.saturating_sub(ago.as_secs()),
+            nbf: None,
             admin: false,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -139,6 +149,9 @@ impl Authenticator {
             Err(e) => match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     Caller::Unauthenticated("Token expired")
+                }
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    Caller::Unauthenticated("Token not yet valid")
                 }
                 _ => Caller::Unauthenticated("Invalid token"),
             },
@@ -228,6 +241,33 @@ mod tests {
             auth.caller(Some("garbage"), None),
             Caller::Unauthenticated("Invalid token")
         );
+    }
+
+    fn with_nbf(auth: &Authenticator, user: UserId, nbf: u64) -> String {
+        let now = unix_now();
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: now,
+            exp: now + 3600,
+            nbf: Some(nbf),
+            admin: false,
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &auth.encoding).unwrap()
+    }
+
+    #[test]
+    fn not_before_is_checked_with_the_leeway_of_expiry() {
+        let auth = Authenticator::new(AuthMode::Token, Some("secret"));
+        let future = with_nbf(&auth, 42, unix_now() + 3600);
+        let caller = auth.caller(Some(&future), None);
+        assert_eq!(caller, Caller::Unauthenticated("Token not yet valid"));
+        let refused = caller.require_user(42).unwrap_err();
+        assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
+        // Within the leeway (a client clock slightly ahead), and in the past: accepted.
+        let skewed = with_nbf(&auth, 42, unix_now() + LEEWAY_SECS - 2);
+        assert_eq!(auth.caller(Some(&skewed), None), Caller::User(42));
+        let past = with_nbf(&auth, 42, unix_now() - 60);
+        assert_eq!(auth.caller(Some(&past), None), Caller::User(42));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use super::frames::{
     close_frame, text, AckFrame, ClientFrame, ErrorFrame, PongFrame, SystemFrame,
-    CLOSE_SLOW_CONSUMER, CLOSE_USER_NOT_FOUND,
+    CLOSE_INVALID_UTF8, CLOSE_SLOW_CONSUMER, CLOSE_USER_NOT_FOUND,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -149,6 +149,8 @@ impl Connection {
                         Some(Ok(_)) => Ok(()),
                         Some(Err(tungstenite::Error::Capacity(_))) => return End::Close(1009, "message too big"),
                         Some(Err(tungstenite::Error::Protocol(_))) => return End::Close(1002, "protocol error"),
+                        // A text frame or a close reason that is not UTF-8 (RFC 6455 §8.1).
+                        Some(Err(tungstenite::Error::Utf8(_))) => return End::Close(CLOSE_INVALID_UTF8, "invalid UTF-8"),
                         Some(Err(_)) => return End::Gone,
                     }
                 }

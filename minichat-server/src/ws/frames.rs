@@ -10,6 +10,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
+/// A text frame or close reason was not UTF-8 (RFC 6455 §7.4.1).
+pub const CLOSE_INVALID_UTF8: u16 = 1007;
 /// The user of the path does not exist.
 pub const CLOSE_USER_NOT_FOUND: u16 = 4004;
 /// The connection's queue on the hub filled up: resume with `since`.

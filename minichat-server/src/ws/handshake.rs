@@ -28,6 +28,16 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
     })
 }
 
+/// Whether `key` is the base64 of 16 bytes, as RFC 6455 §4.1 requires of `Sec-WebSocket-Key`:
+/// 24 characters, the last two `==`, and the 22nd one carrying no bits past the 16th byte.
+fn is_valid_key(key: &[u8]) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    key.len() == 24
+        && key[..21].iter().all(|c| ALPHABET.contains(c))
+        && b"AQgw".contains(&key[21])
+        && &key[22..] == b"=="
+}
+
 /// Checks the handshake and the caller, then answers 101 and runs the connection in a task.
 pub fn upgrade(
     state: &Arc<AppState>,
@@ -49,6 +59,11 @@ pub fn upgrade(
     {
         return Err(ApiError::BadRequest(
             "Unsupported WebSocket version (13 expected)",
+        ));
+    }
+    if !is_valid_key(key.as_bytes()) {
+        return Err(ApiError::BadRequest(
+            "Sec-WebSocket-Key must be the base64 of 16 bytes",
         ));
     }
     let query = Query::parse(req.uri().query());
@@ -102,4 +117,21 @@ pub fn upgrade(
             .map_err(|_| ApiError::BadRequest("Bad Sec-WebSocket-Key"))?,
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_key;
+
+    #[test]
+    fn keys_are_the_base64_of_16_bytes() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_valid_key(b"AAAAAAAAAAAAAAAAAAAAAA=="));
+        assert!(!is_valid_key(b""));
+        assert!(!is_valid_key(b"not base64 at all!!!!!=="));
+        // 15 and 17 bytes, and 16 bytes with stray bits in the padding.
+        assert!(!is_valid_key(b"AAAAAAAAAAAAAAAAAAAA"));
+        assert!(!is_valid_key(b"AAAAAAAAAAAAAAAAAAAAAAA="));
+        assert!(!is_valid_key(b"AAAAAAAAAAAAAAAAAAAAAB=="));
+    }
 }
