@@ -87,7 +87,12 @@ fn references(module: &str, text: &str, known: &BTreeSet<String>) -> BTreeSet<St
         if prefix == "super::" && parent.is_none() {
             continue;
         }
-        let mut rest = text;
+        // Inside a file's `#[cfg(test)] mod tests`, `super::` is the file itself, not its parent.
+        let mut rest = if prefix == "super::" {
+            text.split("#[cfg(test)]").next().unwrap_or(text)
+        } else {
+            text
+        };
         while let Some(at) = rest.find(prefix) {
             rest = &rest[at + prefix.len()..];
             let join = |p: &str| {
