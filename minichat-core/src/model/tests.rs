@@ -1,0 +1,185 @@
+//! The model's rules, case by case: every `validate` function's accepts and refusals.
+
+use super::*;
+
+fn user(name: &str, display: Option<&str>) -> Result<ValidUser, ValidationError> {
+    NewUser {
+        username: name.into(),
+        display_name: display.map(Into::into),
+    }
+    .validate()
+}
+
+fn msg(s: UserId, r: UserId, c: &str) -> Result<ValidMessage, ValidationError> {
+    NewMessage {
+        sender_id: s,
+        receiver_id: r,
+        content: c.into(),
+        client_id: None,
+    }
+    .validate()
+}
+
+#[test]
+fn username_length_is_counted_in_characters() {
+    assert!(user("ab", None).is_err());
+    assert!(user("abc", None).is_ok());
+    assert!(user(&"a".repeat(50), None).is_ok());
+    assert!(user(&"a".repeat(51), None).is_err());
+    // Three Cyrillic letters are six bytes but three characters.
+    assert!(user("Жан", None).is_ok());
+    assert_eq!(user("ab", None).unwrap_err().errors[0].field, "username");
+}
+
+#[test]
+fn username_must_be_letters_and_digits() {
+    assert!(user("alice42", None).is_ok());
+    assert!(user("Алиса", None).is_ok());
+    assert!(user("名前です", None).is_ok());
+    for bad in [
+        "al ice", "al-ice", "alice!", "ali_ce", "al\0ice", "<script>",
+    ] {
+        let e = user(bad, None).unwrap_err();
+        assert_eq!(e.errors[0].field, "username", "{bad}");
+        assert!(e.errors[0].message.contains("letters and digits"), "{bad}");
+    }
+}
+
+#[test]
+fn display_name_defaults_to_username_and_is_capped() {
+    assert_eq!(user("alice", None).unwrap().display_name(), "alice");
+    assert_eq!(user("alice", Some("  ")).unwrap().display_name(), "alice");
+    assert_eq!(
+        user("alice", Some("Alice S")).unwrap().display_name(),
+        "Alice S"
+    );
+    assert!(user("alice", Some(&"x".repeat(100))).is_ok());
+    let e = user("alice", Some(&"x".repeat(101))).unwrap_err();
+    assert_eq!(e.errors[0].field, "display_name");
+}
+
+#[test]
+fn every_failing_field_is_reported() {
+    let e = user("a!", Some(&"x".repeat(101))).unwrap_err();
+    let fields: Vec<_> = e.errors.iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["username", "display_name"]);
+}
+
+#[test]
+fn content_is_stripped_and_bounded() {
+    assert_eq!(msg(1, 2, "  hi \n").unwrap().content(), "hi");
+    assert_eq!(
+        msg(1, 2, "").unwrap_err().errors[0].message,
+        "Message content cannot be empty"
+    );
+    assert!(msg(1, 2, " \t\n ").is_err());
+    assert!(msg(1, 2, &"я".repeat(1000)).is_ok());
+    let padded = format!("  {}  ", "x".repeat(1000));
+    assert_eq!(msg(1, 2, &padded).unwrap().content().len(), 1000);
+    assert_eq!(
+        msg(1, 2, &"x".repeat(1001)).unwrap_err().errors[0].field,
+        "content"
+    );
+}
+
+#[test]
+fn nul_characters_are_refused_in_stored_text() {
+    assert_eq!(msg(1, 2, "a\0b").unwrap_err().errors[0].field, "content");
+    assert_eq!(
+        user("alice", Some("A\0")).unwrap_err().errors[0].field,
+        "display_name"
+    );
+}
+
+#[test]
+fn cannot_message_yourself() {
+    let e = msg(7, 7, "hi").unwrap_err();
+    assert_eq!(e.errors[0].field, "receiver_id");
+    assert_eq!(e.errors[0].message, "Cannot send message to yourself");
+}
+
+#[test]
+fn client_id_is_bounded() {
+    let with = |id: &str| {
+        NewMessage {
+            sender_id: 1,
+            receiver_id: 2,
+            content: "x".into(),
+            client_id: Some(id.into()),
+        }
+        .validate()
+    };
+    assert!(with("abc-123").is_ok());
+    assert!(with("").is_err());
+    assert!(with(&"k".repeat(65)).is_err());
+}
+
+#[test]
+fn cannot_signal_typing_to_yourself() {
+    let typing = |s, r| {
+        TypingSignal {
+            sender_id: s,
+            receiver_id: r,
+        }
+        .validate()
+    };
+    let valid = typing(1, 2).unwrap();
+    assert_eq!((valid.sender_id(), valid.receiver_id()), (1, 2));
+    let e = typing(3, 3).unwrap_err();
+    assert_eq!(e.errors.len(), 1);
+    assert_eq!(e.errors[0].field, "receiver_id");
+    assert_eq!(e.errors[0].message, "Cannot send typing to yourself");
+}
+
+#[test]
+fn read_marks_are_of_a_peer_and_a_message_id() {
+    let mark = |reader, peer, up_to| {
+        ReadMark {
+            reader_id: reader,
+            peer_id: peer,
+            up_to,
+        }
+        .validate()
+    };
+    let valid = mark(1, 2, 1).unwrap();
+    assert_eq!(
+        (valid.reader_id(), valid.peer_id(), valid.up_to()),
+        (1, 2, 1)
+    );
+    let own = mark(4, 4, 10).unwrap_err();
+    assert_eq!(own.errors[0].field, "peer_id");
+    assert_eq!(own.errors[0].message, "Cannot mark your own messages read");
+    for up_to in [0, -1, i64::MIN] {
+        let e = mark(1, 2, up_to).unwrap_err();
+        assert_eq!(e.errors[0].field, "up_to", "{up_to}");
+        assert_eq!(e.errors[0].message, "up_to must be a message id");
+    }
+    // Only the first failing rule is reported.
+    let both = mark(5, 5, 0).unwrap_err();
+    assert_eq!(both.errors.len(), 1);
+    assert_eq!(both.errors[0].field, "peer_id");
+}
+
+#[test]
+fn page_bounds() {
+    assert!(Page::new(0, 1).is_ok());
+    assert!(Page::new(0, 1000).is_ok());
+    assert_eq!(Page::new(0, 0).unwrap_err().errors[0].field, "limit");
+    assert_eq!(Page::new(0, 1001).unwrap_err().errors[0].field, "limit");
+    assert_eq!(Page::new(-1, 10).unwrap_err().errors[0].field, "skip");
+}
+
+#[test]
+fn timestamps_have_microseconds_and_z() {
+    let u = User {
+        id: 1,
+        username: "abc".into(),
+        display_name: "abc".into(),
+        created_at: DateTime::parse_from_rfc3339("2026-11-24T10:15:30.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc)
+            .trunc_subsecs(6),
+    };
+    let v = serde_json::to_value(&u).unwrap();
+    assert_eq!(v["created_at"], "2026-11-24T10:15:30.123456Z");
+}
