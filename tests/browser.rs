@@ -199,6 +199,19 @@ struct Chat {
 }
 
 impl Chat {
+    /// A send over REST, as another device of the token's user would make it.
+    async fn rest_send(&self, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.server
+            .send(
+                self.server
+                    .http
+                    .post(self.server.url("/messages/"))
+                    .bearer_auth(token)
+                    .json(&body),
+            )
+            .await
+    }
+
     /// Both open the conversation and see the other online.
     async fn see_each_other_online(&self) {
         self.alice.open_chat(self.b.id, "Bob Builder").await;
@@ -318,15 +331,9 @@ impl Chat {
         }
         // Meanwhile Bob (from another device: REST, straight to the server) writes to Alice...
         let (status, body) = self
-            .server
-            .send(
-                self.server
-                    .http
-                    .post(self.server.url("/messages/"))
-                    .bearer_auth(&self.b.token)
-                    .json(
-                        &json!({"sender_id": self.b.id, "receiver_id": self.a.id, "content": AWAY}),
-                    ),
+            .rest_send(
+                &self.b.token,
+                json!({"sender_id": self.b.id, "receiver_id": self.a.id, "content": AWAY}),
             )
             .await;
         assert_eq!(status, 200, "REST send during the drop: {body}");
@@ -344,14 +351,10 @@ impl Chat {
         // ...while her other device sends the same text: its replay must not be taken for one
         // of the page's pending sends.
         let (status, body) = self
-            .server
-            .send(
-                self.server
-                    .http
-                    .post(self.server.url("/messages/"))
-                    .bearer_auth(&self.a.token)
-                    .json(&json!({"sender_id": self.a.id, "receiver_id": self.b.id,
-                                  "content": QUEUED, "client_id": "other-device-1"})),
+            .rest_send(
+                &self.a.token,
+                json!({"sender_id": self.a.id, "receiver_id": self.b.id,
+                       "content": QUEUED, "client_id": "other-device-1"}),
             )
             .await;
         assert_eq!(status, 200, "Alice's REST send during the drop: {body}");
