@@ -742,3 +742,42 @@ async fn round_trip_is_byte_exact(kind: Backend) {
     let (_, history) = s.get(&format!("/messages/?user_id={}", id(&b))).await;
     assert_eq!(history[0]["content"], content);
 }
+
+/// Two servers (two nodes) hand out disjoint request ids: a random prefix each, then a counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_unique_across_servers() {
+    let backends = Backends::new(Backend::Memory).await;
+    let (a, b) = (
+        TestServer::open(&backends).await,
+        TestServer::open(&backends).await,
+    );
+    let request_id = |s: &TestServer| {
+        let request = s.http.get(s.url("/health"));
+        async move {
+            let response = request.send().await.expect("answered");
+            let id = response.headers()["x-request-id"]
+                .to_str()
+                .expect("ASCII")
+                .to_owned();
+            let (node, n) = id.split_once('-').expect("prefix-counter");
+            assert_eq!(node.len(), 8, "{id}");
+            u32::from_str_radix(node, 16).expect("hex prefix");
+            u64::from_str_radix(n, 16).expect("hex counter");
+            (node.to_owned(), id)
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut nodes = std::collections::HashMap::new();
+    for _ in 0..20 {
+        for (server, name) in [(&a, "a"), (&b, "b")] {
+            let (node, id) = request_id(server).await;
+            assert!(seen.insert(id.clone()), "{id} handed out twice");
+            assert_eq!(
+                nodes.entry(name).or_insert(node.clone()),
+                &node,
+                "one prefix per server"
+            );
+        }
+    }
+    assert_ne!(nodes["a"], nodes["b"], "the servers share a prefix");
+}

@@ -585,6 +585,27 @@ fn in_span<'a>(logs: &'a [Value], span: &str, field: &str, value: &Value) -> Vec
         .collect()
 }
 
+/// Whether `s` is shaped like a request or socket id: `3f9a1c0e-000001a4`.
+fn is_id(s: &str) -> bool {
+    let hex = |part: &str| {
+        part.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    s.split_once('-')
+        .is_some_and(|(node, n)| node.len() == 8 && n.len() >= 8 && hex(node) && hex(n))
+}
+
+/// A response's `x-request-id`, checked for its shape.
+fn x_request_id(headers: &http::HeaderMap) -> String {
+    let id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id")
+        .to_owned();
+    assert!(is_id(&id), "x-request-id {id:?}");
+    id
+}
+
 const TOKEN: &str = "secret-value-5f3a";
 const CONTENT: &str = "zebra-quokka-7731";
 
@@ -646,15 +667,18 @@ async fn json_logs_carry_ids_and_no_secrets() {
         .await
         .expect("get user");
     assert_eq!(response.status().as_u16(), 200);
-    let request_id: i64 = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .expect("x-request-id");
+    let request_id = x_request_id(response.headers());
 
-    // A socket (its token in the query too) that receives a message with distinctive content.
-    let mut ws = Ws::connect_ready(&format!("ws://127.0.0.1:{port}/ws/{bob}?token={TOKEN}")).await;
+    // A socket (its token in the query too) that receives a message with distinctive content;
+    // its 101 names the upgrade request.
+    let (stream, upgrade) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws/{bob}?token={TOKEN}"))
+            .await
+            .expect("WebSocket handshake");
+    let upgrade_id = x_request_id(upgrade.headers());
+    assert_ne!(upgrade_id, request_id);
+    let mut ws = Ws { stream };
+    assert_eq!(ws.next_json().await["type"], "system");
     let response = http
         .post(format!("{base}/messages/"))
         .json(&json!({"sender_id": alice, "receiver_id": bob, "content": CONTENT}))
@@ -695,16 +719,26 @@ async fn json_logs_carry_ids_and_no_secrets() {
         .find(|l| l["message"] == "connected")
         .unwrap_or_else(|| panic!("no connected line: {logs:#?}"));
     let conn = connected["span"]["conn"].clone();
-    assert!(conn.is_u64(), "conn id: {connected}");
+    assert!(
+        conn.as_str().is_some_and(is_id),
+        "conn id, shaped like a request id: {connected}"
+    );
     assert_eq!(connected["span"]["user"], bob);
     let disconnected = in_span(&logs, "ws", "conn", &conn);
     assert!(
         disconnected.iter().any(|l| l["message"] == "disconnected"),
         "the disconnected line carries conn: {logs:#?}"
     );
-    assert!(connected["spans"].as_array().is_some_and(|spans| spans
-        .iter()
-        .any(|s| s["name"] == "request" && s["path"] == format!("/ws/{bob}"))));
+    for line in &socket_lines {
+        assert!(
+            line["spans"].as_array().is_some_and(|spans| spans
+                .iter()
+                .any(|s| s["name"] == "request"
+                    && s["path"] == format!("/ws/{bob}")
+                    && s["id"] == upgrade_id)),
+            "a socket line without its upgrade request's id {upgrade_id}: {line}"
+        );
+    }
 
     let everything = lines.lock().unwrap().join("\n");
     assert!(!everything.contains(TOKEN), "a token was logged");

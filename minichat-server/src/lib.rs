@@ -26,7 +26,8 @@
 //!   `GET /metrics`);
 //! - the ground floor they share: `state` (`AppState`), `response` (building responses),
 //!   `cors`, `error` (statuses and error bodies), `extract` (parsing input), `auth` (tokens and
-//!   who may act as whom), `limits` (send rate, socket caps), `config` (flags and environment).
+//!   who may act as whom), `limits` (send rate, socket caps), `config` (flags and environment),
+//!   `ids` (request and socket ids as logged).
 
 mod api;
 mod app;
@@ -36,6 +37,7 @@ mod cors;
 mod docs;
 mod error;
 mod extract;
+mod ids;
 mod limits;
 mod openapi;
 mod response;

@@ -220,8 +220,9 @@ fn lookup(path: &str) -> (Vec<&'static Endpoint>, &str) {
 
 /// The service function hyper calls for every request.
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response, Infallible> {
-    let id = state.next_request_id();
-    let span = tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path());
+    let id = state.request_ids.next();
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
     async move {
         let started = Instant::now();
         let (route, param) = lookup(req.uri().path());

@@ -2,11 +2,11 @@
 
 use crate::auth::{bearer_token, Authenticator, Caller};
 use crate::config::{CorsOrigins, Limits, Signup};
+use crate::ids::RequestIds;
 use crate::limits::Guards;
 use bytes::Bytes;
 use http::{header, Request};
 use minichat_core::ChatService;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,7 +26,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// `GET /openapi.json`: the document for these settings (auth, signup), built once.
     pub openapi_json: Bytes,
-    next_request_id: AtomicU64,
+    /// Request ids, unique across nodes and restarts (see [`crate::ids`]).
+    pub request_ids: RequestIds,
 }
 
 impl AppState {
@@ -49,7 +50,7 @@ impl AppState {
             cors,
             shutdown,
             tasks: TaskTracker::new(),
-            next_request_id: AtomicU64::new(1),
+            request_ids: RequestIds::new(),
         }
     }
 
@@ -57,10 +58,5 @@ impl AppState {
     pub fn caller<B>(&self, req: &Request<B>) -> Caller {
         self.auth
             .caller(bearer_token(req.headers().get(header::AUTHORIZATION)), None)
-    }
-
-    /// The id of the next request, for its logs and its `x-request-id`.
-    pub fn next_request_id(&self) -> u64 {
-        self.next_request_id.fetch_add(1, Ordering::Relaxed)
     }
 }

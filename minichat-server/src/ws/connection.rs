@@ -10,6 +10,7 @@ use super::frames::{
     CLOSE_INVALID_UTF8, CLOSE_SLOW_CONSUMER, CLOSE_USER_NOT_FOUND,
 };
 use crate::error::ApiError;
+use crate::ids::Id;
 use crate::state::AppState;
 use crate::telemetry;
 use bytes::Bytes;
@@ -72,7 +73,8 @@ impl Connection {
         };
         let end = match stream::open(conn.state.chat.clone(), user_id, since).await {
             Ok(mut events) => {
-                tracing::Span::current().record("conn", events.connection_id());
+                let id = Id::connection(events.connection_id());
+                tracing::Span::current().record("conn", tracing::field::display(id));
                 tracing::info!("connected");
                 conn.serve(&mut events).await
             }
