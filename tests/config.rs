@@ -128,6 +128,11 @@ fn every_setting_with_a_bad_value_stops_the_server_with_one_line() {
             &["--max-body-bytes", "'-1'", "whole number"],
         ),
         (
+            "MINICHAT_MAX_HEADER_BYTES",
+            "100",
+            &["--max-header-bytes", "'100'", "at least 1024"],
+        ),
+        (
             "MINICHAT_MAX_WS_MESSAGE_BYTES",
             "64k",
             &["--max-ws-message-bytes", "'64k'", "whole number"],

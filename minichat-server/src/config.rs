@@ -106,6 +106,11 @@ pub struct Options {
     #[arg(long, env = "MINICHAT_MAX_BODY_BYTES", default_value_t = Limits::DEFAULT.max_body_bytes, value_parser = whole::<usize>, global = true)]
     pub max_body_bytes: usize,
 
+    /// Largest request head accepted: its header fields, `name: value` and a line end each, in
+    /// bytes (larger: 431).
+    #[arg(long, env = "MINICHAT_MAX_HEADER_BYTES", default_value_t = Limits::DEFAULT.max_header_bytes, value_parser = header_bytes, global = true)]
+    pub max_header_bytes: usize,
+
     /// Largest WebSocket message accepted, in bytes (larger: close 1009).
     #[arg(long, env = "MINICHAT_MAX_WS_MESSAGE_BYTES", default_value_t = Limits::DEFAULT.max_ws_message_bytes, value_parser = whole::<usize>, global = true)]
     pub max_ws_message_bytes: usize,
@@ -188,6 +193,11 @@ fn at_least_one<T: FromStr + PartialOrd + Display + From<u8>>(raw: &str) -> Resu
     number(raw, T::from(1))
 }
 
+/// `MINICHAT_MAX_HEADER_BYTES`: below 1 KiB, ordinary requests would not fit.
+fn header_bytes(raw: &str) -> Result<usize, String> {
+    number(raw, 1024)
+}
+
 /// A duration as whole milliseconds (a flag's default), clamped.
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -231,6 +241,9 @@ fn secret(raw: &str) -> Result<String, String> {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// A request's header fields, counted as `name: value\r\n` each (see
+    /// [`Limits::hyper_head_buffer`] for what hyper itself allows).
+    pub max_header_bytes: usize,
     pub max_ws_message_bytes: usize,
     /// Time to send a request's headers, counted from when the connection is ready for one:
     /// so it also closes idle keep-alive connections.
@@ -254,6 +267,7 @@ impl Limits {
     /// The defaults: the one place they are written (the flags' defaults come from here).
     pub const DEFAULT: Limits = Limits {
         max_body_bytes: 64 * 1024,
+        max_header_bytes: 64 * 1024,
         max_ws_message_bytes: 64 * 1024,
         header_read_timeout: Duration::from_secs(10),
         ws_ping_interval: Duration::from_secs(30),
@@ -265,6 +279,16 @@ impl Limits {
         max_sockets: 10_000,
         shutdown_grace: Duration::from_secs(10),
     };
+}
+
+impl Limits {
+    /// The head hyper reads before the server sees a request: twice
+    /// [`max_header_bytes`](Limits::max_header_bytes) (and at least hyper's minimum, 8 KiB), so
+    /// that a head over the limit but under this reaches the server, which answers 431 with a
+    /// `detail`; hyper answers a bigger one itself, with an empty 431.
+    pub fn hyper_head_buffer(&self) -> usize {
+        self.max_header_bytes.saturating_mul(2).max(8 * 1024)
+    }
 }
 
 impl Default for Limits {
@@ -373,6 +397,7 @@ impl Options {
             cors: self.cors_origins.clone(),
             limits: Limits {
                 max_body_bytes: self.max_body_bytes,
+                max_header_bytes: self.max_header_bytes,
                 max_ws_message_bytes: self.max_ws_message_bytes,
                 header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
                 ws_ping_interval: Duration::from_secs(self.ws_ping_secs),
@@ -529,6 +554,7 @@ mod tests {
         assert_eq!(s.bind, d.bind);
         assert_eq!(s.cors, d.cors);
         assert_eq!(s.limits.max_body_bytes, Limits::DEFAULT.max_body_bytes);
+        assert_eq!(s.limits.max_header_bytes, Limits::DEFAULT.max_header_bytes);
         assert_eq!(
             s.limits.header_read_timeout,
             Limits::DEFAULT.header_read_timeout

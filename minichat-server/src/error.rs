@@ -98,6 +98,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("Request body too large (limit {limit} bytes)")]
     PayloadTooLarge { limit: usize },
+    #[error("Request header fields too large (limit {limit} bytes)")]
+    HeadersTooLarge { limit: usize },
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("{0}")]
@@ -138,6 +140,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -180,7 +183,10 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if matches!(self, ApiError::PayloadTooLarge { .. }) {
+        if matches!(
+            self,
+            ApiError::PayloadTooLarge { .. } | ApiError::HeadersTooLarge { .. }
+        ) {
             // What is left of the body is not read: the connection cannot be reused.
             response
                 .headers_mut()

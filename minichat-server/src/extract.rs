@@ -2,7 +2,7 @@
 //!
 //! Everything a client sends is parsed here, at the edge, into typed values; anything that does
 //! not parse becomes a 4xx [`ApiError`] with a clear detail (422 in FastAPI's shape for fields,
-//! 413 for an oversized body, 415 for a body that is not JSON). The rules about values (lengths,
+//! 413 for an oversized body, 415 for a body that is not JSON, 431 for oversized headers). The rules about values (lengths,
 //! ranges) are not here: they live in `minichat_core::model`.
 
 use crate::error::{ApiError, Invalid, Location};
@@ -19,6 +19,21 @@ use std::collections::HashMap;
 /// bounded amount avoids that for ordinary clients, and beyond it the connection is closed.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refuses a request whose header fields, counted as `name: value\r\n` each, pass `limit`
+/// bytes (431), before anything else reads them. hyper reads heads up to
+/// [`Limits::hyper_head_buffer`](crate::config::Limits::hyper_head_buffer) and answers a bigger
+/// one itself, without a body.
+pub fn headers_within(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
+    let size: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if size > limit {
+        return Err(ApiError::HeadersTooLarge { limit });
+    }
+    Ok(())
+}
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.
 pub async fn read_body(

@@ -172,6 +172,7 @@ fn error_response(op: &mut Operation, status: u16, description: &str) {
 /// The statuses the derive's annotations leave out because every operation of a kind has them.
 fn add_statuses(path: &str, method: &str, op: &mut Operation) {
     let tags = op.tags.clone().unwrap_or_default();
+    error_response(op, 431, "Request header fields too large");
     if tags.iter().any(|t| t == "users" || t == "messages") {
         error_response(op, 503, "storage unavailable");
     }

@@ -3,10 +3,11 @@
 //! [`ROUTES`] is the single source of a route's path template, method, metrics label, handler
 //! and place in `GET /`'s endpoint list, and says whether it is an API operation; a unit test
 //! holds the OpenAPI document (`docs::ApiDoc`) to exactly those. Adding a route is one entry
-//! here, its handler with its `#[utoipa::path]`, and that path in `ApiDoc`. Unknown paths are 404, known paths with
-//! the wrong method 405 (with `Allow`), `HEAD` is answered on every GET route like GET without
-//! the body, and a path that only differs by its trailing slash is redirected (307) as the
-//! original did. Every request gets an id (logged on each of its lines and returned in
+//! here, its handler with its `#[utoipa::path]`, and that path in `ApiDoc`. Unknown paths are
+//! 404, known paths with the wrong method 405 (with `Allow`), `HEAD` is answered on every GET
+//! route like GET without the body, and a path that only differs by its trailing slash is
+//! redirected (307) as the original did. A request whose headers pass the limit is a 431
+//! before any of that. Every request gets an id (logged on each of its lines and returned in
 //! `x-request-id`) and the CORS headers, and is counted in the metrics under its route's
 //! label, never its raw path.
 //!
@@ -16,7 +17,7 @@
 use crate::error::ApiError;
 use crate::response::{redirect, Response};
 use crate::state::AppState;
-use crate::{api, app, cors, docs, telemetry, ws};
+use crate::{api, app, cors, docs, extract, telemetry, ws};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
 use http_body_util::Full;
@@ -230,7 +231,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         let label = route.first().map_or("unmatched", |e| e.label);
         let method = req.method().clone();
         let origin = req.headers().get(header::ORIGIN).cloned();
-        let mut response = if method == Method::OPTIONS {
+        let head = extract::headers_within(req.headers(), state.limits.max_header_bytes);
+        let mut response = if let Err(too_large) = head {
+            too_large.into_response()
+        } else if method == Method::OPTIONS {
             cors::preflight(req.headers())
         } else {
             let param = param.to_owned();

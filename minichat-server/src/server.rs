@@ -195,10 +195,11 @@ impl Connections {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(64 * 1024);
+            .max_buf_size(limits.hyper_head_buffer());
         builder
             .http2()
             .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.hyper_head_buffer()).unwrap_or(u32::MAX))
             .max_concurrent_streams(64);
         Connections {
             builder,
