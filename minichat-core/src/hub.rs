@@ -344,6 +344,16 @@ impl Hub {
         }
     }
 
+    /// Records as departed again each of `users` who has no subscriber here now: for a broker
+    /// whose write for them (a heartbeat) may have crossed their departure.
+    pub fn recheck_departures(&self, users: &[UserId]) {
+        for &user in users {
+            if !self.is_connected(user) {
+                self.note_departure(user);
+            }
+        }
+    }
+
     fn note_departure(&self, user: UserId) {
         if let Some(set) = lock(&self.inner.departed).as_mut() {
             set.insert(user);
@@ -361,17 +371,30 @@ impl Departures {
     /// Waits until at least one user has departed, then takes every departure recorded so far.
     /// A user in the batch may have come back since: check [`Hub::is_connected`].
     pub async fn next(&self) -> Vec<UserId> {
+        self.wait().await;
+        self.take()
+    }
+
+    /// Waits until at least one departure is recorded, without taking it.
+    pub async fn wait(&self) {
         loop {
+            let departure = self.hub.inner.departure.notified();
+            if lock(&self.hub.inner.departed)
+                .as_ref()
+                .is_some_and(|set| !set.is_empty())
             {
-                let mut departed = lock(&self.hub.inner.departed);
-                if let Some(set) = departed.as_mut() {
-                    if !set.is_empty() {
-                        return set.drain().collect();
-                    }
-                }
+                return;
             }
-            self.hub.inner.departure.notified().await;
+            departure.await;
         }
+    }
+
+    /// Takes every departure recorded so far (none: empty), without waiting.
+    pub fn take(&self) -> Vec<UserId> {
+        lock(&self.hub.inner.departed)
+            .as_mut()
+            .map(|set| set.drain().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -504,6 +527,21 @@ mod tests {
         assert!(!hub.is_connected(5));
         assert_eq!(hub.deliver(5, None, &event("x")), 0);
         assert_eq!(departures.next().await, vec![5]);
+    }
+
+    #[test]
+    fn departures_are_taken_once_and_rechecked_on_demand() {
+        let hub = Hub::new(8);
+        let departures = hub.departures();
+        let (a, _) = hub.subscribe(5);
+        let (_b, _) = hub.subscribe(6);
+        assert_eq!(departures.take(), Vec::<UserId>::new());
+        drop(a);
+        assert_eq!(departures.take(), vec![5]);
+        assert_eq!(departures.take(), Vec::<UserId>::new(), "taken once");
+        // A heartbeat that renewed 5 and 6: only 5, gone, is a departure again.
+        hub.recheck_departures(&[5, 6]);
+        assert_eq!(departures.take(), vec![5]);
     }
 
     #[tokio::test]

@@ -108,6 +108,12 @@ pub trait ChatService: Send + Sync + 'static {
     ) -> Result<Vec<Presence>>;
 
     async fn health(&self) -> Health;
+
+    /// Called by a transport at shutdown, once it has closed its connections: returns when what
+    /// the chat owes the cluster for them is done (each departed user taken off this node's
+    /// presence, their last-seen time recorded), so that nothing more is written for them
+    /// afterwards. The chat stays usable. Nothing to wait for, by default.
+    async fn drain(&self) {}
 }
 
 /// How long one call to a backend (a storage call with its transaction, one Redis command) may
@@ -171,6 +177,9 @@ struct Inner {
     /// Handles users whose last local connection left (started with the first subscription,
     /// since that is when a runtime is sure to be there); ends with the chat.
     departures: OnceLock<AbortHandle>,
+    /// Held while a batch of departures is taken and handled, by that task or by `drain`, so
+    /// that `drain` returns only after a batch in flight is done.
+    departing: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -228,6 +237,7 @@ impl Chat {
                 hub,
                 health_timeout,
                 departures: OnceLock::new(),
+                departing: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -241,23 +251,30 @@ impl Chat {
             let chat = Arc::downgrade(&self.inner);
             tokio::spawn(async move {
                 loop {
-                    let users = departures.next().await;
+                    departures.wait().await;
                     let Some(inner) = chat.upgrade() else { return };
                     let chat = Chat { inner };
-                    for user in users {
-                        if chat.inner.hub.is_connected(user) {
-                            continue;
-                        }
-                        match chat.inner.broker.user_left(user).await {
-                            Ok(true) => chat.announce(user, false).await,
-                            Ok(false) => {}
-                            Err(e) => tracing::warn!(user, error = %e, "presence update failed"),
-                        }
-                    }
+                    let _one_batch = chat.inner.departing.lock().await;
+                    chat.depart(departures.take()).await;
                 }
             })
             .abort_handle()
         });
+    }
+
+    /// Takes `users` off this node's presence, unless they came back; records and announces
+    /// those who went offline cluster-wide.
+    async fn depart(&self, users: Vec<UserId>) {
+        for user in users {
+            if self.inner.hub.is_connected(user) {
+                continue;
+            }
+            match self.inner.broker.user_left(user).await {
+                Ok(true) => self.announce(user, false).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(user, error = %e, "presence update failed"),
+            }
+        }
     }
 
     /// Records and publishes that `user` came online or went offline.
@@ -559,6 +576,17 @@ impl ChatService for Chat {
 
     /// Checks the backends concurrently, each within its own short budget
     /// ([`HEALTH_CHECK_TIMEOUT`], or the backend budget if shorter).
+    async fn drain(&self) {
+        if self.inner.departures.get().is_none() {
+            return; // nobody ever subscribed: no departure to record
+        }
+        // First the heartbeat in flight, which could otherwise renew a departed user after
+        // their departure; one that starts later sees the connections as they are now.
+        self.inner.broker.settle().await;
+        let _one_batch = self.inner.departing.lock().await;
+        self.depart(self.inner.hub.departures().take()).await;
+    }
+
     async fn health(&self) -> Health {
         let limit = self.inner.health_timeout;
         let (storage, cache, broker) = tokio::join!(

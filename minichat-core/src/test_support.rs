@@ -146,9 +146,23 @@ pub fn delete_redis_prefix(url: &str, prefix: &str) {
         prefix.starts_with("minichat:test:"),
         "refusing to delete keys outside a test prefix: {prefix}"
     );
-    let shown = url_safe(url).to_owned();
+    if let Err(e) = scan_prefix(url, prefix, true) {
+        eprintln!("could not delete Redis keys on {}: {e}", url_safe(url));
+    }
+}
+
+/// Every key under `prefix` on the Redis at `url` now (like [`delete_redis_prefix`], from a
+/// thread of its own); panics when Redis cannot be asked.
+pub fn redis_keys(url: &str, prefix: &str) -> Vec<String> {
+    scan_prefix(url, prefix, false)
+        .unwrap_or_else(|e| panic!("could not list Redis keys on {}: {e}", url_safe(url)))
+}
+
+/// `SCAN`s the keys under `prefix` (unlinking each batch when `delete`), on a thread with a
+/// runtime of its own; returns the keys found.
+fn scan_prefix(url: &str, prefix: &str, delete: bool) -> Result<Vec<String>, String> {
     let (url, prefix) = (url.to_owned(), prefix.to_owned());
-    let cleaner = std::thread::spawn(move || -> Result<usize, String> {
+    let scanner = std::thread::spawn(move || -> Result<Vec<String>, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -159,7 +173,7 @@ pub fn delete_redis_prefix(url: &str, prefix: &str) {
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(|e| e.to_string())?;
-            let (mut cursor, mut deleted) = (0u64, 0usize);
+            let (mut cursor, mut found) = (0u64, Vec::new());
             loop {
                 let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                     .arg(cursor)
@@ -170,26 +184,22 @@ pub fn delete_redis_prefix(url: &str, prefix: &str) {
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| e.to_string())?;
-                if !keys.is_empty() {
-                    deleted += keys.len();
+                if delete && !keys.is_empty() {
                     redis::cmd("UNLINK")
                         .arg(&keys)
                         .query_async::<()>(&mut conn)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
+                found.extend(keys);
                 cursor = next;
                 if cursor == 0 {
-                    return Ok(deleted);
+                    return Ok(found);
                 }
             }
         })
     });
-    match cleaner.join() {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => eprintln!("could not delete Redis keys on {shown}: {e}"),
-        Err(_) => eprintln!("could not delete Redis keys: panicked"),
-    }
+    scanner.join().map_err(|_| "panicked".to_owned())?
 }
 
 fn url_safe(url: &str) -> &str {

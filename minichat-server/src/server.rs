@@ -2,8 +2,9 @@
 //!
 //! [`Server::bind`] connects the chat's backends and binds the listener, so that every
 //! configuration problem surfaces before anything is served. [`Server::run_until`] accepts until
-//! its shutdown future resolves, then stops accepting, closes WebSockets with 1001 and lets
-//! in-flight requests finish (within [`Limits::shutdown_grace`]).
+//! its shutdown future resolves, then stops accepting, closes WebSockets with 1001, lets
+//! in-flight requests finish (within [`Limits::shutdown_grace`]), and waits for the chat to
+//! record the departures of the closed sockets' users ([`ChatService::drain`]).
 
 use crate::auth::{AuthMode, Authenticator};
 use crate::config::{Limits, Settings};
@@ -125,6 +126,14 @@ impl Server {
         if within(state.limits.shutdown_grace, drained).await.is_none() {
             tracing::warn!("shutdown grace period over; dropping what is left");
         }
+        // The closed sockets' users leave this node's presence (last seen recorded) before
+        // this returns, so nothing is written for them after.
+        if within(state.limits.shutdown_grace, state.chat.drain())
+            .await
+            .is_none()
+        {
+            tracing::warn!("shutdown grace period over while recording departures");
+        }
         tracing::info!("stopped");
     }
 
@@ -150,7 +159,8 @@ impl RunningServer {
         self.addr
     }
 
-    /// Stops accepting, closes WebSockets with 1001, waits for in-flight requests.
+    /// Stops accepting, closes WebSockets with 1001, waits for in-flight requests and for the
+    /// chat to record the departures of the sockets' users.
     pub async fn shutdown(self) {
         self.stop.cancel();
         let _ = self.task.await;
@@ -222,10 +232,17 @@ impl Connections {
         async move {
             let _ = stream.set_nodelay(true);
             // hyper's header timer starts only once the protocol is known, which takes a
-            // first byte: a client that never sends one is dropped here instead.
+            // first byte: a client that never sends one is dropped here instead, and so is one
+            // that has sent nothing when the server shuts down (a browser's pre-opened
+            // connection): nothing is lost, and shutdown need not wait for it.
             let mut first = [0u8; 1];
-            if !matches!(within(header_timeout, stream.peek(&mut first)).await, Some(Ok(n)) if n > 0)
-            {
+            let started = tokio::select! {
+                peeked = within(header_timeout, stream.peek(&mut first)) => {
+                    matches!(peeked, Some(Ok(n)) if n > 0)
+                }
+                () = state.shutdown.cancelled() => return,
+            };
+            if !started {
                 tracing::debug!(%peer, "no request within the header timeout");
                 return;
             }

@@ -35,6 +35,7 @@ pub enum Backend {
 }
 
 /// The backends of one test: owns the database (dropped at the end) and the Redis prefix.
+/// Declare it before the test's servers, so that they are dropped (shut down) first.
 pub struct Backends {
     pub kind: Backend,
     pub database: Option<TestDatabase>,
@@ -123,6 +124,8 @@ impl TestServer {
         format!("ws://{}{}", self.addr, path)
     }
 
+    /// Shuts the server down gracefully (sockets closed, departures recorded): after this, it
+    /// writes nothing more to its backends, so they can be cleaned up.
     pub async fn shutdown(&mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;
@@ -168,6 +171,26 @@ impl TestServer {
 
     pub async fn ws(&self, path: &str) -> Ws {
         Ws::connect(&self.ws_url(path)).await
+    }
+}
+
+impl Drop for TestServer {
+    /// Best effort for a test that did not call [`TestServer::shutdown`]: on a multi-threaded
+    /// runtime the server is shut down here, waited for, so that the test's [`Backends`]
+    /// (declared before it, so dropped after it) delete its keys only once it has stopped
+    /// writing; on a current-thread runtime, which cannot block, it is only told to stop.
+    fn drop(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| runtime.block_on(server.shutdown()));
+        } else {
+            runtime.spawn(server.shutdown());
+        }
     }
 }
 

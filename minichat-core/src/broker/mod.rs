@@ -58,6 +58,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Hands a presence event of `user` to every node's connections watching them.
     async fn publish_presence(&self, user: UserId, event: &Event) -> Result<()>;
 
+    /// Returns once no write of the broker's own (a presence heartbeat) is in flight, so that
+    /// with no connection left on this node it writes nothing more. Nothing to wait for, by
+    /// default.
+    async fn settle(&self) {}
+
     /// What this broker is, for `/health` (local or Redis).
     fn kind(&self) -> crate::BackendKind;
 

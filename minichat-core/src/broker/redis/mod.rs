@@ -225,6 +225,10 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    async fn settle(&self) {
+        self.presence.settle().await;
+    }
+
     fn kind(&self) -> crate::BackendKind {
         crate::BackendKind::Redis
     }

@@ -68,6 +68,9 @@ pub(super) struct Presence {
     ttl: Duration,
     arrive: redis::Script,
     leave: redis::Script,
+    /// Held by a heartbeat from its look at the hub to its last write, so that
+    /// [`settle`](Presence::settle) can wait for one in flight.
+    beat: tokio::sync::Mutex<()>,
 }
 
 impl Presence {
@@ -80,6 +83,7 @@ impl Presence {
             ttl,
             arrive: redis::Script::new(ARRIVE),
             leave: redis::Script::new(LEAVE),
+            beat: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -168,10 +172,22 @@ impl Presence {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.renew(&hub.connected_users()).await {
+            let _beat = self.beat.lock().await;
+            let users = hub.connected_users();
+            if let Err(e) = self.renew(&users).await {
                 tracing::debug!(error = %e, "presence heartbeat failed; retrying next beat");
             }
+            // A user who left while their renewal was on its way may have been put back:
+            // their departure is handled again.
+            hub.recheck_departures(&users);
         }
+    }
+
+    /// Returns once no heartbeat is in flight (a user it renewed who left meanwhile is a
+    /// departure again): one that starts later sees the hub as it is now (with no connection
+    /// left, it writes nothing).
+    pub(super) async fn settle(&self) {
+        drop(self.beat.lock().await);
     }
 
     /// One heartbeat for `users`; stops at the first chunk that fails.
