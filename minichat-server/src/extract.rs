@@ -22,7 +22,7 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Refuses a request whose header fields, counted as `name: value\r\n` each, pass `limit`
 /// bytes (431), before anything else reads them. hyper reads heads up to
-/// [`Limits::hyper_head_buffer`](crate::config::Limits::hyper_head_buffer) and answers a bigger
+/// `Limits::hyper_head_buffer` (in `config`) and answers a bigger
 /// one itself, without a body.
 pub fn headers_within(headers: &HeaderMap, limit: usize) -> Result<(), ApiError> {
     let size: usize = headers
