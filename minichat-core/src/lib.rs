@@ -68,7 +68,7 @@ pub use health::{BackendKind, BackendStatus, Health};
 pub use hub::{Closed, ConnectionId, Event, Hub, Subscription};
 pub use model::{
     HistoryRequest, Message, MessageId, NewMessage, NewUser, ReadState, Seq, User, UserId,
-    ValidationError,
+    UserSearchRequest, ValidationError,
 };
 pub use redis_support::RedisConfig;
 pub use service::{

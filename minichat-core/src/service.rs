@@ -15,7 +15,7 @@ use crate::health::{BackendKind, BackendStatus, Health};
 use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
 use crate::model::{
     HistoryRequest, Message, MessageId, NewMessage, NewUser, Page, ReadMark, ReadState, Seq,
-    StreamMessage, TypingSignal, User, UserId, RECENT_LIMIT,
+    StreamMessage, TypingSignal, User, UserId, UserSearchRequest, RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
 use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
@@ -47,6 +47,14 @@ pub trait ChatService: Send + Sync + 'static {
 
     /// Users ordered by id; `skip ≥ 0`, `limit` in `1..=1000`.
     async fn list_users(&self, skip: i64, limit: i64) -> Result<Vec<User>>;
+
+    /// The directory's search: users whose username or display name starts with `request.q`
+    /// (trimmed, any case), ordered by id, paged as [`list_users`](Self::list_users). A separate
+    /// operation rather than an optional filter on the list, so that listing keeps its exact
+    /// meaning; `Error::Invalid` for a `q` that is empty once trimmed, longer than
+    /// [`SEARCH_MAX_CHARS`](crate::model::SEARCH_MAX_CHARS) or holds NUL (see
+    /// [`UserSearchRequest::validate`]).
+    async fn search_users(&self, request: UserSearchRequest) -> Result<Vec<User>>;
 
     /// `Error::UserNotFound` when there is no such user.
     async fn get_user(&self, id: UserId) -> Result<User>;
@@ -416,6 +424,11 @@ impl ChatService for Chat {
     async fn list_users(&self, skip: i64, limit: i64) -> Result<Vec<User>> {
         let page = Page::new(skip, limit)?;
         self.inner.storage.list_users(page).await
+    }
+
+    async fn search_users(&self, request: UserSearchRequest) -> Result<Vec<User>> {
+        let search = request.validate()?;
+        self.inner.storage.search_users(&search).await
     }
 
     async fn get_user(&self, id: UserId) -> Result<User> {

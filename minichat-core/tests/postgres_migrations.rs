@@ -28,6 +28,11 @@ async fn admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// What `minichat_migrations` holds once every migration of this build has run.
+fn every_migration() -> Vec<(i32, String)> {
+    vec![(1, "initial".into()), (2, "user_search".into())]
+}
+
 async fn migration_rows(url: &str) -> Vec<(i32, String)> {
     admin(url)
         .await
@@ -65,14 +70,14 @@ async fn migrations_run_once_even_from_concurrent_nodes() {
         PostgresStorage::connect(&config)
     );
     let (a, b) = (a.expect("first node"), b.expect("second node"));
-    assert_eq!(migration_rows(db.url()).await, [(1, "initial".to_string())]);
+    assert_eq!(migration_rows(db.url()).await, every_migration());
 
     // Running them again (a third node, or `minichat-server migrate`) changes nothing.
     PostgresStorage::migrate_only(db.url())
         .await
         .expect("re-run");
     let c = PostgresStorage::connect(&config).await.expect("third node");
-    assert_eq!(migration_rows(db.url()).await, [(1, "initial".to_string())]);
+    assert_eq!(migration_rows(db.url()).await, every_migration());
 
     // All three nodes share one database.
     let alice = NewUser {
@@ -150,7 +155,7 @@ async fn a_record_table_from_before_checksums_is_upgraded_in_place() {
     PostgresStorage::migrate_only(db.url())
         .await
         .expect("upgrade");
-    assert_eq!(migration_rows(db.url()).await, [(1, "initial".to_string())]);
+    assert_eq!(migration_rows(db.url()).await, every_migration());
     assert_eq!(recorded_checksum(db.url(), 1).await, Some(fresh.clone()));
 
     // A row without a checksum (the column there, the value not yet) is back-filled too.
@@ -164,4 +169,49 @@ async fn a_record_table_from_before_checksums_is_upgraded_in_place() {
         .expect("start");
     storage.check().await.expect("check");
     assert_eq!(recorded_checksum(db.url(), 1).await, Some(fresh));
+}
+
+#[tokio::test]
+async fn a_database_from_an_older_build_gets_the_new_migrations_only() {
+    let db = TestDatabase::create().await;
+    PostgresStorage::migrate_only(db.url())
+        .await
+        .expect("migrate");
+    let first = recorded_checksum(db.url(), 1).await.expect("a checksum");
+    // As a build that knew only 0001 left it: no search indexes, no row for 0002.
+    admin(db.url())
+        .await
+        .batch_execute(
+            "DROP INDEX users_username_search_idx;
+             DROP INDEX users_display_name_search_idx;
+             DELETE FROM minichat_migrations WHERE version = 2",
+        )
+        .await
+        .expect("roll back to 0001");
+    let storage = PostgresStorage::connect(&config(db.url()))
+        .await
+        .expect("start");
+    storage.check().await.expect("check");
+    assert_eq!(migration_rows(db.url()).await, every_migration());
+    assert_eq!(recorded_checksum(db.url(), 1).await, Some(first));
+    assert_eq!(
+        recorded_checksum(db.url(), 2).await.map(|c| c.len()),
+        Some(64)
+    );
+    let indexes: Vec<String> = admin(db.url())
+        .await
+        .query(
+            "SELECT indexname FROM pg_indexes
+             WHERE tablename = 'users' AND indexname LIKE '%search%' ORDER BY indexname",
+            &[],
+        )
+        .await
+        .expect("list indexes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        indexes,
+        ["users_display_name_search_idx", "users_username_search_idx"]
+    );
 }

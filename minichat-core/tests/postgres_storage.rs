@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 use minichat_core::model::{
     HistoryRequest, Message, NewMessage, NewUser, Page, StoredMessage, StreamMessage, User, UserId,
-    ValidMessage, ValidUser,
+    UserSearchRequest, ValidMessage, ValidUser,
 };
 use minichat_core::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
 use minichat_core::test_support::{free_port, TestDatabase};
@@ -133,6 +133,26 @@ impl Both {
         pg
     }
 
+    /// The search on both backends; they must return the same users, in the same order.
+    async fn search(&self, q: &str, skip: i64, limit: i64) -> Vec<String> {
+        let search = UserSearchRequest {
+            q: q.into(),
+            skip,
+            limit,
+        }
+        .validate()
+        .expect("valid search");
+        let pg = self.pg.search_users(&search).await.expect("pg search");
+        let mem = self.mem.search_users(&search).await.expect("mem search");
+        let key = |us: &[User]| -> Vec<(UserId, String, String)> {
+            us.iter()
+                .map(|u| (u.id, u.username.clone(), u.display_name.clone()))
+                .collect()
+        };
+        assert_eq!(key(&pg), key(&mem), "search {q:?} {skip} {limit}");
+        pg.into_iter().map(|u| u.username).collect()
+    }
+
     async fn recent(&self, user: UserId, limit: usize) -> Vec<Message> {
         let pg = self
             .pg
@@ -215,6 +235,79 @@ async fn users_are_created_listed_and_found() {
         .await
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test]
+async fn user_search_agrees_with_memory() {
+    let db = TestDatabase::create().await;
+    let s = both(&db).await;
+    for (username, display_name) in [
+        ("alice42", "Alice Liddell"),
+        ("ALICIA", "Wonder"),
+        ("bob", "Alice's friend"),
+        ("percent", "100% Real"),
+        ("under", "50_50 Club"),
+        ("slash", "back\\slash"),
+        ("Élan", "élan vital"),
+        ("sofia", "ΣΟΦΙΑ"),
+        ("İstanbul", "City"),
+        ("max", "\u{10FFFF}\u{10FFFF}x"),
+    ] {
+        s.create_user(username, Some(display_name)).await;
+    }
+    for i in 1..=30 {
+        s.create_user(&format!("user{i}"), Some(&format!("Member {i}")))
+            .await;
+    }
+
+    // Either name, any case, a prefix only.
+    assert_eq!(s.search("ali", 0, 1000).await, ["alice42", "ALICIA", "bob"]);
+    assert_eq!(
+        s.search("  ALIC ", 0, 1000).await,
+        ["alice42", "ALICIA", "bob"]
+    );
+    assert_eq!(s.search("alice'", 0, 1000).await, ["bob"]);
+    assert_eq!(s.search("wonder", 0, 1000).await, ["ALICIA"]);
+    assert!(
+        s.search("lice", 0, 1000).await.is_empty(),
+        "not a substring"
+    );
+    assert!(s.search("zz", 0, 1000).await.is_empty());
+    // LIKE's metacharacters are plain characters.
+    assert_eq!(s.search("100%", 0, 1000).await, ["percent"]);
+    assert!(s.search("10%", 0, 1000).await.is_empty());
+    assert!(s.search("%", 0, 1000).await.is_empty());
+    assert_eq!(s.search("50_", 0, 1000).await, ["under"]);
+    assert!(s.search("5_", 0, 1000).await.is_empty());
+    assert_eq!(s.search("back\\", 0, 1000).await, ["slash"]);
+    assert!(s.search("\\", 0, 1000).await.is_empty());
+    // Beyond ASCII, folded the same way by both.
+    assert_eq!(s.search("ÉL", 0, 1000).await, ["Élan"]);
+    assert_eq!(s.search("σοφ", 0, 1000).await, ["sofia"]);
+    assert_eq!(s.search("istan", 0, 1000).await, ["İstanbul"]);
+    // The prefix with no end above it (every character U+10FFFF).
+    assert_eq!(s.search("\u{10FFFF}", 0, 1000).await, ["max"]);
+    assert_eq!(s.search("\u{10FFFF}\u{10FFFF}x", 0, 1000).await, ["max"]);
+    assert!(s
+        .search("\u{10FFFF}\u{10FFFF}\u{10FFFF}", 0, 1000)
+        .await
+        .is_empty());
+
+    // Ordered by id, then paged.
+    let ones: Vec<String> = [1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
+        .iter()
+        .map(|i| format!("user{i}"))
+        .collect();
+    assert_eq!(s.search("user1", 0, 1000).await, ones);
+    assert_eq!(s.search("member 1", 0, 1000).await, ones);
+    assert_eq!(s.search("user", 0, 5).await.len(), 5);
+    assert_eq!(
+        s.search("user", 5, 5).await,
+        ["user6", "user7", "user8", "user9", "user10"]
+    );
+    assert_eq!(s.search("user", 28, 5).await, ["user29", "user30"]);
+    assert!(s.search("user", 30, 5).await.is_empty());
+    assert!(s.search("user", i64::MAX, 1000).await.is_empty());
 }
 
 #[tokio::test]

@@ -3,13 +3,16 @@
 //! This file is the one place where input is judged. Transports (the HTTP server, an embedding
 //! application) hand raw input to [`ChatService`](crate::ChatService), which calls the `validate`
 //! functions here; storage backends only ever see the validated types ([`ValidUser`],
-//! [`ValidMessage`], [`HistoryQuery`], [`ValidReadMark`]), whose fields cannot be built any other
-//! way.
+//! [`ValidMessage`], [`HistoryQuery`], [`ValidReadMark`], [`UserSearch`]), whose fields cannot be
+//! built any other way. The directory search's rules live in `search.rs`.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use utoipa::ToSchema;
+
+mod search;
+pub use search::{fold_char, UserSearch, UserSearchRequest, SEARCH_MAX_CHARS};
 
 /// A user's id, assigned by storage, starting at 1.
 pub type UserId = i64;

@@ -183,3 +183,78 @@ fn timestamps_have_microseconds_and_z() {
     let v = serde_json::to_value(&u).unwrap();
     assert_eq!(v["created_at"], "2026-11-24T10:15:30.123456Z");
 }
+
+fn search(q: &str) -> Result<UserSearch, ValidationError> {
+    UserSearchRequest::new(q).validate()
+}
+
+fn named(username: &str, display_name: &str) -> User {
+    User {
+        id: 1,
+        username: username.into(),
+        display_name: display_name.into(),
+        created_at: now(),
+    }
+}
+
+#[test]
+fn search_text_is_trimmed_then_one_to_fifty_characters() {
+    assert_eq!(search("  Al ").unwrap().prefix(), "al");
+    assert_eq!(search(&"Ж".repeat(50)).unwrap().prefix(), "ж".repeat(50));
+    assert!(search(&format!("  {}  ", "a".repeat(50))).is_ok());
+    for bad in ["", "   ", "\t\n", &"a".repeat(51), "a\0b"] {
+        let e = search(bad).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{bad:?}: {e}");
+        assert_eq!(e.errors[0].field, "q", "{bad:?}");
+    }
+    assert_eq!(
+        search("").unwrap_err().errors[0].message,
+        "Search text cannot be empty"
+    );
+}
+
+#[test]
+fn search_pages_like_every_list_and_reports_every_field() {
+    let ok = UserSearchRequest {
+        skip: 5,
+        limit: 1000,
+        ..UserSearchRequest::new("a")
+    }
+    .validate()
+    .unwrap();
+    assert_eq!((ok.page().skip(), ok.page().limit()), (5, 1000));
+    assert_eq!(search("a").unwrap().page().limit(), DEFAULT_USERS_LIMIT);
+    let e = UserSearchRequest {
+        q: " ".into(),
+        skip: -1,
+        limit: 0,
+    }
+    .validate()
+    .unwrap_err();
+    let fields: Vec<_> = e.errors.iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["skip", "limit", "q"]);
+}
+
+#[test]
+fn search_matches_a_prefix_of_either_name_in_any_case() {
+    let alice = named("alice42", "Wonder Land");
+    assert!(search("ALI").unwrap().matches(&alice));
+    assert!(search("wonder l").unwrap().matches(&alice));
+    assert!(search("alice42").unwrap().matches(&alice));
+    assert!(
+        !search("lice").unwrap().matches(&alice),
+        "a prefix, not a substring"
+    );
+    assert!(!search("alice420").unwrap().matches(&alice));
+    // LIKE's metacharacters are plain characters here.
+    assert!(!search("a%").unwrap().matches(&alice));
+    assert!(!search("_lice").unwrap().matches(&alice));
+    assert!(search("100%").unwrap().matches(&named("bob", "100% Bob")));
+    // Simple case mapping, character by character, as PostgreSQL's lower().
+    let elan = named("Élan", "ΣΟΦΙΑ İz");
+    assert!(search("éL").unwrap().matches(&elan));
+    assert!(search("σοφ").unwrap().matches(&elan));
+    assert!(search("ΣΟΦΙΑ iZ").unwrap().matches(&elan));
+    assert_eq!(fold_char('İ'), 'i');
+    assert_eq!(fold_char('ß'), 'ß');
+}

@@ -7,7 +7,7 @@ use super::Storage;
 use crate::error::{Error, Result};
 use crate::model::{
     now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage,
-    StreamMessage, User, UserId, ValidMessage, ValidReadMark, ValidUser,
+    StreamMessage, User, UserId, UserSearch, ValidMessage, ValidReadMark, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -105,6 +105,19 @@ impl Storage for MemoryStorage {
             .iter()
             .skip(page.skip() as usize)
             .take(page.limit() as usize)
+            .cloned()
+            .collect())
+    }
+
+    /// A scan of every user (memory is the small, zero-set-up backend; PostgreSQL has indexes).
+    async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>> {
+        let state = self.state();
+        Ok(state
+            .users
+            .iter()
+            .filter(|u| search.matches(u))
+            .skip(search.page().skip() as usize)
+            .take(search.page().limit() as usize)
             .cloned()
             .collect())
     }

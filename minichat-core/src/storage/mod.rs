@@ -16,7 +16,7 @@ use crate::error::Result;
 use crate::model::ReadState;
 use crate::model::{
     HistoryQuery, Message, MessageId, Page, Seq, StoredMessage, StreamMessage, User, UserId,
-    ValidMessage, ValidReadMark, ValidUser,
+    UserSearch, ValidMessage, ValidReadMark, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -28,6 +28,10 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Users ordered by id.
     async fn list_users(&self, page: Page) -> Result<Vec<User>>;
+
+    /// The users matching `search` ([`UserSearch::matches`]: username or display name starts
+    /// with its prefix, case folded), ordered by id, then its page.
+    async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>>;
 
     async fn get_user(&self, id: UserId) -> Result<Option<User>>;
 

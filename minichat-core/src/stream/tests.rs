@@ -4,7 +4,9 @@
 use super::*;
 use crate::event::typing_event;
 use crate::health::Health;
-use crate::model::{HistoryRequest, Message, MessageId, NewUser, ReadState, User};
+use crate::model::{
+    HistoryRequest, Message, MessageId, NewUser, ReadState, User, UserSearchRequest,
+};
 use async_trait::async_trait;
 use futures_util::FutureExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -399,6 +401,9 @@ impl ChatService for Yielding {
     }
     async fn list_users(&self, skip: i64, limit: i64) -> Result<Vec<User>> {
         self.chat.list_users(skip, limit).await
+    }
+    async fn search_users(&self, request: UserSearchRequest) -> Result<Vec<User>> {
+        self.chat.search_users(request).await
     }
     async fn get_user(&self, id: UserId) -> Result<User> {
         self.chat.get_user(id).await

@@ -32,11 +32,18 @@ struct Migration {
 }
 
 /// Every migration, in increasing version order. Append only; never edit a shipped one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../../migrations/0001_initial.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "user_search",
+        sql: include_str!("../../../migrations/0002_user_search.sql"),
+    },
+];
 
 impl Migration {
     /// `0001_initial`: how errors and logs name it (its file name without `.sql`).
@@ -202,6 +209,7 @@ mod tests {
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
         assert_eq!(MIGRATIONS[0].label(), "0001_initial");
+        assert_eq!(MIGRATIONS[1].label(), "0002_user_search");
         assert_ne!(checksum(MIGRATIONS[0].sql), checksum(""));
     }
 }

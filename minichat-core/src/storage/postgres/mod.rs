@@ -32,7 +32,7 @@ use super::Storage;
 use crate::error::{Backend, Error, Result};
 use crate::model::{
     now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage,
-    StreamMessage, User, UserId, ValidMessage, ValidReadMark, ValidUser,
+    StreamMessage, User, UserId, UserSearch, ValidMessage, ValidReadMark, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -216,6 +216,21 @@ fn message_from(row: &Row, at: usize) -> Result<Message> {
     })
 }
 
+/// The least text above every text that starts with `prefix`, in byte (= code point) order:
+/// `prefix` with its last character that is not U+10FFFF moved to the next one (the surrogates
+/// skipped) and what follows it dropped. `None` when every character is U+10FFFF.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=u32::from(char::MAX)).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 /// A `usize` count as a SQL `LIMIT` (clamped; no table holds `i64::MAX` rows).
 fn sql_limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -242,6 +257,22 @@ impl Storage for PostgresStorage {
         let rows = self
             .query(LIST_USERS, &[&page.skip(), &page.limit()])
             .await?;
+        rows.iter().map(user_from).collect()
+    }
+
+    async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>> {
+        let prefix = search.prefix();
+        let (skip, limit) = (search.page().skip(), search.page().limit());
+        let rows = match prefix_end(prefix) {
+            Some(end) => {
+                let params: [&(dyn ToSql + Sync); 4] = [&prefix, &end, &skip, &limit];
+                self.query(SEARCH_USERS, &params).await?
+            }
+            None => {
+                self.query(SEARCH_USERS_FROM, &[&prefix, &skip, &limit])
+                    .await?
+            }
+        };
         rows.iter().map(user_from).collect()
     }
 
@@ -458,7 +489,9 @@ mod tests {
     /// EXPLAINs every read on 4,000 messages between 100 users, user 1 being in half of them,
     /// and checks that none reads `messages` by a sequential scan, both with the plans made
     /// for the actual values and with the generic plans a cached statement may switch to
-    /// after a few executions.
+    /// after a few executions. 20,000 more users (who sent nothing) let the directory search
+    /// show that it reads `users` by its indexes (or, for a prefix most users share, by the
+    /// primary key until the page is full), never sequentially.
     #[tokio::test]
     async fn plans_are_index_driven() {
         let db = TestDatabase::create().await;
@@ -475,6 +508,8 @@ mod tests {
                             CASE WHEN i % 2 = 0 THEN 2 + i % 99 ELSE 2 + (7 * i + 1) % 99 END,
                             'm', now(), i, i
                      FROM generate_series(1, 4000) AS i;
+                 INSERT INTO users (username, display_name, created_at)
+                     SELECT 'p' || i, 'Person ' || i, now() FROM generate_series(1, 20000) AS i;
                  ANALYZE users;
                  ANALYZE messages;",
             )
@@ -494,6 +529,10 @@ mod tests {
             ("recent", RECENT_RECEIVED, "50, 50"),
             ("events", EVENTS_SINCE, "1, 0, 1000"),
             ("events", EVENTS_SINCE, "50, 3, 50"),
+            // 111 usernames, then 1,111 display names; the end a prefix of nobody.
+            ("search", SEARCH_USERS, "'p123', 'p124', 0, 50"),
+            ("search", SEARCH_USERS, "'person 19', 'person 1:', 100, 50"),
+            ("search", SEARCH_USERS_FROM, "'\u{10FFFF}', 0, 50"),
         ];
         for mode in ["force_custom_plan", "force_generic_plan"] {
             for (name, sql, args) in queries {
@@ -513,11 +552,31 @@ mod tests {
                     .collect();
                 let plan = plan.join("\n");
                 eprintln!("---- {name}({args}) {mode}\n{plan}");
+                let table = if name == "search" {
+                    "users"
+                } else {
+                    "messages"
+                };
                 assert!(
-                    !plan.contains("Seq Scan on messages"),
+                    !plan.contains(&format!("Seq Scan on {table}")),
                     "{name} {mode}:\n{plan}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_prefix_ends_at_its_last_character_moved_up_by_one() {
+        assert_eq!(prefix_end("abc").as_deref(), Some("abd"));
+        assert_eq!(prefix_end("a%").as_deref(), Some("a&"));
+        assert_eq!(prefix_end("ж").as_deref(), Some("з"));
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("ab\u{10FFFF}").as_deref(), Some("ac"));
+        assert_eq!(prefix_end("\u{10FFFF}\u{10FFFF}"), None);
+        // Every text starting with the prefix sorts below the end, byte by byte.
+        let end = prefix_end("ab").unwrap();
+        for text in ["ab", "ab\u{10FFFF}\u{10FFFF}", "abz"] {
+            assert!(text.as_bytes() < end.as_bytes(), "{text:?}");
         }
     }
 }

@@ -23,6 +23,28 @@ pub(super) const CREATE_USER: &str = "INSERT INTO users (username, display_name,
 pub(super) const LIST_USERS: &str =
     "SELECT id, username, display_name, created_at FROM users ORDER BY id OFFSET $1 LIMIT $2";
 
+/// The users whose folded username or display name starts with `$1` (a folded prefix), by id,
+/// OFFSET `$3` LIMIT `$4`. `$2` is the first text after every text starting with `$1`
+/// (`prefix_end` in `mod.rs`), so each half is a byte-order range of one index of migration
+/// 0002 (`users_username_search_idx`, `users_display_name_search_idx`), which the planner can
+/// use in a generic plan too; a `LIKE $1 || '%'` could only use them in a custom plan. A range
+/// has no metacharacters: `%`, `_` and `\` in the prefix are plain characters.
+///
+/// For a prefix found in few rows the plan is a BitmapOr of both indexes, then a sort of the
+/// matches by id; for one found in most rows the planner may walk the primary key instead and
+/// stop when the page is full.
+pub(super) const SEARCH_USERS: &str = "SELECT id, username, display_name, created_at FROM users
+     WHERE (lower(username) ~>=~ $1 AND lower(username) ~<~ $2)
+        OR (lower(display_name) ~>=~ $1 AND lower(display_name) ~<~ $2)
+     ORDER BY id OFFSET $3 LIMIT $4";
+
+/// [`SEARCH_USERS`] for a prefix with no end (every character U+10FFFF): then every text at or
+/// above `$1` starts with it. OFFSET `$2` LIMIT `$3`.
+pub(super) const SEARCH_USERS_FROM: &str =
+    "SELECT id, username, display_name, created_at FROM users
+     WHERE lower(username) ~>=~ $1 OR lower(display_name) ~>=~ $1
+     ORDER BY id OFFSET $2 LIMIT $3";
+
 pub(super) const GET_USER: &str =
     "SELECT id, username, display_name, created_at FROM users WHERE id = $1";
 
