@@ -139,7 +139,7 @@ async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
 }
 
 /// Both people sign up in their own browser (after a refused username shows the server's
-/// messages); Alice's page, loaded before Bob existed, shows him after a reload.
+/// messages); Alice's page, loaded before Bob existed, finds him by searching the server.
 async fn sign_up(
     server: &TestServer,
     page: &str,
@@ -168,8 +168,28 @@ async fn sign_up(
     bob.goto(page).await;
     let b = bob.sign_up(&bob_name, "Bob Builder").await;
 
-    // Alice's directory was loaded before Bob existed: a reload shows him, and also proves the
-    // session survives a reload (it is kept in localStorage).
+    // Alice's directory was loaded before Bob existed: typing the start of his display name,
+    // in another case, asks the server (no timer, no reload) and lists him.
+    let item = format!("[data-testid=user-item][data-user-id=\"{}\"]", b.id);
+    alice.type_into("user-search", "bOB bu").await;
+    alice
+        .wait_until(
+            "Bob found by the directory search",
+            "const item = document.querySelector(arguments[0]); return !!item && !item.hidden",
+            vec![json!(item)],
+            |v| v == &json!(true),
+        )
+        .await;
+    alice.clear("user-search").await;
+    // WebDriver's clear fires no `input` event; a person's backspace would.
+    alice
+        .js(
+            "document.getElementById('search').dispatchEvent(new Event('input')); return true",
+            vec![],
+        )
+        .await;
+
+    // The session survives a reload (it is kept in localStorage).
     alice.client.refresh().await.expect("reload");
     alice.wait_online().await;
     assert_eq!(

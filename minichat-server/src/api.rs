@@ -13,7 +13,9 @@ use crate::state::AppState;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use minichat_core::model::{timestamp, DEFAULT_USERS_LIMIT};
-use minichat_core::{BackendKind, HistoryRequest, Message, NewMessage, NewUser, ReadState, User};
+use minichat_core::{
+    BackendKind, HistoryRequest, Message, NewMessage, NewUser, ReadState, User, UserSearchRequest,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -154,19 +156,31 @@ pub async fn create_user(state: &AppState, req: Request<Incoming>) -> Result<Res
     Ok(json(StatusCode::OK, &CreatedUser { user, token }))
 }
 
+// Without `q`, every user (the list of Part 1, unchanged); with it, the directory's search.
 #[utoipa::path(get, path = "/users/", tag = "users",
-    params(("skip" = Option<i64>, Query, description = "Rows to skip (≥ 0)"),
+    params(("q" = Option<String>, Query, description = "Only users whose username or display name starts with this text, in any case (trimmed; 1–50 characters)"),
+           ("skip" = Option<i64>, Query, description = "Rows to skip (≥ 0)"),
            ("limit" = Option<i64>, Query, description = "Rows to return, 1–1000 (default 100)")),
     security(("bearer" = [])),
-    responses((status = 200, description = "Users ordered by id", body = [User]),
+    responses((status = 200, description = "Users ordered by id (those matching `q` when given)", body = [User]),
               (status = 401, description = "Missing or invalid token", body = ErrorBody),
-              (status = 422, description = "Bad numbers", body = ErrorBody)))]
+              (status = 422, description = "Bad numbers, or a `q` that is blank or too long", body = ErrorBody)))]
 pub async fn list_users(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
     state.caller(&req).require_any()?;
     let query = Query::parse(req.uri().query());
     let skip = query.int_or("skip", 0)?;
     let limit = query.int_or("limit", DEFAULT_USERS_LIMIT)?;
-    let users = state.chat.list_users(skip, limit).await?;
+    let users = match query.get("q") {
+        None => state.chat.list_users(skip, limit).await?,
+        Some(q) => {
+            let request = UserSearchRequest {
+                q: q.to_owned(),
+                skip,
+                limit,
+            };
+            state.chat.search_users(request).await?
+        }
+    };
     Ok(json(StatusCode::OK, &users))
 }
 

@@ -212,7 +212,7 @@ impl ApiError {
 /// Query parameters the service validates; every other field comes from a body.
 fn location_of(field: &str) -> Location {
     match field {
-        "skip" | "limit" | "user_id" | "chat_with" | "before_id" | "since" => Location::Query,
+        "skip" | "limit" | "q" | "user_id" | "chat_with" | "before_id" | "since" => Location::Query,
         // Socket frames' fields are reported as body fields, like REST bodies.
         _ => Location::Body,
     }

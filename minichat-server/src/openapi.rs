@@ -10,7 +10,8 @@ use crate::config::Signup;
 use crate::docs::ApiDoc;
 use minichat_core::model::{
     CLIENT_ID_MAX_CHARS, CONTENT_MAX_CHARS, DEFAULT_HISTORY_LIMIT, DEFAULT_USERS_LIMIT,
-    DISPLAY_NAME_MAX_CHARS, MAX_PAGE_LIMIT, USERNAME_MAX_CHARS, USERNAME_MIN_CHARS,
+    DISPLAY_NAME_MAX_CHARS, MAX_PAGE_LIMIT, SEARCH_MAX_CHARS, USERNAME_MAX_CHARS,
+    USERNAME_MIN_CHARS,
 };
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::schema::{Object, Ref, Schema};
@@ -24,7 +25,8 @@ use utoipa::OpenApi as _;
 pub const USERNAME_PATTERN: &str = r"^[^\W_]+$";
 /// No U+0000 anywhere (PostgreSQL text cannot hold it; every backend refuses it).
 pub const NO_NUL_PATTERN: &str = r"^[^\u0000]*$";
-/// No U+0000, and something besides white space (content is trimmed before it is judged).
+/// No U+0000, and something besides white space (content and a search's `q` are trimmed before
+/// they are judged).
 pub const CONTENT_PATTERN: &str = r"^[^\u0000]*[^\s\u0000][^\u0000]*$";
 
 /// The name of the bearer scheme in `components.securitySchemes`.
@@ -128,7 +130,8 @@ fn constrain_bodies(doc: &mut OpenApi) {
     }
 }
 
-/// `model::Page::new`: `skip` ≥ 0, `limit` in 1..=`MAX_PAGE_LIMIT`, with each list's default.
+/// `model::Page::new`: `skip` ≥ 0, `limit` in 1..=`MAX_PAGE_LIMIT`, with each list's default;
+/// `UserSearchRequest::validate`: `q` of 1..=`SEARCH_MAX_CHARS` characters, not only white space.
 fn constrain_parameters(path: &str, op: &mut Operation) {
     let default_limit = match path {
         "/users/" => DEFAULT_USERS_LIMIT,
@@ -149,6 +152,7 @@ fn constrain_parameters(path: &str, op: &mut Operation) {
                 o.maximum = Some((MAX_PAGE_LIMIT as isize).into());
                 o.default = Some(default_limit.into());
             }
+            "q" => set_length(o, Some(1), SEARCH_MAX_CHARS, CONTENT_PATTERN),
             _ => {}
         }
     }
@@ -250,6 +254,10 @@ mod tests {
             assert_eq!(limit["maximum"], json!(MAX_PAGE_LIMIT), "{path}");
             assert_eq!(limit["default"], json!(default), "{path}");
         }
+        let q = param(&doc, "/users/", "q");
+        assert_eq!(q["minLength"], 1);
+        assert_eq!(q["maxLength"], json!(SEARCH_MAX_CHARS));
+        assert_eq!(q["pattern"], CONTENT_PATTERN);
     }
 
     #[test]

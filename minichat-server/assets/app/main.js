@@ -12,7 +12,7 @@
 import { api, onUnauthorized } from './api.js';
 import { closeConversation, loadOlder, onMessage } from './conversation.js';
 import { flushOutbox, onAck, onComposerInput, onErrorFrame, onSend } from './outbox.js';
-import { forgetPresence, loadUsers, onPresence, renderPeerHeader, renderUsers, updateAllUserItems, watchAfresh } from './people.js';
+import { forgetPresence, onPresence, onSearchInput, renderPeerHeader, updateAllUserItems, watchAfresh } from './people.js';
 import { loadReadState, maybeSendRead, onRead, onTyping } from './receipts.js';
 import {
   ACCOUNT_GONE,
@@ -83,7 +83,7 @@ function init() {
   $('signup-form').addEventListener('submit', onSignup);
   $('token-form').addEventListener('submit', onTokenSignin);
   $('logout').addEventListener('click', () => signOut(''));
-  $('search').addEventListener('input', renderUsers);
+  $('search').addEventListener('input', onSearchInput);
   $('composer').addEventListener('submit', onSend);
   const input = $('composer-input');
   input.addEventListener('input', onComposerInput);
@@ -113,13 +113,13 @@ function init() {
   window.addEventListener('online', reconnectNow);
   window.addEventListener('focus', maybeSendRead);
   setInterval(heartbeat, 5000);
-  // Relative times ("last seen 3 min ago") and the directory (new sign-ups) stay fresh.
+  // Relative times ("last seen 3 min ago") stay fresh. New people need no timer: a search asks
+  // the server, and a message from someone unknown fetches them (people.js ensureUser).
   setInterval(() => {
     if (!state.session) return;
     updateAllUserItems();
     renderPeerHeader();
   }, 30000);
-  setInterval(loadUsers, 60000);
 
   const saved = store.get(KEY_SESSION);
   if (saved && saved.user && typeof saved.user.id === 'number') {

@@ -11,22 +11,59 @@ import { $, h, lastSeenText, paintAvatar, shortTime, showError } from './view.js
 /** Ids this connection has asked to watch (a new socket watches nobody). */
 const watched = new Set();
 
+/** How long typing must pause before the directory is asked (ms). */
+const SEARCH_DEBOUNCE_MS = 250;
+/** People asked for per search: the first page of matches. */
+const SEARCH_LIMIT = 50;
+let searchTimer = null;
+/** Counts searches, so a slow answer to an older search cannot replace a newer one's. */
+let searchGeneration = 0;
+
+/** The first page of the directory (the server's default page), for an empty search box. */
 export async function loadUsers() {
   if (!state.session) return;
   try {
-    const list = await api('GET', 'users/?limit=1000');
-    if (!state.session) return;
-    const before = new Set(state.users.keys());
-    let added = false;
-    for (const user of list) {
-      state.users.set(user.id, user);
-      if (!before.has(user.id)) added = true;
-    }
-    renderUsers();
-    if (added) sendWatch();
+    merge(await api('GET', 'users/'));
   } catch (e) {
     if (e.status !== 401) showError(`Could not load people: ${e.message}`);
   }
+}
+
+/** Typing in the search box: filter who is known now, then ask the server once typing pauses. */
+export function onSearchInput() {
+  renderUsers();
+  clearTimeout(searchTimer);
+  const q = $('search').value.trim();
+  if (q) searchTimer = setTimeout(() => searchUsers(q), SEARCH_DEBOUNCE_MS);
+}
+
+async function searchUsers(q) {
+  if (!state.session) return;
+  const generation = ++searchGeneration;
+  try {
+    const found = await api('GET', `users/?q=${encodeURIComponent(q)}&limit=${SEARCH_LIMIT}`);
+    if (generation === searchGeneration) merge(found);
+  } catch (e) {
+    if (e.status !== 401) showError(`Could not search people: ${e.message}`);
+  }
+}
+
+/** Adds users the page did not know (or refreshes those it did), then lists and watches them. */
+function merge(list) {
+  if (!state.session) return;
+  const before = new Set(state.users.keys());
+  let added = false;
+  for (const user of list) {
+    state.users.set(user.id, user);
+    if (!before.has(user.id)) added = true;
+  }
+  renderUsers();
+  if (added) sendWatch();
+}
+
+/** Whether `user` matches the search box as the server's search does: a prefix of either name. */
+function matchesSearch(user, filter) {
+  return user.username.toLowerCase().startsWith(filter) || (user.display_name || '').toLowerCase().startsWith(filter);
 }
 
 /** Learns about a user first seen in a message (signed up after the list was loaded). */
@@ -69,7 +106,7 @@ export function renderUsers() {
     }
     updateUserItem(id);
     const user = state.users.get(id);
-    const match = !filter || `${user.username} ${user.display_name}`.toLowerCase().includes(filter);
+    const match = !filter || matchesSearch(user, filter);
     item.hidden = !match;
     if (match) visible += 1;
     if (list.children[index] !== item) list.insertBefore(item, list.children[index] || null);
