@@ -175,6 +175,16 @@ fn every_setting_with_a_bad_value_stops_the_server_with_one_line() {
         ),
         ("MINICHAT_WS_QUEUE", "0", &["--ws-queue", "at least 1"]),
         (
+            "MINICHAT_WS_SEND_BUFFER_BYTES",
+            "0",
+            &["--ws-send-buffer-bytes", "at least 1"],
+        ),
+        (
+            "MINICHAT_WS_WRITE_STALL_MS",
+            "soon",
+            &["--ws-write-stall-ms", "'soon'", "whole number"],
+        ),
+        (
             "MINICHAT_LOG_FORMAT",
             "xml",
             &["--log-format", "'xml'", "text, json"],

@@ -163,6 +163,16 @@ pub struct Options {
     #[arg(long, env = "MINICHAT_WS_QUEUE", default_value_t = ChatConfig::default().queue_capacity, value_parser = at_least_one::<usize>, global = true)]
     pub ws_queue: usize,
 
+    /// Kernel send buffer of each WebSocket, in bytes (Linux reserves twice this): what a client
+    /// that stops reading can leave unsent before its writes stall.
+    #[arg(long, env = "MINICHAT_WS_SEND_BUFFER_BYTES", default_value_t = Limits::DEFAULT.ws_send_buffer_bytes, value_parser = at_least_one::<usize>, global = true)]
+    pub ws_send_buffer_bytes: usize,
+
+    /// Milliseconds one WebSocket write may stall (the client not reading) before the socket is
+    /// closed as a slow consumer.
+    #[arg(long, env = "MINICHAT_WS_WRITE_STALL_MS", default_value_t = millis(Limits::DEFAULT.ws_write_stall), value_parser = at_least_one::<u64>, global = true)]
+    pub ws_write_stall_ms: u64,
+
     /// Log format: human-readable `text`, or `json`.
     #[arg(long, env = "MINICHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -256,6 +266,10 @@ pub struct Limits {
     pub signal_burst: u32,
     /// How long a socket may stay silent before it is pinged; three times that and it is closed.
     pub ws_ping_interval: Duration,
+    /// A WebSocket's kernel send buffer (`SO_SNDBUF`; Linux reserves twice this), and how long
+    /// one write may stall before the socket is closed as a slow consumer.
+    pub ws_send_buffer_bytes: usize,
+    pub ws_write_stall: Duration,
     /// Open WebSockets per user on one node, and in all on one node.
     pub max_sockets_per_user: usize,
     pub max_sockets: usize,
@@ -271,6 +285,8 @@ impl Limits {
         max_ws_message_bytes: 64 * 1024,
         header_read_timeout: Duration::from_secs(10),
         ws_ping_interval: Duration::from_secs(30),
+        ws_send_buffer_bytes: 32 * 1024,
+        ws_write_stall: Duration::from_secs(10),
         send_rate_per_sec: 30,
         send_burst: 100,
         signal_rate_per_sec: 10,
@@ -401,6 +417,8 @@ impl Options {
                 max_ws_message_bytes: self.max_ws_message_bytes,
                 header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
                 ws_ping_interval: Duration::from_secs(self.ws_ping_secs),
+                ws_send_buffer_bytes: self.ws_send_buffer_bytes,
+                ws_write_stall: Duration::from_millis(self.ws_write_stall_ms),
                 send_rate_per_sec: self.send_rate,
                 send_burst: self.send_burst,
                 signal_rate_per_sec: self.signal_rate,
@@ -563,6 +581,11 @@ mod tests {
         assert_eq!(s.chat.redis_prefix, d.chat.redis_prefix);
         assert_eq!(s.chat.queue_capacity, d.chat.queue_capacity);
         assert_eq!(s.chat.backend_timeout, d.chat.backend_timeout);
+        assert_eq!(
+            s.limits.ws_send_buffer_bytes,
+            Limits::DEFAULT.ws_send_buffer_bytes
+        );
+        assert_eq!(s.limits.ws_write_stall, Limits::DEFAULT.ws_write_stall);
         let s = Cli::try_parse_from(["minichat-server", "--backend-timeout-ms", "1500"])
             .unwrap()
             .options

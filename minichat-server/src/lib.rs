@@ -44,6 +44,7 @@ mod response;
 mod routes;
 mod server;
 mod state;
+mod tcp;
 mod telemetry;
 mod ws;
 

@@ -10,7 +10,10 @@ use crate::auth::{AuthMode, Authenticator};
 use crate::config::{Limits, Settings};
 use crate::routes;
 use crate::state::AppState;
+use crate::tcp::Tcp;
 use crate::telemetry;
+use http::{header, Request};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -246,7 +249,15 @@ impl Connections {
                 tracing::debug!(%peer, "no request within the header timeout");
                 return;
             }
-            let service = service_fn(move |req| routes::handle(state.clone(), req));
+            let (stream, send_buffer) = Tcp::new(stream);
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                // Only an upgrade uses it (to cap a WebSocket's send buffer): other requests
+                // carry nothing extra.
+                if req.headers().contains_key(header::UPGRADE) {
+                    req.extensions_mut().insert(send_buffer.clone());
+                }
+                routes::handle(state.clone(), req)
+            });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("response", 0),
     ("diagnose", 0),
     ("ids", 0),
+    ("tcp", 0),
     ("ws::frames", 0),
     ("auth", 1),
     ("extract", 1),

@@ -2,7 +2,8 @@
 //! [`EventStream`] (which subscribes before reading storage, replays `?since=`, and hands out
 //! events in seq order without gaps or duplicates), greets the client, writes the stream's
 //! items, answers the client's frames, pings a quiet client and closes a dead one, and closes
-//! with 4008 when it cannot keep up (its bounded queue filled on the hub) or 1001 at shutdown.
+//! with 4008 when it cannot keep up (its bounded queue filled on the hub, or a write stalled on
+//! its small kernel send buffer) or 1001 at shutdown.
 //! No sequencing happens here. Frames' content is never logged.
 
 use super::frames::{
@@ -25,10 +26,6 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-/// How long one write to a socket may take before the client is taken for dead: a client
-/// that stops reading holds its connection task no longer than this.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
-
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Why the connection loop ended, and the close frame to send (if any).
@@ -36,6 +33,14 @@ enum End {
     /// The client closed or vanished: nothing more to send.
     Gone,
     Close(u16, &'static str),
+}
+
+/// Counts a slow consumer (its queue filled, or a write stalled: the one counter for both) and
+/// closes it with 4008.
+fn slow_consumer(why: &str) -> End {
+    telemetry::slow_consumer_closed();
+    tracing::info!("{why}: closing as a slow consumer");
+    End::Close(CLOSE_SLOW_CONSUMER, "slow consumer")
 }
 
 pub(super) struct Connection {
@@ -84,25 +89,29 @@ impl Connection {
             }
         };
         if let End::Close(code, reason) = end {
-            let _ = tokio::time::timeout(SEND_TIMEOUT, conn.socket.send(close_frame(code, reason)))
+            let stall = conn.state.limits.ws_write_stall;
+            let sent = tokio::time::timeout(stall, conn.socket.send(close_frame(code, reason)));
+            // Wait briefly for the client's close reply, so the close is clean; a client whose
+            // buffer is full cannot even take the close frame, and is dropped at once.
+            if let Ok(Ok(())) = sent.await {
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Some(Ok(_)) = conn.socket.next().await {}
+                })
                 .await;
-            // Wait briefly for the client's close reply, so the close is clean.
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                while let Some(Ok(_)) = conn.socket.next().await {}
-            })
-            .await;
+            }
         }
         tracing::info!("disconnected");
     }
 
+    /// Writes one frame. The kernel's send buffer is small (`MINICHAT_WS_SEND_BUFFER_BYTES`), so
+    /// a client that stops reading stalls this write within a few frames; one that stalls for
+    /// `MINICHAT_WS_WRITE_STALL_MS` is a slow consumer, like one whose queue filled.
     async fn send(&mut self, frame: Frame) -> Result<(), End> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(frame)).await {
+        match tokio::time::timeout(self.state.limits.ws_write_stall, self.socket.send(frame)).await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
-            Err(_) => {
-                tracing::info!("client stopped reading: dropping the connection");
-                Err(End::Gone)
-            }
+            Err(_) => Err(slow_consumer("a write stalled")),
         }
     }
 
@@ -127,9 +136,7 @@ impl Connection {
                 item = events.next() => match item {
                     Ok(item) => self.write_item(item).await,
                     Err(StreamEnd::Closed(Closed::SlowConsumer)) => {
-                        telemetry::slow_consumer_closed();
-                        tracing::info!("queue full: closing as a slow consumer");
-                        return End::Close(CLOSE_SLOW_CONSUMER, "slow consumer");
+                        return slow_consumer("its queue filled");
                     }
                     Err(StreamEnd::Closed(Closed::Shutdown)) => {
                         return End::Close(1001, "server shutting down")

@@ -1,5 +1,6 @@
 //! The WebSocket upgrade: every check happens before the 101 goes out (handshake headers, the
-//! user id, the caller's token, the socket caps), then the connection runs in a task.
+//! user id, the caller's token, the socket caps), then the socket's kernel send buffer is capped
+//! and the connection runs in a task.
 //!
 //! The task runs in a `ws{user, conn}` span (a child of the upgrade request's), so each of the
 //! connection's log lines names it.
@@ -9,6 +10,7 @@ use crate::error::{ApiError, Location};
 use crate::extract::{parse_int, Query};
 use crate::response::Response;
 use crate::state::AppState;
+use crate::tcp::SendBufferCap;
 use crate::telemetry;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, StatusCode};
@@ -75,6 +77,11 @@ pub fn upgrade(
     let since = query.int("since")?.filter(|s| *s >= 0);
     // Held for the connection's life; refused here, before the upgrade, when over a cap.
     let permit = state.guards.open_socket(user_id)?;
+    // From the 101 on, the kernel holds little for this socket: a client that stops reading
+    // stalls the connection's writes within a few frames (see `crate::tcp`).
+    if let Some(cap) = req.extensions().get::<SendBufferCap>() {
+        cap.request(state.limits.ws_send_buffer_bytes);
+    }
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state_for_task = state.clone();
