@@ -142,7 +142,9 @@ async fn run_concurrent(chat: &Chat, pairs: &mut Vec<Pair>, iters: u64) -> Durat
         pairs.push(task.await.expect("sender task"));
     }
     // Scaled to `iters`, since the tasks sent `per_task * TASKS >= iters` in all.
-    started.elapsed().mul_f64(iters as f64 / (per_task * TASKS as u64) as f64)
+    started
+        .elapsed()
+        .mul_f64(iters as f64 / (per_task * TASKS as u64) as f64)
 }
 
 fn concurrent(c: &mut Criterion) {
