@@ -15,26 +15,41 @@
 //!   | `{prefix}user:{user_id}` | channel | events for the user (the broker) |
 //!   | `{prefix}presence:...` | reserved | presence, later |
 //!
-//! - **One pool policy.** Commands go through a small [`bb8`] pool of multiplexed connections
-//!   ([`RedisPool`]) with a short checkout timeout ([`CONNECT_TIMEOUT`]). While Redis is down
-//!   a checkout fails with [`Error::Unavailable`] instead of stalling the caller: the first
-//!   within that timeout, later ones at once until a background probe finds Redis back. The
-//!   pool reconnects by itself (each checkout PINGs the connection first and replaces a dead
-//!   one).
+//! - **One connection policy.** The commands that run per message, typing or read event (the
+//!   cache's push and read, every `PUBLISH`) go over ONE shared [`MultiplexedConnection`] per
+//!   backend ([`RedisPool::shared`]), cloned per call: commands issued concurrently are written
+//!   to the socket together and Redis answers them together, so a busy node pays a round trip
+//!   per batch of sends, not per command. (Redis takes well over a million pipelined commands a
+//!   second; checking a connection out of a pool exclusively per command, as this crate first
+//!   did, capped memory storage + Redis at a quarter of memory-only throughput.) The rest
+//!   (presence scripts and queries, the heartbeat, one half of the health check) goes through a
+//!   small [`bb8`] pool ([`POOL_SIZE`]), where a command has a connection to itself.
+//! - **No unbounded queue.** The shared connection queues at most [`PIPELINE_BUFFER`] commands
+//!   for its writer task (redis-rs's `pipeline_buffer_size`, a bounded channel: a caller waits
+//!   for room, within its deadline) and lets at most [`MAX_IN_FLIGHT`] requests wait for their
+//!   replies (redis-rs's `concurrency_limit`, a semaphore). The pool waits at most
+//!   [`CONNECT_TIMEOUT`] (or the command deadline) for a checkout.
+//! - **Fail fast while Redis is down.** A failed checkout, a command on the shared connection
+//!   that fails for want of a connection (I/O, dropped, refused, timed out), or a command past
+//!   its deadline marks Redis down: later commands fail with [`Error::Unavailable`] at once,
+//!   instead of stalling the caller, until a background probe opens a fresh shared connection,
+//!   PINGs it and checks a pooled connection out. That is also how the shared connection comes
+//!   back after a Redis restart. (The pool PINGs a connection at each checkout and replaces a
+//!   dead one.)
 //! - **One deadline per command.** Every command of the cache and the broker (checkout
 //!   included) goes through [`RedisPool::bounded`], which gives up after the configured backend
-//!   budget ([`RedisConfig::timeout`], `MINICHAT_BACKEND_TIMEOUT_MS`) and marks the pool down,
-//!   so a Redis that keeps its connections open but stops answering costs that budget once, not
-//!   on every call. (The connections' own response timeout, the redis crate's 500 ms default,
-//!   usually fails a command first.)
+//!   budget ([`RedisConfig::timeout`], `MINICHAT_BACKEND_TIMEOUT_MS`) and marks Redis down, so
+//!   a Redis that keeps its connections open but stops answering costs that budget once, not
+//!   on every call. (The pooled connections' own response timeout, the redis crate's 500 ms
+//!   default, usually fails a command first; the shared connection's is the budget itself.)
 
 use crate::error::{Backend, Error, Result};
 use crate::model::UserId;
 use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client, ConnectionInfo, IntoConnectionInfo, RedisError};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Where Redis is, and the prefix of every key and channel.
@@ -54,8 +69,15 @@ pub struct RedisConfig {
 /// considered unreachable.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connections per pool. They are multiplexed, so a handful serves many concurrent callers.
+/// Connections per pool, for the commands off the hot path (presence, health).
 const POOL_SIZE: u32 = 8;
+
+/// Commands the shared connection queues for its writer task; a caller waits for room.
+pub(crate) const PIPELINE_BUFFER: usize = 512;
+
+/// Requests on the shared connection that may wait for their replies at once; more wait for a
+/// reply to come first.
+pub(crate) const MAX_IN_FLIGHT: usize = 4096;
 
 /// The setting every Redis configuration error names.
 const SETTING: &str = "REDIS_URL";
@@ -63,13 +85,14 @@ const SETTING: &str = "REDIS_URL";
 /// A connection checked out of a [`RedisPool`].
 pub(crate) type Pooled<'a> = bb8::PooledConnection<'a, RedisConnectionManager>;
 
-/// A pool of multiplexed Redis connections that fails fast while Redis is known unreachable.
+/// The Redis connections of one backend: the shared multiplexed connection of the hot path, a
+/// pool for the rest, and whether Redis is known to be down, which both fail fast on.
 ///
 /// bb8 cannot tell "Redis is down" from "the pool is busy": while Redis is down every checkout
-/// waits out the whole [`CONNECT_TIMEOUT`]. So once a checkout has failed, the pool is marked
-/// down and later checkouts fail at once, while a background probe keeps trying (capped
-/// backoff) and reopens the pool as soon as it gets a connection. An outage then costs the
-/// timeout once, not on every send.
+/// waits out the whole [`CONNECT_TIMEOUT`], and a dead shared connection stays dead. So once a
+/// checkout or a shared command has failed for want of Redis, it is marked down and later
+/// commands fail at once, while a background probe keeps trying (capped backoff) and reopens
+/// both as soon as Redis answers. An outage then costs the timeout once, not on every send.
 #[derive(Clone)]
 pub(crate) struct RedisPool {
     inner: Arc<PoolInner>,
@@ -77,9 +100,13 @@ pub(crate) struct RedisPool {
 
 struct PoolInner {
     pool: bb8::Pool<RedisConnectionManager>,
+    /// Opens the shared connection (again, after an outage).
+    client: Client,
+    /// The hot path's connection, cloned per command ([`RedisPool::shared`]).
+    shared: RwLock<MultiplexedConnection>,
     /// The deadline of each command ([`RedisPool::bounded`]).
     timeout: Duration,
-    /// The last checkout failed and the probe has not yet succeeded.
+    /// A command failed for want of Redis, and the probe has not yet succeeded.
     down: AtomicBool,
     /// A probe task is running.
     probing: AtomicBool,
@@ -89,16 +116,63 @@ struct PoolInner {
 const PROBE_MIN: Duration = Duration::from_millis(100);
 const PROBE_MAX: Duration = Duration::from_secs(1);
 
+/// Whether `e` means the connection, not the command, failed: Redis is away, or not answering.
+fn is_link_failure(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+}
+
 impl RedisPool {
-    fn new(pool: bb8::Pool<RedisConnectionManager>, timeout: Duration) -> RedisPool {
+    fn new(
+        pool: bb8::Pool<RedisConnectionManager>,
+        client: Client,
+        shared: MultiplexedConnection,
+        timeout: Duration,
+    ) -> RedisPool {
         RedisPool {
             inner: Arc::new(PoolInner {
                 pool,
+                client,
+                shared: RwLock::new(shared),
                 timeout,
                 down: AtomicBool::new(false),
                 probing: AtomicBool::new(false),
             }),
         }
+    }
+
+    fn unreachable(backend: Backend) -> Error {
+        Error::unavailable(
+            backend,
+            "Redis is unreachable (reconnecting in the background)",
+        )
+    }
+
+    /// The shared connection of the hot path (a clone: commands on clones share one socket and
+    /// are pipelined together); fails at once while Redis is known to be away. Run its commands
+    /// within [`RedisPool::bounded`] and map their errors with [`RedisPool::failed`].
+    pub(crate) fn shared(&self, backend: Backend) -> Result<MultiplexedConnection> {
+        if self.inner.down.load(Ordering::Acquire) {
+            return Err(Self::unreachable(backend));
+        }
+        Ok(self
+            .inner
+            .shared
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone())
+    }
+
+    /// `e`, a failed command on the shared connection, as [`Error::Unavailable`]; marks Redis
+    /// down when the connection itself failed, so the probe replaces it.
+    pub(crate) fn failed(&self, backend: Backend, e: RedisError) -> Error {
+        if is_link_failure(&e) {
+            self.mark_down();
+        }
+        Error::unavailable(backend, e)
     }
 
     /// Runs `command` (a checkout and what it sends) within the command deadline: no answer by
@@ -128,10 +202,7 @@ impl RedisPool {
     /// shorter) when Redis goes away, and at once while it is known to be away.
     pub(crate) async fn get(&self, backend: Backend) -> Result<Pooled<'_>> {
         if self.inner.down.load(Ordering::Acquire) {
-            return Err(Error::unavailable(
-                backend,
-                "Redis is unreachable (reconnecting in the background)",
-            ));
+            return Err(Self::unreachable(backend));
         }
         self.inner.pool.get().await.map_err(|e| {
             self.mark_down();
@@ -159,7 +230,7 @@ impl RedisPool {
             let mut pause = PROBE_MIN;
             loop {
                 let Some(inner) = weak.upgrade() else { return };
-                if inner.pool.get().await.is_ok() {
+                if inner.reopen().await.is_ok() {
                     // In this order: a failure in between then starts a new probe.
                     inner.probing.store(false, Ordering::Release);
                     inner.down.store(false, Ordering::Release);
@@ -174,9 +245,15 @@ impl RedisPool {
         });
     }
 
-    /// PINGs Redis within the command deadline: the health check of both backends.
+    /// PINGs Redis within the command deadline, on the shared connection and on a pooled one:
+    /// the health check of both backends.
     pub(crate) async fn ping(&self, backend: Backend) -> Result<()> {
         self.bounded(backend, async {
+            let mut shared = self.shared(backend)?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut shared)
+                .await
+                .map_err(|e| self.failed(backend, e))?;
             let mut conn = self.get(backend).await?;
             redis::cmd("PING")
                 .query_async::<String>(&mut *conn)
@@ -186,6 +263,40 @@ impl RedisPool {
         })
         .await
     }
+}
+
+impl PoolInner {
+    /// The probe's attempt: a fresh shared connection that answers a PING, and a pooled one.
+    /// The shared connection is replaced only once both work.
+    async fn reopen(&self) -> std::result::Result<(), ()> {
+        let fresh = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let mut conn = shared_connection(&self.client, self.timeout).await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await?;
+            Ok::<_, RedisError>(conn)
+        })
+        .await
+        .map_err(drop)?
+        .map_err(drop)?;
+        self.pool.get().await.map_err(drop)?;
+        *self.shared.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+/// Opens a shared multiplexed connection: bounded connect, replies bounded by the command
+/// deadline, and the bounds on its queues ([`PIPELINE_BUFFER`], [`MAX_IN_FLIGHT`]).
+async fn shared_connection(
+    client: &Client,
+    timeout: Duration,
+) -> redis::RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(timeout))
+        .set_pipeline_buffer_size(PIPELINE_BUFFER)
+        .set_concurrency_limit(MAX_IN_FLIGHT);
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 /// How long a checkout may wait: [`CONNECT_TIMEOUT`], or the command deadline if shorter.
@@ -239,10 +350,18 @@ async fn single_connection(client: &Client) -> redis::RedisResult<MultiplexedCon
         .await
 }
 
-/// Validates `config.url`, checks that Redis answers, and builds the command pool.
+/// Validates `config.url`, checks that Redis answers, and opens the shared connection and the
+/// pool.
 pub(crate) async fn connect_pool(config: &RedisConfig) -> Result<(RedisPool, ConnectionInfo)> {
     let info = connection_info(&config.url)?;
     probe(&info).await?;
+    let unreachable =
+        |e: &dyn std::fmt::Display| Error::config(SETTING, format!("cannot connect to Redis: {e}"));
+    let client = Client::open(info.clone()).map_err(|e| unreachable(&e))?;
+    let shared = tokio::time::timeout(CONNECT_TIMEOUT, shared_connection(&client, config.timeout))
+        .await
+        .map_err(|_| unreachable(&"the shared connection timed out"))?
+        .map_err(|e| unreachable(&e))?;
     let manager = RedisConnectionManager::new(info.clone())
         .map_err(|e| Error::config(SETTING, format!("not a valid Redis URL ({e})")))?;
     let pool = bb8::Pool::builder()
@@ -250,8 +369,8 @@ pub(crate) async fn connect_pool(config: &RedisConfig) -> Result<(RedisPool, Con
         .connection_timeout(checkout_timeout(config.timeout))
         .build(manager)
         .await
-        .map_err(|e| Error::config(SETTING, format!("cannot connect to Redis: {e}")))?;
-    Ok((RedisPool::new(pool, config.timeout), info))
+        .map_err(|e| unreachable(&e))?;
+    Ok((RedisPool::new(pool, client, shared, config.timeout), info))
 }
 
 /// The names of every key and channel, all under one prefix (see the module docs).

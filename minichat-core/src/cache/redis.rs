@@ -7,8 +7,11 @@
 //! - `{prefix}recent:{receiver}` is a list of the receiver's message frames (the serde form of
 //!   [`Message`] plus its `seq`), newest first, capped at [`CACHE_CAPACITY`] entries and expiring
 //!   [`CACHE_TTL`] after the last push.
-//! - A push is one round trip: `MULTI; LPUSH; LTRIM; PEXPIRE; EXEC`, so the list never grows
-//!   past its cap nor lives without an expiry, even when the node dies half-way.
+//! - A push is one transaction, `MULTI; LPUSH; LTRIM; PEXPIRE; EXEC`, so the list never grows
+//!   past its cap nor lives without an expiry, even when the node dies half-way. Pushes and
+//!   reads go over the backend's shared multiplexed connection (see `redis_support`), so
+//!   concurrent pushes, and a send's push and its `PUBLISH`es, share the socket's writes and
+//!   round trips instead of taking one each.
 //! - A read is one `LRANGE`. An empty or missing list, or one holding an entry this build cannot
 //!   decode (written by another version, say), is reported as cold (`None`): the service then
 //!   reads storage, which is always the source of truth.
@@ -25,7 +28,7 @@
 //! cleared on recovery.
 
 use super::{RecentCache, CACHE_CAPACITY, CACHE_TTL};
-use crate::error::{Backend, Error, Result};
+use crate::error::{Backend, Result};
 use crate::model::{Message, UserId};
 use crate::redis_support::{self, Keys, RedisConfig, RedisPool};
 use async_trait::async_trait;
@@ -117,13 +120,13 @@ impl RedisCache {
                     .arg(1000)
                     .query_async(conn)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(|e| self.pool.failed(Backend::Cache, e))?;
                 if !keys.is_empty() {
                     redis::cmd("UNLINK")
                         .arg(&keys)
                         .query_async::<()>(conn)
                         .await
-                        .map_err(unavailable)?;
+                        .map_err(|e| self.pool.failed(Backend::Cache, e))?;
                 }
                 cursor = next;
                 if cursor == 0 {
@@ -137,7 +140,7 @@ impl RedisCache {
                     .arg(chunk)
                     .query_async::<()>(conn)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(|e| self.pool.failed(Backend::Cache, e))?;
             }
         }
         let mut stale = self.stale();
@@ -161,10 +164,6 @@ impl RedisCache {
     }
 }
 
-fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::unavailable(Backend::Cache, e)
-}
-
 #[async_trait]
 impl RecentCache for RedisCache {
     async fn push(&self, receiver: UserId, frame: &Bytes) -> Result<()> {
@@ -181,7 +180,7 @@ impl RecentCache for RedisCache {
     async fn recent(&self, receiver: UserId, limit: usize) -> Result<Option<Vec<Message>>> {
         self.pool
             .bounded(Backend::Cache, async {
-                let mut conn = self.pool.get(Backend::Cache).await?;
+                let mut conn = self.pool.shared(Backend::Cache)?;
                 self.clear_stale(&mut conn).await?;
                 if self.stale().receivers.contains(&receiver) {
                     return Ok(None);
@@ -204,7 +203,7 @@ impl RedisCache {
     async fn push_now(&self, receiver: UserId, frame: &Bytes) -> Result<()> {
         let key = self.keys.recent(receiver);
         let ttl_ms = u64::try_from(CACHE_TTL.as_millis()).unwrap_or(u64::MAX);
-        let mut conn = self.pool.get(Backend::Cache).await?;
+        let mut conn = self.pool.shared(Backend::Cache)?;
         self.clear_stale(&mut conn).await?;
         redis::pipe()
             .atomic()
@@ -221,9 +220,9 @@ impl RedisCache {
             .arg(&key)
             .arg(ttl_ms)
             .ignore()
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.pool.failed(Backend::Cache, e))
     }
 
     async fn read(
@@ -242,7 +241,7 @@ impl RedisCache {
             .arg(stop)
             .query_async(conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.pool.failed(Backend::Cache, e))?;
         if raw.is_empty() {
             return Ok(None);
         }

@@ -2,7 +2,7 @@
 //! what keeps its subscriptions right across Redis outages.
 //!
 //! This file exists because receiving is the delicate half of the broker: publishing is one
-//! round trip on a pooled connection, but the subscriber connection has state (which channels
+//! round trip on the shared connection, but the subscriber connection has state (which channels
 //! Redis confirmed) that an outage silently invalidates.
 //!
 //! # The subscriber connection

@@ -127,7 +127,8 @@ impl RedisBroker {
         })
     }
 
-    /// One pipelined round trip: a `PUBLISH` per delivery; the number of receiving nodes each.
+    /// One pipelined round trip on the shared connection (which concurrent sends share): a
+    /// `PUBLISH` per delivery; the number of receiving nodes each.
     async fn publish_remote(&self, deliveries: &[Delivery]) -> Result<Vec<i64>> {
         let mut pipe = redis::pipe();
         for d in deliveries {
@@ -140,8 +141,10 @@ impl RedisBroker {
         }
         self.pool
             .bounded(Backend::Broker, async {
-                let mut conn = self.pool.get(Backend::Broker).await?;
-                pipe.query_async(&mut *conn).await.map_err(unavailable)
+                let mut conn = self.pool.shared(Backend::Broker)?;
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.pool.failed(Backend::Broker, e))
             })
             .await
     }
@@ -150,16 +153,16 @@ impl RedisBroker {
     async fn publish_presence_remote(&self, user: UserId, event: &Event) -> Result<i64> {
         self.pool
             .bounded(Backend::Broker, async {
-                let mut conn = self.pool.get(Backend::Broker).await?;
+                let mut conn = self.pool.shared(Backend::Broker)?;
                 redis::cmd("PUBLISH")
                     .arg(self.keys.presence_channel(user))
                     .arg(Envelope {
                         exclude: None,
                         event,
                     })
-                    .query_async(&mut *conn)
+                    .query_async(&mut conn)
                     .await
-                    .map_err(unavailable)
+                    .map_err(|e| self.pool.failed(Backend::Broker, e))
             })
             .await
     }
