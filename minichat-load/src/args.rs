@@ -73,6 +73,19 @@ pub struct Pace {
     pub duration: Duration,
 }
 
+impl Pace {
+    /// A rate above 0 unless `--max`, and a window of at least 1 with it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max && self.window == 0 {
+            return Err("--window must be at least 1".into());
+        }
+        if !(self.max || self.rate.is_finite() && self.rate > 0.0) {
+            return Err("--rate must be above 0 (or use --max)".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Args, Serialize)]
 pub struct RestArgs {
     /// Users created for the run; sender and receiver are drawn from them in turn.

@@ -30,11 +30,7 @@ pub async fn run(deployment: Arc<Deployment>, args: &RestArgs, report: &mut Repo
             "--users must be at least 2 and --connections at least 1".into(),
         ));
     }
-    if !args.pace.max && !(args.pace.rate.is_finite() && args.pace.rate > 0.0) {
-        return Err(LoadError::Usage(
-            "--rate must be above 0 (or use --max)".into(),
-        ));
-    }
+    args.pace.check().map_err(LoadError::Usage)?;
     let users: Arc<Vec<User>> = Arc::new(deployment.create_users(args.users).await?);
     let mut connections = Vec::with_capacity(args.connections);
     for worker in 0..args.connections {

@@ -76,14 +76,7 @@ pub async fn run(
     grace: Duration,
     report: &mut Report,
 ) -> Result<()> {
-    if pace.max && pace.window == 0 {
-        return Err(LoadError::Usage("--window must be at least 1".into()));
-    }
-    if !pace.max && !(pace.rate.is_finite() && pace.rate > 0.0) {
-        return Err(LoadError::Usage(
-            "--rate must be above 0 (or use --max)".into(),
-        ));
-    }
+    pace.check().map_err(LoadError::Usage)?;
     let sockets = connect_all(&deployment, &users, &topology.socket_users).await?;
     let mut sockets_of_user = vec![0u64; users.len()];
     for &user in &topology.socket_users {
