@@ -7,10 +7,10 @@
 //!
 //! - **Schema by migration.** The SQL files under `minichat-core/migrations/` are embedded in the
 //!   binary and applied in order under an advisory lock before the pool opens (`migrations.rs`).
-//! - **Gapless per-user sequences.** Every user row carries `last_seq`. Storing a message locks
-//!   the sender's and the receiver's rows (always in id order, so two sends between the same
-//!   users cannot deadlock), increments both `last_seq`s and inserts the message with them, all
-//!   in one transaction. A seq is therefore only ever taken by a committed message. Because a
+//! - **Gapless per-user sequences.** Every user row carries `last_seq`. Sends are committed in
+//!   batches by the writer (`writer.rs`, group commit): a batch locks all its users' rows
+//!   (always in id order, so batches cannot deadlock), takes the next `last_seq`s and inserts
+//!   the messages with them, all in one transaction. A seq is therefore only ever taken by a committed message. Because a
 //!   user's row stays locked from seq assignment to commit, a user's messages also get
 //!   increasing ids in seq order (ids of *different* users' messages may commit out of order).
 //! - **Index-driven reads.** Each read is split into halves ("what the user sent", "what the user
