@@ -123,7 +123,10 @@ async fn until_waiting(admin: &tokio_postgres::Client, n: i64) {
         if rows[0].get::<_, i64>(0) >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "the writers did not wait on the lock");
+        assert!(
+            Instant::now() < deadline,
+            "the writers did not wait on the lock"
+        );
         tokio::task::yield_now().await;
     }
 }
@@ -155,12 +158,17 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
     // Both writers busy on dave's locked row, so the sends below queue up as one batch.
     let admin = admin(db.url()).await;
     admin
-        .batch_execute(&format!("BEGIN; SELECT 1 FROM users WHERE id = {dave} FOR UPDATE"))
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM users WHERE id = {dave} FOR UPDATE"
+        ))
         .await
         .unwrap();
     let mut blockers = Vec::new();
     for i in 0..2 {
-        let (storage, m) = (storage.clone(), message(carol, dave, &format!("b{i}"), None));
+        let (storage, m) = (
+            storage.clone(),
+            message(carol, dave, &format!("b{i}"), None),
+        );
         blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
     }
     until_waiting(&admin, 2).await;
@@ -199,18 +207,30 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
     let one = got[0].as_ref().expect("first send");
     assert!(one.created);
     assert_eq!((one.sender_seq, one.receiver_seq), (2, 2));
-    assert!(matches!(got[1], Err(Error::ReceiverNotFound)), "{:?}", got[1]);
+    assert!(
+        matches!(got[1], Err(Error::ReceiverNotFound)),
+        "{:?}",
+        got[1]
+    );
     assert!(matches!(got[2], Err(Error::SenderNotFound)), "{:?}", got[2]);
     let old = got[3].as_ref().expect("retry of an earlier batch");
     assert!(!old.created);
     assert_eq!(old.message.id, earlier.message.id);
     assert_eq!((old.sender_seq, old.receiver_seq), (1, 1));
-    assert!(matches!(got[4], Err(Error::ClientIdConflict)), "{:?}", got[4]);
+    assert!(
+        matches!(got[4], Err(Error::ClientIdConflict)),
+        "{:?}",
+        got[4]
+    );
     let repeat = got[5].as_ref().expect("retry inside the batch");
     assert!(!repeat.created);
     assert_eq!(repeat.message.id, one.message.id);
     assert_eq!((repeat.sender_seq, repeat.receiver_seq), (2, 2));
-    assert!(matches!(got[6], Err(Error::ClientIdConflict)), "{:?}", got[6]);
+    assert!(
+        matches!(got[6], Err(Error::ClientIdConflict)),
+        "{:?}",
+        got[6]
+    );
     let two = got[7].as_ref().expect("another sender's same client_id");
     assert!(two.created);
     assert_eq!((two.sender_seq, two.receiver_seq), (3, 3));
