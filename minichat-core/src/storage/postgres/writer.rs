@@ -45,8 +45,6 @@ const QUEUE: usize = 4 * MAX_BATCH;
 const WRITERS: usize = 2;
 /// Attempts of a batch that met a deadlock or a serialization failure.
 const ATTEMPTS: usize = 3;
-/// Histogram: sends committed per transaction by the batch writer.
-pub const BATCH_SIZE: &str = "minichat_storage_batch_size";
 
 type Reply = oneshot::Sender<Result<StoredMessage>>;
 
@@ -138,7 +136,7 @@ async fn write(
         if batch.is_empty() {
             continue;
         }
-        metrics::histogram!(BATCH_SIZE).record(batch.len() as f64);
+        metrics::histogram!(crate::telemetry::STORAGE_BATCH_SIZE).record(batch.len() as f64);
         largest.fetch_max(batch.len(), Ordering::Relaxed);
         let messages: Vec<&ValidMessage> = batch.iter().map(|job| &job.message).collect();
         let answers = commit_with_retry(&pool, &messages).await;
