@@ -23,6 +23,8 @@ pub const SEND_DURATION: &str = "minichat_send_duration_seconds";
 /// Counter, label `backend` (`storage`, `cache`, `broker`): backend operations that failed (each
 /// [`Error::Unavailable`](crate::Error::Unavailable) made, including background retries).
 pub const BACKEND_ERRORS: &str = "minichat_backend_errors_total";
+/// Histogram: sends committed per transaction by PostgreSQL storage's batch writer.
+pub const STORAGE_BATCH_SIZE: &str = "minichat_storage_batch_size";
 /// Counter, label `link` (`subscriber`, `pool`): Redis connections restored after an outage.
 pub const REDIS_RECONNECTS: &str = "minichat_redis_reconnects_total";
 
@@ -41,6 +43,11 @@ pub fn describe() {
         "Time to send a message in the service: validate, store, publish"
     );
     describe_counter!(BACKEND_ERRORS, "Backend operations that failed");
+    describe_histogram!(
+        STORAGE_BATCH_SIZE,
+        Unit::Count,
+        "Sends committed per PostgreSQL transaction by the batch writer"
+    );
     describe_counter!(
         REDIS_RECONNECTS,
         "Redis connections restored after an outage"

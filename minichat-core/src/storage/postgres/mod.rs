@@ -7,10 +7,10 @@
 //!
 //! - **Schema by migration.** The SQL files under `minichat-core/migrations/` are embedded in the
 //!   binary and applied in order under an advisory lock before the pool opens (`migrations.rs`).
-//! - **Gapless per-user sequences.** Every user row carries `last_seq`. Storing a message locks
-//!   the sender's and the receiver's rows (always in id order, so two sends between the same
-//!   users cannot deadlock), increments both `last_seq`s and inserts the message with them, all
-//!   in one transaction. A seq is therefore only ever taken by a committed message. Because a
+//! - **Gapless per-user sequences.** Every user row carries `last_seq`. Sends are committed in
+//!   batches by the writer (`writer.rs`, group commit): a batch locks all its users' rows
+//!   (always in id order, so batches cannot deadlock), takes the next `last_seq`s and inserts
+//!   the messages with them, all in one transaction. A seq is therefore only ever taken by a committed message. Because a
 //!   user's row stays locked from seq assignment to commit, a user's messages also get
 //!   increasing ids in seq order (ids of *different* users' messages may commit out of order).
 //! - **Index-driven reads.** Each read is split into halves ("what the user sent", "what the user
@@ -27,6 +27,7 @@
 mod migrations;
 mod pool;
 mod sql;
+mod writer;
 
 use super::Storage;
 use crate::error::{Backend, Error, Result};
@@ -66,6 +67,7 @@ pub struct PostgresConfig {
 /// Users and messages in PostgreSQL, through a pool of connections.
 pub struct PostgresStorage {
     pool: Connections,
+    writer: writer::Writer,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -85,13 +87,20 @@ impl PostgresStorage {
         let pg = parse_url(&config.url)?;
         migrations::migrate(&pg).await?;
         let pool = Connections::open(&pg, config.pool_size, config.timeout)?;
-        Ok(PostgresStorage { pool })
+        let writer = writer::Writer::start(pool.clone(), config.timeout);
+        Ok(PostgresStorage { pool, writer })
     }
 
     /// Connects, applies pending migrations, and returns (`minichat-server migrate`).
     pub async fn migrate_only(url: &str) -> Result<()> {
         let pg = parse_url(url)?;
         migrations::migrate(&pg).await
+    }
+
+    /// The largest batch the writer has committed in one transaction (for tests).
+    #[cfg(feature = "test-support")]
+    pub fn largest_batch(&self) -> usize {
+        self.writer.largest_batch()
     }
 
     async fn client(&self) -> Result<Lease> {
@@ -282,15 +291,8 @@ impl Storage for PostgresStorage {
     }
 
     async fn store_message(&self, message: &ValidMessage) -> Result<StoredMessage> {
-        self.pool
-            .bounded(async {
-                let mut client = self.client().await?;
-                let stored = store_on(&mut client, message).await;
-                // Completed: committed, or rolled back by dropping the transaction.
-                client.settle();
-                stored
-            })
-            .await
+        // Group commit: see `writer.rs`.
+        self.writer.store(message).await
     }
 
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<Message>> {
@@ -394,89 +396,6 @@ impl Storage for PostgresStorage {
         one(&self.query(CHECK, &[]).await?)?;
         Ok(())
     }
-}
-
-/// [`Storage::store_message`] on `client`, in one transaction.
-async fn store_on(
-    client: &mut deadpool_postgres::Object,
-    message: &ValidMessage,
-) -> Result<StoredMessage> {
-    let (sender, receiver) = (message.sender_id(), message.receiver_id());
-    // An early return drops `tx`, which rolls the transaction back.
-    let tx = client.transaction().await.map_err(unavailable)?;
-
-    let mut sender_username = None;
-    let mut receiver_exists = false;
-    for row in run(&tx, LOCK_USERS, &[&vec![sender, receiver]]).await? {
-        let id: UserId = col(&row, 0)?;
-        if id == sender {
-            sender_username = Some(col::<String>(&row, 1)?);
-        } else if id == receiver {
-            receiver_exists = true;
-        }
-    }
-    let sender_username = sender_username.ok_or(Error::SenderNotFound)?;
-    if !receiver_exists {
-        return Err(Error::ReceiverNotFound);
-    }
-
-    // The sender's row is locked, so an earlier send with this client_id has committed by
-    // now, and this statement (a new snapshot under READ COMMITTED) sees it.
-    if let Some(client_id) = message.client_id() {
-        let earlier = run(&tx, FIND_CLIENT_ID, &[&sender, &client_id]).await?;
-        if let Some(row) = earlier.first() {
-            let earlier = Message {
-                id: col(row, 0)?,
-                sender_id: sender,
-                sender_username,
-                receiver_id: col(row, 1)?,
-                content: col(row, 2)?,
-                timestamp: col(row, 3)?,
-                kind: MessageType::Message,
-            };
-            let sender_seq = col(row, 4)?;
-            let receiver_seq = col(row, 5)?;
-            tx.commit().await.map_err(unavailable)?;
-            if earlier.receiver_id != receiver || earlier.content != message.content() {
-                return Err(Error::ClientIdConflict);
-            }
-            return Ok(StoredMessage {
-                message: earlier,
-                sender_seq,
-                receiver_seq,
-                created: false,
-            });
-        }
-    }
-
-    let timestamp = now();
-    let params: [&(dyn ToSql + Sync); 5] = [
-        &sender,
-        &receiver,
-        &message.content(),
-        &timestamp,
-        &message.client_id(),
-    ];
-    let rows = run(&tx, INSERT_MESSAGE, &params).await?;
-    let row = one(&rows)?;
-    let id = col(row, 0)?;
-    let sender_seq = col(row, 1)?;
-    let receiver_seq = col(row, 2)?;
-    tx.commit().await.map_err(unavailable)?;
-    Ok(StoredMessage {
-        message: Message {
-            id,
-            sender_id: sender,
-            sender_username,
-            receiver_id: receiver,
-            content: message.content().to_owned(),
-            timestamp,
-            kind: MessageType::Message,
-        },
-        sender_seq,
-        receiver_seq,
-        created: true,
-    })
 }
 
 #[cfg(test)]

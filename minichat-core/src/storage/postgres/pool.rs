@@ -42,6 +42,7 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const LIBRARY_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// The pool, and the budget of every call made through it.
+#[derive(Clone)]
 pub(super) struct Connections {
     pool: Pool,
     timeout: Duration,

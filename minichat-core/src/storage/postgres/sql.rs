@@ -48,29 +48,6 @@ pub(super) const SEARCH_USERS_FROM: &str =
 pub(super) const GET_USER: &str =
     "SELECT id, username, display_name, created_at FROM users WHERE id = $1";
 
-/// Locks both users of a send, in id order, so concurrent sends cannot deadlock.
-pub(super) const LOCK_USERS: &str =
-    "SELECT id, username FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE";
-
-/// The earlier message of `(sender, client_id)`, by `messages_sender_client_id_key`.
-pub(super) const FIND_CLIENT_ID: &str =
-    "SELECT id, receiver_id, content, created_at, sender_seq, receiver_seq
-     FROM messages WHERE sender_id = $1 AND client_id = $2";
-
-/// Takes the next seq of both users and stores the message with them, in one statement.
-pub(super) const INSERT_MESSAGE: &str = "WITH seqs AS (
-         UPDATE users SET last_seq = last_seq + 1
-         WHERE id IN ($1::bigint, $2::bigint)
-         RETURNING id, last_seq
-     )
-     INSERT INTO messages
-         (sender_id, receiver_id, content, created_at, sender_seq, receiver_seq, client_id)
-     SELECT $1::bigint, $2::bigint, $3::text, $4::timestamptz,
-            (SELECT last_seq FROM seqs WHERE id = $1::bigint),
-            (SELECT last_seq FROM seqs WHERE id = $2::bigint),
-            $5::text
-     RETURNING id, sender_seq, receiver_seq";
-
 /// Everything `user` ($1) sent or received with `id < $2`: the newest `$3` (= skip + limit) of
 /// each half (`messages_sender_idx`, `messages_receiver_idx`), merged, then paged
 /// (OFFSET $4 LIMIT $5); the sender's name is joined only for the rows of the page.
@@ -156,3 +133,31 @@ pub(super) const SET_LAST_SEEN: &str =
 pub(super) const LAST_SEEN: &str = "SELECT id, last_seen FROM users WHERE id = ANY($1)";
 
 pub(super) const CHECK: &str = "SELECT 1";
+
+/// Locks every user of a batch in one global id order (so batches of any nodes cannot
+/// deadlock) and reads the `last_seq` the batch's seqs continue from.
+pub(super) const LOCK_BATCH_USERS: &str =
+    "SELECT id, username, last_seq FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// The earlier messages of a batch's `(sender, client_id)` pairs, by
+/// `messages_sender_client_id_key`.
+pub(super) const FIND_BATCH_CLIENT_IDS: &str =
+    "SELECT m.sender_id, m.client_id, m.id, m.receiver_id, m.content, m.created_at,
+            m.sender_seq, m.receiver_seq
+     FROM unnest($1::bigint[], $2::text[]) AS k(sender_id, client_id)
+     JOIN messages m ON m.sender_id = k.sender_id AND m.client_id = k.client_id";
+
+/// Inserts a batch's new messages, seqs computed by the writer; ids are taken in the batch's
+/// order (`ORDER BY ord`), which is each user's seq order. `(sender_id, sender_seq)` is unique,
+/// so it maps each returned id back to its message.
+pub(super) const INSERT_BATCH: &str = "INSERT INTO messages
+         (sender_id, receiver_id, content, created_at, sender_seq, receiver_seq, client_id)
+     SELECT s, r, c, t, ss, rs, k
+     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[], $5::bigint[],
+                 $6::bigint[], $7::text[]) WITH ORDINALITY AS b(s, r, c, t, ss, rs, k, ord)
+     ORDER BY ord
+     RETURNING id, sender_id, sender_seq";
+
+/// Moves each user of a batch to the last seq the batch gave it.
+pub(super) const UPDATE_BATCH_SEQS: &str = "UPDATE users SET last_seq = u.seq
+     FROM unnest($1::bigint[], $2::bigint[]) AS u(id, seq) WHERE users.id = u.id";

@@ -1,0 +1,365 @@
+//! Tests of PostgreSQL storage's group commit (the batch writer) against a real server.
+//!
+//! This file exists to show that batching sends into one transaction keeps every promise of one
+//! transaction per message: gapless per-user seqs in commit order across nodes, each send its own
+//! outcome inside a mixed batch, and nothing half-written when PostgreSQL goes away mid-batch.
+//! Each test makes its own database (`TestDatabase`).
+
+use minichat_core::model::{NewMessage, NewUser, StoredMessage, UserId, ValidMessage};
+use minichat_core::storage::{PostgresConfig, PostgresStorage, Storage};
+use minichat_core::test_support::TestDatabase;
+use minichat_core::{Backend, Error};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+
+async fn connect(url: &str) -> PostgresStorage {
+    PostgresStorage::connect(&PostgresConfig {
+        url: url.into(),
+        pool_size: 8,
+        timeout: minichat_core::DEFAULT_BACKEND_TIMEOUT,
+    })
+    .await
+    .expect("connect")
+}
+
+async fn user(storage: &PostgresStorage, name: &str) -> UserId {
+    let user = NewUser {
+        username: name.into(),
+        display_name: None,
+    }
+    .validate()
+    .expect("valid user");
+    storage.create_user(&user).await.expect("user").id
+}
+
+fn message(
+    sender: UserId,
+    receiver: UserId,
+    content: &str,
+    client_id: Option<&str>,
+) -> ValidMessage {
+    NewMessage {
+        sender_id: sender,
+        receiver_id: receiver,
+        content: content.into(),
+        client_id: client_id.map(Into::into),
+    }
+    .validate()
+    .expect("valid message")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_from_two_nodes_batch_and_stay_gapless_in_commit_order() {
+    let db = TestDatabase::create().await;
+    let nodes = [
+        Arc::new(connect(db.url()).await),
+        Arc::new(connect(db.url()).await),
+    ];
+    let mut users = Vec::new();
+    for i in 0..6 {
+        users.push(user(&nodes[0], &format!("user{i}")).await);
+    }
+    let (tasks, per_task) = (32, 20);
+    let mut senders = JoinSet::new();
+    for t in 0..tasks {
+        let (node, users) = (nodes[t % 2].clone(), users.clone());
+        senders.spawn(async move {
+            let mut stored = Vec::new();
+            for i in 0..per_task {
+                let from = users[(t + i) % users.len()];
+                let to = users[(t + i + 1 + i % 4) % users.len()];
+                let m = message(from, to, &format!("{t}/{i}"), Some(&format!("{t}-{i}")));
+                stored.push(node.store_message(&m).await.expect("send"));
+            }
+            stored
+        });
+    }
+    let mut all: Vec<StoredMessage> = Vec::new();
+    while let Some(done) = senders.join_next().await {
+        all.extend(done.expect("sender task"));
+    }
+    assert_eq!(all.len(), tasks * per_task);
+    assert!(all.iter().all(|s| s.created));
+    // Per user: the seqs are 1..=n, and message id order is seq order.
+    let mut per_user: HashMap<UserId, Vec<(i64, i64)>> = HashMap::new();
+    for s in &all {
+        per_user
+            .entry(s.message.sender_id)
+            .or_default()
+            .push((s.message.id, s.sender_seq));
+        per_user
+            .entry(s.message.receiver_id)
+            .or_default()
+            .push((s.message.id, s.receiver_seq));
+    }
+    for (user, mut pairs) in per_user {
+        pairs.sort_unstable();
+        let seqs: Vec<i64> = pairs.iter().map(|p| p.1).collect();
+        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(seqs, expected, "user {user}: seqs in id order");
+        assert_eq!(nodes[1].current_seq(user).await.unwrap(), seqs.len() as i64);
+        let replay = nodes[1].events_since(user, 0, 10_000).await.unwrap();
+        assert_eq!(replay.len(), seqs.len());
+    }
+    let largest = nodes[0].largest_batch().max(nodes[1].largest_batch());
+    assert!(largest > 1, "no batch formed under concurrency: {largest}");
+}
+
+/// Waits until `n` transactions wait on a row lock (the writers, held by the admin's lock).
+async fn until_waiting(admin: &tokio_postgres::Client, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = admin
+            .query(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if rows[0].get::<_, i64>(0) >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writers did not wait on the lock"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn admin(url: &str) -> tokio_postgres::Client {
+    let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+}
+
+// One thread: spawned sends run (and queue) in spawn order, so the batch's order is known.
+#[tokio::test(flavor = "current_thread")]
+async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
+    let db = TestDatabase::create().await;
+    let storage = Arc::new(connect(db.url()).await);
+    let (alice, bob, carol, dave) = (
+        user(&storage, "alice").await,
+        user(&storage, "bob").await,
+        user(&storage, "carol").await,
+        user(&storage, "dave").await,
+    );
+    let earlier = storage
+        .store_message(&message(alice, bob, "before", Some("old")))
+        .await
+        .unwrap();
+
+    // Both writers busy on dave's locked row, so the sends below queue up as one batch.
+    let admin = admin(db.url()).await;
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM users WHERE id = {dave} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut blockers = Vec::new();
+    for i in 0..2 {
+        let (storage, m) = (
+            storage.clone(),
+            message(carol, dave, &format!("b{i}"), None),
+        );
+        blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
+    }
+    until_waiting(&admin, 2).await;
+
+    let missing = 999_999;
+    let sends = [
+        message(alice, bob, "one", Some("a")),
+        message(alice, missing, "x", Some("b")),
+        message(missing, bob, "x", None),
+        message(alice, bob, "before", Some("old")),
+        message(alice, carol, "before", Some("old")),
+        message(alice, bob, "one", Some("a")),
+        message(alice, bob, "other", Some("a")),
+        message(bob, alice, "two", Some("a")),
+        message(alice, bob, "three", Some("b")),
+    ];
+    let mut handles = Vec::new();
+    for m in sends {
+        let storage = storage.clone();
+        handles.push(tokio::spawn(async move { storage.store_message(&m).await }));
+    }
+    // Let every send reach the queue before the writers are released.
+    for _ in 0..handles.len() {
+        tokio::task::yield_now().await;
+    }
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    for b in blockers {
+        assert!(b.await.unwrap().unwrap().created);
+    }
+    let mut got = Vec::new();
+    for h in handles {
+        got.push(h.await.unwrap());
+    }
+    assert!(storage.largest_batch() >= 9, "{}", storage.largest_batch());
+
+    let one = got[0].as_ref().expect("first send");
+    assert!(one.created);
+    assert_eq!((one.sender_seq, one.receiver_seq), (2, 2));
+    assert!(
+        matches!(got[1], Err(Error::ReceiverNotFound)),
+        "{:?}",
+        got[1]
+    );
+    assert!(matches!(got[2], Err(Error::SenderNotFound)), "{:?}", got[2]);
+    let old = got[3].as_ref().expect("retry of an earlier batch");
+    assert!(!old.created);
+    assert_eq!(old.message.id, earlier.message.id);
+    assert_eq!((old.sender_seq, old.receiver_seq), (1, 1));
+    assert!(
+        matches!(got[4], Err(Error::ClientIdConflict)),
+        "{:?}",
+        got[4]
+    );
+    let repeat = got[5].as_ref().expect("retry inside the batch");
+    assert!(!repeat.created);
+    assert_eq!(repeat.message.id, one.message.id);
+    assert_eq!((repeat.sender_seq, repeat.receiver_seq), (2, 2));
+    assert!(
+        matches!(got[6], Err(Error::ClientIdConflict)),
+        "{:?}",
+        got[6]
+    );
+    let two = got[7].as_ref().expect("another sender's same client_id");
+    assert!(two.created);
+    assert_eq!((two.sender_seq, two.receiver_seq), (3, 3));
+    // "b" was not taken: its send failed.
+    let three = got[8].as_ref().expect("client_id of a failed send");
+    assert!(three.created);
+    assert_eq!((three.sender_seq, three.receiver_seq), (4, 4));
+    assert!(one.message.id < two.message.id && two.message.id < three.message.id);
+    assert_eq!(storage.current_seq(alice).await.unwrap(), 4);
+    assert_eq!(storage.current_seq(bob).await.unwrap(), 4);
+    assert_eq!(storage.events_since(alice, 0, 100).await.unwrap().len(), 4);
+}
+
+/// A TCP relay to PostgreSQL that the test can cut (closing every relayed connection).
+struct Relay {
+    port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(port: u16) -> Relay {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind relay");
+        let port = listener.local_addr().unwrap().port();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut relays = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        relays.spawn(async move {
+                            if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5432").await {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
+                    }
+                }
+            }
+            relays.shutdown().await;
+        });
+        Relay {
+            port,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn cut(&mut self) {
+        if let (Some(stop), Some(task)) = (self.stop.take(), self.task.take()) {
+            let _ = stop.send(());
+            task.await.expect("relay task");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_mid_batch_fails_every_waiting_send_and_stores_none() {
+    let db = TestDatabase::create().await;
+    let mut relay = Relay::start(0).await;
+    let url = format!("postgres://postgres@127.0.0.1:{}/{}", relay.port, db.name());
+    let storage = Arc::new(connect(&url).await);
+    let (alice, bob) = (user(&storage, "alice").await, user(&storage, "bob").await);
+    storage
+        .store_message(&message(alice, bob, "warm", None))
+        .await
+        .unwrap();
+
+    // Hold alice's row from outside, so the batches of the sends below wait on the lock,
+    // mid-transaction, until the cut.
+    let admin = admin(db.url()).await;
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM users WHERE id = {alice} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut sends = JoinSet::new();
+    for i in 0..20 {
+        let storage = storage.clone();
+        let m = message(alice, bob, &format!("lost {i}"), Some(&format!("k{i}")));
+        sends.spawn(async move { storage.store_message(&m).await });
+    }
+    // A writer is blocked on the lock: its transaction is open mid-batch.
+    until_waiting(&admin, 1).await;
+    let started = Instant::now();
+    relay.cut().await;
+    while let Some(done) = sends.join_next().await {
+        let got = done.unwrap();
+        assert!(
+            matches!(
+                got,
+                Err(Error::Unavailable {
+                    backend: Backend::Storage,
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    let stored: i64 = admin
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 1, "only the warm-up message is stored");
+
+    // Restored on the same port: sends succeed again, seqs continue without a gap.
+    let _relay = Relay::start(relay.port).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stored = loop {
+        match storage
+            .store_message(&message(alice, bob, "back", Some("k0")))
+            .await
+        {
+            Ok(stored) => break stored,
+            Err(e) => assert!(Instant::now() < deadline, "not back: {e:?}"),
+        }
+        tokio::task::yield_now().await;
+    };
+    assert!(stored.created);
+    assert_eq!((stored.sender_seq, stored.receiver_seq), (2, 2));
+}
