@@ -25,6 +25,11 @@ pub const SEND_DURATION: &str = "minichat_send_duration_seconds";
 pub const BACKEND_ERRORS: &str = "minichat_backend_errors_total";
 /// Histogram: sends committed per transaction by PostgreSQL storage's batch writer.
 pub const STORAGE_BATCH_SIZE: &str = "minichat_storage_batch_size";
+/// Bucket bounds for [`STORAGE_BATCH_SIZE`]: powers of two up to the writer's batch bound (a
+/// recorder's default buckets are durations in seconds, which would put every batch above 10 in
+/// the last bucket).
+pub const STORAGE_BATCH_SIZE_BUCKETS: &[f64] =
+    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 /// Counter, label `link` (`subscriber`, `pool`): Redis connections restored after an outage.
 pub const REDIS_RECONNECTS: &str = "minichat_redis_reconnects_total";
 

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use http_body_util::Full;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Histogram, Unit};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -71,8 +71,12 @@ static METHODS: [Method; 9] = [
 pub(crate) fn install() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
+        let batch = Matcher::Full(minichat_core::telemetry::STORAGE_BATCH_SIZE.to_owned());
         let builder = PrometheusBuilder::new()
             .set_buckets(BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(batch, minichat_core::telemetry::STORAGE_BATCH_SIZE_BUCKETS)
+            })
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         let handle = recorder.handle();

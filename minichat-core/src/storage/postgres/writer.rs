@@ -390,3 +390,15 @@ async fn commit(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_BATCH;
+    use crate::telemetry::STORAGE_BATCH_SIZE_BUCKETS;
+
+    #[test]
+    fn batch_size_buckets_reach_the_batch_bound() {
+        assert_eq!(STORAGE_BATCH_SIZE_BUCKETS.last(), Some(&(MAX_BATCH as f64)));
+        assert!(STORAGE_BATCH_SIZE_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+}
