@@ -323,3 +323,108 @@ async fn a_missing_database_is_explained_then_created_by_migrate() {
     use minichat_core::ChatService;
     assert!(chat.health().await.is_ok());
 }
+
+/// Starts the binary under a shell that first sets the file-descriptor limits, waits until it
+/// answers `/health`, and returns its soft limit as the running server sees it, then its stderr.
+fn serve_with_fd_limits(soft: u64, hard: u64, max_sockets: &str) -> (u64, String) {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let script = format!("ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\"");
+    let mut command = Command::new("bash");
+    command.arg("-c").arg(&script).arg(support::server_binary());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MINICHAT_") || key == "DATABASE_URL" || key == "REDIS_URL" {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .env("MINICHAT_BIND", format!("127.0.0.1:{port}"))
+        .env("MINICHAT_MAX_SOCKETS", max_sockets)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start minichat-server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let healthy = loop {
+        let answer = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.write_all(b"GET /health HTTP/1.0\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        });
+        if matches!(&answer, Ok(text) if text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"))
+        {
+            break true;
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().expect("wait").is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap_or_default();
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(healthy, "the server did not come up: {stderr}");
+    let soft_seen = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("Max open files in /proc/PID/limits");
+    (soft_seen, stderr)
+}
+
+#[test]
+fn the_server_raises_its_fd_limit_for_max_sockets_and_warns_when_it_cannot() {
+    let (_, hard) = rlimit_of_this_process();
+    if hard < 6000 {
+        eprintln!("skipped: this process's hard fd limit {hard} is below the test's 6,000");
+        return;
+    }
+    // A soft limit of 1,024 under a higher hard one is raised to what 5,000 sockets need.
+    let (soft, stderr) = serve_with_fd_limits(1024, hard, "5000");
+    assert!(
+        soft >= 5000 + 256,
+        "soft limit {soft} was not raised; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("MINICHAT_MAX_SOCKETS"),
+        "needless warning: {stderr}"
+    );
+    // A hard limit of 1,024 cannot be raised: the server starts and says so in one line.
+    let (soft, stderr) = serve_with_fd_limits(1024, 1024, "5000");
+    assert_eq!(soft, 1024);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("MINICHAT_MAX_SOCKETS"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "stderr: {stderr}");
+    assert!(
+        warnings[0].contains("5000")
+            && warnings[0].contains("1024")
+            && warnings[0].contains("ulimit -n"),
+        "the warning names the setting, the value, the limit and the fix: {}",
+        warnings[0]
+    );
+}
+
+/// This test process's (soft, hard) fd limits, from /proc.
+fn rlimit_of_this_process() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let mut fields = line.split_whitespace().skip(3);
+    let mut next = || {
+        fields
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    (next(), next())
+}

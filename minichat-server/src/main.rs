@@ -3,6 +3,7 @@
 //! environment variable and flag), the bad value and what is expected.
 
 mod diagnose;
+mod fd_limit;
 
 use clap::Parser;
 use minichat_core::storage::provision;
@@ -115,20 +116,25 @@ async fn main() -> ExitCode {
     }
     let settings = cli.options.settings();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => match Server::bind(settings.clone()).await {
-            Ok(server) => {
-                let addr = server.local_addr();
-                tracing::info!(
-                    "chat page {}  API docs {}  health check {}",
-                    local_url(addr, "/app/"),
-                    local_url(addr, "/docs"),
-                    local_url(addr, "/health")
-                );
-                server.run_until(shutdown_signal()).await;
-                ExitCode::SUCCESS
+        Command::Serve => {
+            if let Some(warning) = fd_limit::ensure_room_for(settings.limits.max_sockets) {
+                tracing::warn!("{warning}");
             }
-            Err(e) => fail(explain_server(&settings, e).await),
-        },
+            match Server::bind(settings.clone()).await {
+                Ok(server) => {
+                    let addr = server.local_addr();
+                    tracing::info!(
+                        "chat page {}  API docs {}  health check {}",
+                        local_url(addr, "/app/"),
+                        local_url(addr, "/docs"),
+                        local_url(addr, "/health")
+                    );
+                    server.run_until(shutdown_signal()).await;
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(explain_server(&settings, e).await),
+            }
+        }
         Command::Migrate { create_database } => {
             let Some(url) = settings.chat.database_url.as_deref() else {
                 return fail(format!(
