@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::{self, Message as Frame};
 const READ_RECEIPT_DELAY: Duration = Duration::from_millis(300);
 /// Lines kept while they wait for their `ack` (typed while disconnected, or in flight).
 const OUTBOX_LIMIT: usize = 100;
-/// First reconnect delay, doubled after each failed attempt up to [`MAX_BACKOFF`].
+/// First reconnect delay (half of it random), doubled after each failed attempt up to
+/// [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the client pings an established connection, and how long a silent one is trusted.
@@ -200,7 +201,10 @@ impl Client {
             }
             self.outage = true;
         }
-        self.retry_at = Some(Instant::now() + self.backoff);
+        // Half the delay is random, so that the clients of a node that went away do not all
+        // come back in the same instant.
+        let jitter = self.backoff.mul_f64(rand::random::<f64>() / 2.0);
+        self.retry_at = Some(Instant::now() + self.backoff / 2 + jitter);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
