@@ -1,8 +1,8 @@
 //! The fan-out hub: who is connected to this node, and handing each of them their events.
 //!
-//! The hub is a registry of local subscribers per user. Each subscriber owns a bounded queue;
-//! [`Hub::deliver`] puts one [`Event`] (already serialised, its bytes shared by reference count)
-//! into the queue of every subscriber of a user without ever waiting: a subscriber whose queue is
+//! The hub is a registry of local subscribers per user. Each subscriber owns a bounded queue
+//! (`hub/queue.rs`: it holds no buffer while empty); [`Hub::deliver`] puts one [`Event`]
+//! (already serialised, its bytes shared by reference count) into the queue of every subscriber of a user without ever waiting: a subscriber whose queue is
 //! full is evicted and learns it was a slow consumer, so one stalled client cannot hold up a
 //! sender or anyone else. A [`Subscription`] unregisters itself when dropped. Each queued event
 //! keeps when it was queued ([`Subscription::recv_timed`]), so a transport can measure how long
@@ -17,10 +17,12 @@ use crate::error::{Error, Result};
 use crate::model::{Seq, UserId};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
+
+mod queue;
 
 /// Identifies one subscriber (one WebSocket connection, one device) across the cluster: the
 /// high 32 bits are random per hub, the low 32 count up.
@@ -48,25 +50,6 @@ pub enum Closed {
     Shutdown,
 }
 
-/// Set when a subscriber is evicted; wakes its reader even while other handles to its queue
-/// (presence watches) are still alive.
-#[derive(Default)]
-struct Eviction {
-    evicted: AtomicBool,
-    wake: Notify,
-}
-
-impl Eviction {
-    fn evict(&self) {
-        self.evicted.store(true, Ordering::Release);
-        self.wake.notify_one();
-    }
-
-    fn is_evicted(&self) -> bool {
-        self.evicted.load(Ordering::Acquire)
-    }
-}
-
 /// An event in a subscriber's queue, with when it was queued (for delivery-time metrics).
 struct Queued {
     event: Event,
@@ -77,24 +60,22 @@ struct Queued {
 #[derive(Clone)]
 struct Slot {
     id: ConnectionId,
-    tx: mpsc::Sender<Queued>,
-    eviction: Arc<Eviction>,
+    tx: queue::Sender<Queued>,
 }
 
 impl Slot {
     /// Queues without waiting; false when the subscriber is gone or was evicted just now.
     fn offer(&self, event: &Event, at: Instant) -> bool {
-        match self.tx.try_send(Queued {
+        match self.tx.push(Queued {
             event: event.clone(),
             at,
         }) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.eviction.evict();
+            queue::Pushed::Queued => true,
+            queue::Pushed::Evicted => {
                 tracing::debug!(conn = self.id, "slow consumer evicted");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            queue::Pushed::Gone => false,
         }
     }
 }
@@ -173,23 +154,17 @@ impl Hub {
     pub fn subscribe(&self, user: UserId) -> (Subscription, bool) {
         let id =
             self.inner.id_base | (self.inner.next_id.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff);
-        let (tx, rx) = mpsc::channel(self.inner.capacity);
-        let eviction = Arc::new(Eviction::default());
+        let (tx, rx) = queue::bounded(self.inner.capacity);
         let first = {
             let mut map = lock(self.shard(user));
             let slots = map.entry(user).or_default();
-            slots.push(Slot {
-                id,
-                tx,
-                eviction: eviction.clone(),
-            });
+            slots.push(Slot { id, tx });
             slots.len() == 1
         };
         let sub = Subscription {
             user,
             id,
             rx,
-            eviction,
             watching: Vec::new(),
             hub: self.clone(),
         };
@@ -402,8 +377,7 @@ impl Departures {
 pub struct Subscription {
     user: UserId,
     id: ConnectionId,
-    rx: mpsc::Receiver<Queued>,
-    eviction: Arc<Eviction>,
+    rx: queue::Receiver<Queued>,
     /// Users whose presence this subscriber watches.
     watching: Vec<UserId>,
     hub: Hub,
@@ -437,30 +411,12 @@ impl Subscription {
     /// Like [`recv`](Subscription::recv), with when the hub queued the event: a transport
     /// measures from there how long delivery took.
     pub async fn recv_timed(&mut self) -> Result<(Event, Instant), Closed> {
-        loop {
-            if self.eviction.is_evicted() {
-                return Err(Closed::SlowConsumer);
-            }
-            tokio::select! {
-                biased;
-                _ = self.eviction.wake.notified() => continue,
-                queued = self.rx.recv() => {
-                    return queued.map(|q| (q.event, q.at)).ok_or(Closed::Shutdown)
-                }
-            }
-        }
+        self.rx.recv().await.map(|q| (q.event, q.at))
     }
 
     /// The next event if one is queued now; `Ok(None)` when the queue is empty.
     pub fn try_recv(&mut self) -> Result<Option<Event>, Closed> {
-        if self.eviction.is_evicted() {
-            return Err(Closed::SlowConsumer);
-        }
-        match self.rx.try_recv() {
-            Ok(queued) => Ok(Some(queued.event)),
-            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-            Err(mpsc::error::TryRecvError::Disconnected) => Err(Closed::Shutdown),
-        }
+        self.rx.try_recv().map(|queued| queued.map(|q| q.event))
     }
 
     /// How many users this subscriber watches for presence.

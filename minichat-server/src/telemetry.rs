@@ -172,39 +172,50 @@ pub(crate) fn http_request(
         .record(elapsed);
 }
 
-/// One open WebSocket: its place in the gauge, for as long as it lives, and the handles of
-/// the metrics its frames move, looked up once here rather than by name on every message.
-pub(crate) struct SocketMetrics {
+/// The handles of the metrics a WebSocket's frames move, looked up once rather than by name on
+/// every message, and shared by every socket (a socket holds none: see [`SocketMetrics`]).
+struct SocketHandles {
     delivered: Counter,
     replayed: Counter,
     delivery: Histogram,
 }
 
+/// Looked up at the first socket, after [`install`] (which binding the server runs first).
+fn socket_handles() -> &'static SocketHandles {
+    static HANDLES: OnceLock<SocketHandles> = OnceLock::new();
+    HANDLES.get_or_init(|| SocketHandles {
+        delivered: metrics::counter!(MESSAGES_DELIVERED),
+        replayed: metrics::counter!(MESSAGES_REPLAYED),
+        delivery: metrics::histogram!(DELIVERY_DURATION),
+    })
+}
+
+/// One open WebSocket: its place in the gauge, for as long as it lives (zero-sized).
+pub(crate) struct SocketMetrics(());
+
 impl SocketMetrics {
     pub(crate) fn open() -> SocketMetrics {
         metrics::counter!(WEBSOCKET_CONNECTIONS_TOTAL).increment(1);
         metrics::gauge!(WEBSOCKET_CONNECTIONS).increment(1.0);
-        SocketMetrics {
-            delivered: metrics::counter!(MESSAGES_DELIVERED),
-            replayed: metrics::counter!(MESSAGES_REPLAYED),
-            delivery: metrics::histogram!(DELIVERY_DURATION),
-        }
+        SocketMetrics(())
     }
 
     /// A live event's frame was written; `queued` is when the hub queued it.
     pub(crate) fn live_event_written(&self, queued: Instant, is_message: bool) {
-        self.delivery.record(queued.elapsed());
+        let handles = socket_handles();
+        handles.delivery.record(queued.elapsed());
         if is_message {
-            self.delivered.increment(1);
+            handles.delivered.increment(1);
         }
     }
 
     /// A message read from storage was written: a `replay` for `?since=`, otherwise a gap in
     /// the live stream filled.
     pub(crate) fn stored_message_written(&self, replay: bool) {
-        self.delivered.increment(1);
+        let handles = socket_handles();
+        handles.delivered.increment(1);
         if replay {
-            self.replayed.increment(1);
+            handles.replayed.increment(1);
         }
     }
 }

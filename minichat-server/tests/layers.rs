@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("ids", 0),
     ("tcp", 0),
     ("ws::frames", 0),
+    ("ws::read", 0),
     ("auth", 1),
     ("extract", 1),
     ("telemetry", 1),

@@ -10,6 +10,7 @@ use super::frames::{
     close_frame, text, AckFrame, ClientFrame, ErrorFrame, PongFrame, SystemFrame,
     CLOSE_INVALID_UTF8, CLOSE_SLOW_CONSUMER, CLOSE_USER_NOT_FOUND,
 };
+use super::read::LazyRead;
 use crate::error::ApiError;
 use crate::ids::Id;
 use crate::state::AppState;
@@ -20,13 +21,13 @@ use http::StatusCode;
 use hyper_util::rt::TokioIo;
 use minichat_core::event::{presence_event, MessageFrame};
 use minichat_core::stream::{self, End as StreamEnd, Item, Source};
-use minichat_core::{Closed, Error as CoreError, EventStream, NewMessage, Seq, User, UserId};
+use minichat_core::{Closed, Error as CoreError, EventStream, NewMessage, Seq, UserId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Socket = WebSocketStream<LazyRead<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// Why the connection loop ended, and the close frame to send (if any).
 enum End {
@@ -46,61 +47,81 @@ fn slow_consumer(why: &str) -> End {
 pub(super) struct Connection {
     state: Arc<AppState>,
     socket: Socket,
-    user: User,
+    user_id: UserId,
     metrics: telemetry::SocketMetrics,
 }
 
 impl Connection {
-    pub(super) async fn run(
+    pub(super) fn new(
         state: Arc<AppState>,
-        mut socket: Socket,
+        socket: Socket,
         user_id: UserId,
-        since: Option<Seq>,
         metrics: telemetry::SocketMetrics,
-    ) {
-        let user = match state.chat.get_user(user_id).await {
+    ) -> Connection {
+        Connection {
+            state,
+            socket,
+            user_id,
+            metrics,
+        }
+    }
+
+    /// Runs the connection to its end. This future lives as long as the socket, so it is kept
+    /// small (see ARCHITECTURE.md, "Per-socket memory budget"): what only its start, its end or
+    /// a client's frame needs is boxed and gone again once done.
+    pub(super) async fn run(mut self, since: Option<Seq>) {
+        let opened = Box::pin(self.open(since)).await;
+        let end = match opened {
+            Ok(mut events) => self.serve(&mut events).await,
+            Err(end) => end,
+        };
+        if let End::Close(code, reason) = end {
+            Box::pin(self.close(code, reason)).await;
+        }
+        tracing::info!("disconnected");
+    }
+
+    /// Looks the user up, opens their stream and greets them.
+    async fn open(&mut self, since: Option<Seq>) -> Result<EventStream, End> {
+        let user = match self.state.chat.get_user(self.user_id).await {
             Ok(user) => user,
             Err(e) => {
                 let (code, reason) = match e {
                     CoreError::UserNotFound => (CLOSE_USER_NOT_FOUND, "User not found"),
                     _ => (1011, "storage unavailable"),
                 };
-                let _ = socket.send(close_frame(code, reason)).await;
-                let _ = socket.close(None).await;
-                return;
+                let _ = self.socket.send(close_frame(code, reason)).await;
+                let _ = self.socket.close(None).await;
+                return Err(End::Gone);
             }
         };
-        let mut conn = Connection {
-            state,
-            socket,
-            user,
-            metrics,
-        };
-        let end = match stream::open(conn.state.chat.clone(), user_id, since).await {
-            Ok(mut events) => {
-                let id = Id::connection(events.connection_id());
-                tracing::Span::current().record("conn", tracing::field::display(id));
-                tracing::info!("connected");
-                conn.serve(&mut events).await
-            }
+        let events = match stream::open(self.state.chat.clone(), self.user_id, since).await {
+            Ok(events) => events,
             Err(e) => {
                 tracing::warn!(error = %e, "could not open the event stream");
-                End::Close(1011, "storage unavailable")
+                return Err(End::Close(1011, "storage unavailable"));
             }
         };
-        if let End::Close(code, reason) = end {
-            let stall = conn.state.limits.ws_write_stall;
-            let sent = tokio::time::timeout(stall, conn.socket.send(close_frame(code, reason)));
-            // Wait briefly for the client's close reply, so the close is clean; a client whose
-            // buffer is full cannot even take the close frame, and is dropped at once.
-            if let Ok(Ok(())) = sent.await {
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while let Some(Ok(_)) = conn.socket.next().await {}
-                })
-                .await;
-            }
+        let id = Id::connection(events.connection_id());
+        tracing::Span::current().record("conn", tracing::field::display(id));
+        tracing::info!("connected");
+        let greeting = format!("Connected to chat as {}", user.username);
+        self.send(text(&SystemFrame::new(&greeting))).await?;
+        Ok(events)
+    }
+
+    /// Sends the close frame, then waits briefly for the client's close reply, so the close is
+    /// clean; a client whose buffer is full cannot even take the close frame, and is dropped
+    /// at once.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let stall = self.state.limits.ws_write_stall;
+        let sent = tokio::time::timeout(stall, self.socket.send(close_frame(code, reason)));
+        if let Ok(Ok(())) = sent.await {
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Some(Ok(_)) = self.socket.next().await {}
+            })
+            .await;
         }
-        tracing::info!("disconnected");
     }
 
     /// Writes one frame. The kernel's send buffer is small (`MINICHAT_WS_SEND_BUFFER_BYTES`), so
@@ -116,10 +137,6 @@ impl Connection {
     }
 
     async fn serve(&mut self, events: &mut EventStream) -> End {
-        let greeting = format!("Connected to chat as {}", self.user.username);
-        if let Err(end) = self.send(text(&SystemFrame::new(&greeting))).await {
-            return end;
-        }
         // A socket silent for a ping interval is pinged (again at every interval); three
         // intervals with no frame at all (a live client answers pings) and it is taken for dead.
         let ping_interval = self.state.limits.ws_ping_interval;
@@ -150,9 +167,10 @@ impl Connection {
                     last_heard = Instant::now();
                     match frame {
                         None => return End::Gone,
-                        Some(Ok(Frame::Text(t))) => self.on_text(&t, events).await,
+                        // Boxed: parsing and answering a frame takes more room than waiting does.
+                        Some(Ok(Frame::Text(t))) => Box::pin(self.on_text(&t, events)).await,
                         Some(Ok(Frame::Binary(_))) => {
-                            self.error_frame(None, StatusCode::BAD_REQUEST, "Binary frames are not supported; send JSON text".into()).await
+                            Box::pin(self.error_frame(None, StatusCode::BAD_REQUEST, "Binary frames are not supported; send JSON text".into())).await
                         }
                         // Pings are answered and closes acknowledged by tungstenite itself.
                         Some(Ok(_)) => Ok(()),
@@ -218,7 +236,7 @@ impl Connection {
         };
         // Typing, read and watch fan out, write or look up: a flood must not reach others.
         if frame.is_signal() {
-            if let Err(e) = self.state.guards.check_signal(self.user.id) {
+            if let Err(e) = self.state.guards.check_signal(self.user_id) {
                 return self.error_frame(None, e.status(), e.detail()).await;
             }
         }
@@ -229,13 +247,13 @@ impl Connection {
                 content,
                 client_id,
             } => {
-                if let Err(e) = self.state.guards.check_send(self.user.id) {
+                if let Err(e) = self.state.guards.check_send(self.user_id) {
                     return self
                         .error_frame(client_id.as_deref(), e.status(), e.detail())
                         .await;
                 }
                 let new = NewMessage {
-                    sender_id: self.user.id,
+                    sender_id: self.user_id,
                     receiver_id,
                     content,
                     client_id: client_id.clone(),
@@ -257,7 +275,7 @@ impl Connection {
                 }
             }
             ClientFrame::Typing { receiver_id } => {
-                match self.state.chat.typing(self.user.id, receiver_id).await {
+                match self.state.chat.typing(self.user_id, receiver_id).await {
                     Ok(()) => Ok(()),
                     Err(e) => self.core_error(None, e).await,
                 }
@@ -266,7 +284,7 @@ impl Connection {
                 match self
                     .state
                     .chat
-                    .mark_read(self.user.id, peer_id, up_to)
+                    .mark_read(self.user_id, peer_id, up_to)
                     .await
                 {
                     Ok(_) => Ok(()),

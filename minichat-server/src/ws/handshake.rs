@@ -6,6 +6,7 @@
 //! connection's log lines names it.
 
 use super::connection::Connection;
+use super::read::{LazyRead, READ_CHUNK};
 use crate::error::{ApiError, Location};
 use crate::extract::{parse_int, Query};
 use crate::response::Response;
@@ -93,18 +94,21 @@ pub fn upgrade(
             Ok(upgraded) => {
                 let metrics = telemetry::SocketMetrics::open();
                 let config = WebSocketConfig::default()
-                    .read_buffer_size(4096)
+                    // Small, and allocated at once: `LazyRead` reads the socket in big chunks.
+                    .read_buffer_size(READ_CHUNK)
                     .write_buffer_size(0)
                     .max_write_buffer_size(256 * 1024)
                     .max_message_size(Some(state_for_task.limits.max_ws_message_bytes))
                     .max_frame_size(Some(state_for_task.limits.max_ws_message_bytes));
                 let socket = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    LazyRead::new(TokioIo::new(upgraded)),
                     Role::Server,
                     Some(config),
                 )
                 .await;
-                Connection::run(state_for_task, socket, user_id, since, metrics).await;
+                Connection::new(state_for_task, socket, user_id, metrics)
+                    .run(since)
+                    .await;
                 drop(permit);
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
