@@ -17,7 +17,9 @@
 //!
 //! - **One connection policy.** The commands that run per message, typing or read event (the
 //!   cache's push and read, every `PUBLISH`) go over ONE shared [`MultiplexedConnection`] per
-//!   backend ([`RedisPool::shared`]), cloned per call: commands issued concurrently are written
+//!   pool ([`RedisPool::shared`]; the broker connected with the cache, as `Chat::connect` does,
+//!   shares the cache's pool, so a send's push and `PUBLISH`es go out as one pipeline), cloned
+//!   per call: commands issued concurrently are written
 //!   to the socket together and Redis answers them together, so a busy node pays a round trip
 //!   per batch of sends, not per command. (Redis takes well over a million pipelined commands a
 //!   second; checking a connection out of a pool exclusively per command, as this crate first

@@ -328,9 +328,12 @@ impl Chat {
                     presence_ttl: config.presence_ttl,
                     timeout: config.backend_timeout,
                 };
-                let cache = RedisCache::connect(&redis).await?;
-                let broker = RedisBroker::connect(&redis, hub.clone()).await?;
-                (Arc::new(cache), Arc::new(broker))
+                // One set of connections for both, so that a send's cache push and its
+                // PUBLISHes go out in one pipeline (`Broker::publish_message`).
+                let cache = Arc::new(RedisCache::connect(&redis).await?);
+                let broker =
+                    RedisBroker::connect_with_cache(&redis, hub.clone(), cache.clone()).await?;
+                (cache, Arc::new(broker))
             }
             None => (
                 Arc::new(MemoryCache::default()),
@@ -370,12 +373,16 @@ impl Chat {
             ];
             // The message is committed; the cache and the fan-out are best effort from here,
             // and a client that missed the event recovers it from storage.
-            let (cached, published) = tokio::join!(
-                self.inner
-                    .cache
-                    .push(message.receiver_id, &deliveries[0].event.payload),
-                self.inner.broker.publish(&deliveries)
-            );
+            let (cached, published) = self
+                .inner
+                .broker
+                .publish_message(
+                    self.inner.cache.as_ref(),
+                    message.receiver_id,
+                    &deliveries[0].event.payload,
+                    &deliveries,
+                )
+                .await;
             if let Err(e) = cached {
                 tracing::warn!(error = %e, "recent-messages cache push failed");
             }

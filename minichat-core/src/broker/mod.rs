@@ -12,10 +12,12 @@ mod redis;
 pub use self::redis::{RedisBroker, PRESENCE_TTL};
 pub use local::LocalBroker;
 
+use crate::cache::RecentCache;
 use crate::error::Result;
 use crate::hub::{ConnectionId, Event};
 use crate::model::UserId;
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 /// One event for one user, to every connection of theirs except `exclude` (the connection
@@ -41,6 +43,22 @@ pub trait Broker: Send + Sync + 'static {
     /// node had a connection of its user. When the cluster cannot be reached, delivers to this
     /// node's connections only and still returns `Ok`: sends never fail for lack of fan-out.
     async fn publish(&self, deliveries: &[Delivery]) -> Result<Vec<bool>>;
+
+    /// The fan-out of a newly stored message: publishes `deliveries` as
+    /// [`publish`](Broker::publish) does and records the receiver's copy, `frame`, in `cache`
+    /// as [`RecentCache::push`] does (with the same guarantees each); returns both outcomes,
+    /// the push's first. By default the two run concurrently. A broker that lives in the same
+    /// backend as `cache` may carry both in one round trip: the Redis broker does, for the
+    /// Redis cache it was connected with ([`RedisBroker::connect_with_cache`]).
+    async fn publish_message(
+        &self,
+        cache: &dyn RecentCache,
+        receiver: UserId,
+        frame: &Bytes,
+        deliveries: &[Delivery],
+    ) -> (Result<()>, Result<Vec<bool>>) {
+        tokio::join!(cache.push(receiver, frame), self.publish(deliveries))
+    }
 
     /// Called for every new connection of `user` on this node (`first_here` when it is their
     /// first); returns once events published for them anywhere will reach this node (or, while

@@ -10,8 +10,15 @@
 //! - A push is one transaction, `MULTI; LPUSH; LTRIM; PEXPIRE; EXEC`, so the list never grows
 //!   past its cap nor lives without an expiry, even when the node dies half-way. Pushes and
 //!   reads go over the backend's shared multiplexed connection (see `redis_support`), so
-//!   concurrent pushes, and a send's push and its `PUBLISH`es, share the socket's writes and
-//!   round trips instead of taking one each.
+//!   concurrent pushes share the socket's writes and round trips instead of taking one each.
+//!   When the Redis broker was connected with this cache ([`RedisBroker::connect_with_cache`],
+//!   as `Chat::connect` does), both share that connection and a send's push travels in the
+//!   same pipeline as its `PUBLISH`es ([`Broker::publish_message`]): the broker appends the
+//!   transaction with [`RedisCache::push_commands`] and reports a failed push back here with
+//!   [`RedisCache::push_failed`].
+//!
+//! [`RedisBroker::connect_with_cache`]: crate::broker::RedisBroker::connect_with_cache
+//! [`Broker::publish_message`]: crate::broker::Broker::publish_message
 //! - A read is one `LRANGE`. An empty or missing list, or one holding an entry this build cannot
 //!   decode (written by another version, say), is reported as cold (`None`): the service then
 //!   reads storage, which is always the source of truth.
@@ -84,6 +91,48 @@ impl RedisCache {
 
     fn stale(&self) -> std::sync::MutexGuard<'_, Stale> {
         self.stale.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connections this cache uses: a broker connected with this cache shares them.
+    pub(crate) fn pool(&self) -> &RedisPool {
+        &self.pool
+    }
+
+    /// Whether some list may have a hole, to be deleted before the next push.
+    pub(crate) fn has_stale(&self) -> bool {
+        !self.stale().is_empty()
+    }
+
+    /// Appends a push of `frame` to `receiver`'s list to `pipe`, every command ignored: the
+    /// `LPUSH`, `LTRIM` and `PEXPIRE` of the transaction, which the caller wraps in `MULTI` and
+    /// `EXEC` (or an atomic pipeline).
+    pub(crate) fn push_commands(
+        &self,
+        pipe: &mut redis::Pipeline,
+        receiver: UserId,
+        frame: &Bytes,
+    ) {
+        let key = self.keys.recent(receiver);
+        let ttl_ms = u64::try_from(CACHE_TTL.as_millis()).unwrap_or(u64::MAX);
+        pipe.cmd("LPUSH")
+            .arg(&key)
+            .arg(frame.as_ref())
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(0)
+            .arg(CACHE_CAPACITY as i64 - 1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms)
+            .ignore();
+    }
+
+    /// Records that a push for `receiver` sent by someone else (the broker) failed: their list
+    /// may have a hole now.
+    pub(crate) fn push_failed(&self, receiver: UserId) {
+        self.mark_stale(receiver);
     }
 
     fn mark_stale(&self, receiver: UserId) {
@@ -201,26 +250,12 @@ impl RecentCache for RedisCache {
 
 impl RedisCache {
     async fn push_now(&self, receiver: UserId, frame: &Bytes) -> Result<()> {
-        let key = self.keys.recent(receiver);
-        let ttl_ms = u64::try_from(CACHE_TTL.as_millis()).unwrap_or(u64::MAX);
         let mut conn = self.pool.shared(Backend::Cache)?;
         self.clear_stale(&mut conn).await?;
-        redis::pipe()
-            .atomic()
-            .cmd("LPUSH")
-            .arg(&key)
-            .arg(frame.as_ref())
-            .ignore()
-            .cmd("LTRIM")
-            .arg(&key)
-            .arg(0)
-            .arg(CACHE_CAPACITY as i64 - 1)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(ttl_ms)
-            .ignore()
-            .query_async::<()>(&mut conn)
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.push_commands(&mut pipe, receiver, frame);
+        pipe.query_async::<()>(&mut conn)
             .await
             .map_err(|e| self.pool.failed(Backend::Cache, e))
     }

@@ -36,14 +36,17 @@ mod presence;
 pub use presence::PRESENCE_TTL;
 
 use super::{Broker, ClusterPresence, Delivery, LocalBroker};
+use crate::cache::{RecentCache, RedisCache};
 use crate::error::{Backend, Error, Result};
 use crate::hub::{Event, Hub};
 use crate::model::UserId;
 use crate::redis_support::{self, Keys, RedisConfig, RedisPool};
 use async_trait::async_trait;
+use bytes::Bytes;
 use envelope::Envelope;
 use link::Subscriber;
 use presence::Presence;
+use redis::{RedisResult, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -63,6 +66,9 @@ fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error 
 ///   per delivery, whether any node is subscribed. Each event travels as a small binary header
 ///   (version, flags, excluded connection id, seq) followed by its JSON payload, which receiving
 ///   nodes hand to their hub without copying or parsing it.
+/// - [`publish_message`](Broker::publish_message), for a broker connected with its cache
+///   ([`connect_with_cache`](Self::connect_with_cache)), puts the cache push (`MULTI; LPUSH;
+///   LTRIM; PEXPIRE; EXEC`) and the `PUBLISH`es of a send in that same round trip.
 /// - [`user_arrived`](Broker::user_arrived) returns once Redis has confirmed the subscription; the
 ///   broker unsubscribes in [`user_left`](Broker::user_left), when the user's last local
 ///   connection has left.
@@ -85,6 +91,9 @@ pub struct RedisBroker {
     /// Serialises arrivals and departures, so a user who leaves and comes back at once cannot
     /// be taken offline after they returned.
     presence_lock: Mutex<()>,
+    /// The cache this broker was connected with, whose connections it shares: a send's push
+    /// to it rides in the send's pipeline ([`Broker::publish_message`]).
+    cache: Option<Arc<RedisCache>>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -103,6 +112,31 @@ impl RedisBroker {
     /// unreachable `REDIS_URL` is an [`Error::Config`].
     pub async fn connect(config: &RedisConfig, hub: Hub) -> Result<Self> {
         let (pool, info) = redis_support::connect_pool(config).await?;
+        Self::start(config, hub, pool, info, None).await
+    }
+
+    /// [`connect`](Self::connect), but over `cache`'s connections (its shared connection and
+    /// pool) instead of a set of its own: then [`Broker::publish_message`] with that very cache
+    /// sends the cache push and the `PUBLISH`es in one pipeline, one round trip per send. With
+    /// any other cache it pushes and publishes side by side, as by default. `config` must name
+    /// the Redis and prefix `cache` was connected with.
+    pub async fn connect_with_cache(
+        config: &RedisConfig,
+        hub: Hub,
+        cache: Arc<RedisCache>,
+    ) -> Result<Self> {
+        let info = redis_support::connection_info(&config.url)?;
+        let pool = cache.pool().clone();
+        Self::start(config, hub, pool, info, Some(cache)).await
+    }
+
+    async fn start(
+        config: &RedisConfig,
+        hub: Hub,
+        pool: RedisPool,
+        info: redis::ConnectionInfo,
+        cache: Option<Arc<RedisCache>>,
+    ) -> Result<Self> {
         let keys = Keys::new(&config.prefix);
         let subscriber = Subscriber::connect(info, keys.clone(), hub.clone()).await?;
         let presence = Arc::new(Presence::new(
@@ -123,14 +157,13 @@ impl RedisBroker {
             publish_failing: AtomicBool::new(false),
             presence,
             presence_lock: Mutex::new(()),
+            cache,
             tasks,
         })
     }
 
-    /// One pipelined round trip on the shared connection (which concurrent sends share): a
-    /// `PUBLISH` per delivery; the number of receiving nodes each.
-    async fn publish_remote(&self, deliveries: &[Delivery]) -> Result<Vec<i64>> {
-        let mut pipe = redis::pipe();
+    /// Appends a `PUBLISH` per delivery to `pipe`.
+    fn publish_commands(&self, pipe: &mut redis::Pipeline, deliveries: &[Delivery]) {
         for d in deliveries {
             pipe.cmd("PUBLISH")
                 .arg(self.keys.user_channel(d.user))
@@ -139,6 +172,13 @@ impl RedisBroker {
                     event: &d.event,
                 });
         }
+    }
+
+    /// One pipelined round trip on the shared connection (which concurrent sends share): a
+    /// `PUBLISH` per delivery; the number of receiving nodes each.
+    async fn publish_remote(&self, deliveries: &[Delivery]) -> Result<Vec<i64>> {
+        let mut pipe = redis::pipe();
+        self.publish_commands(&mut pipe, deliveries);
         self.pool
             .bounded(Backend::Broker, async {
                 let mut conn = self.pool.shared(Backend::Broker)?;
@@ -147,6 +187,104 @@ impl RedisBroker {
                     .map_err(|e| self.pool.failed(Backend::Broker, e))
             })
             .await
+    }
+
+    /// One pipelined round trip carrying `cache`'s push of `frame` to `receiver`'s list (its
+    /// `MULTI ... EXEC`) and a `PUBLISH` per delivery: whether the push succeeded, and the
+    /// number of receiving nodes of each delivery. A failed round trip fails both; a failed
+    /// transaction fails only the push, a failed `PUBLISH` only the fan-out.
+    async fn push_and_publish_remote(
+        &self,
+        cache: &RedisCache,
+        receiver: UserId,
+        frame: &Bytes,
+        deliveries: &[Delivery],
+    ) -> (Result<()>, Result<Vec<i64>>) {
+        let mut pipe = redis::pipe();
+        // Every reply comes back, errors included, and is judged below.
+        pipe.ignore_errors();
+        pipe.cmd("MULTI").ignore();
+        cache.push_commands(&mut pipe, receiver, frame);
+        pipe.cmd("EXEC");
+        self.publish_commands(&mut pipe, deliveries);
+        let answered: Result<Vec<RedisResult<Value>>> = self
+            .pool
+            .bounded(Backend::Broker, async {
+                let mut conn = self.pool.shared(Backend::Broker)?;
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.pool.failed(Backend::Broker, e))
+            })
+            .await;
+        let mut replies = match answered {
+            Ok(replies) => replies.into_iter(),
+            Err(e) => {
+                let why = e.to_string();
+                return (
+                    Err(Error::unavailable(Backend::Cache, why.clone())),
+                    Err(Error::unavailable(Backend::Broker, why)),
+                );
+            }
+        };
+        let pushed = match replies.next() {
+            // EXEC's answer: one per queued command, each of which must have succeeded.
+            Some(Ok(Value::Array(results)))
+                if !results.iter().any(|r| matches!(r, Value::ServerError(_))) =>
+            {
+                Ok(())
+            }
+            Some(Err(e)) => Err(Error::unavailable(Backend::Cache, e)),
+            other => Err(Error::unavailable(
+                Backend::Cache,
+                format!("the cache push's transaction failed: {other:?}"),
+            )),
+        };
+        let published = replies
+            .map(|reply| match reply {
+                Ok(Value::Int(n)) => Ok(n),
+                Ok(other) => Err(Error::unavailable(
+                    Backend::Broker,
+                    format!("unexpected answer to PUBLISH: {other:?}"),
+                )),
+                Err(e) => Err(Error::unavailable(Backend::Broker, e)),
+            })
+            .collect::<Result<Vec<i64>>>()
+            .and_then(|receivers| {
+                if receivers.len() == deliveries.len() {
+                    Ok(receivers)
+                } else {
+                    Err(Error::unavailable(
+                        Backend::Broker,
+                        "fewer answers than PUBLISHes",
+                    ))
+                }
+            });
+        (pushed, published)
+    }
+
+    /// What `publish` returns for `deliveries` once Redis answered (or did not): who was
+    /// reached, or, when Redis failed, the local delivery instead.
+    async fn settle_publish(
+        &self,
+        remote: Result<Vec<i64>>,
+        deliveries: &[Delivery],
+    ) -> Result<Vec<bool>> {
+        match remote {
+            Ok(receivers) => {
+                if self.publish_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("Redis reachable again; fan-out is cluster-wide");
+                }
+                Ok((0..deliveries.len())
+                    .map(|i| receivers.get(i).is_some_and(|n| *n > 0))
+                    .collect())
+            }
+            Err(e) => {
+                if !self.publish_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "Redis unreachable; delivering to this node's connections only until it returns");
+                }
+                self.local.publish(deliveries).await
+            }
+        }
     }
 
     /// One `PUBLISH` of a presence event on `user`'s presence channel.
@@ -182,22 +320,33 @@ impl Broker for RedisBroker {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
-        match self.publish_remote(deliveries).await {
-            Ok(receivers) => {
-                if self.publish_failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!("Redis reachable again; fan-out is cluster-wide");
-                }
-                Ok((0..deliveries.len())
-                    .map(|i| receivers.get(i).is_some_and(|n| *n > 0))
-                    .collect())
-            }
-            Err(e) => {
-                if !self.publish_failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "Redis unreachable; delivering to this node's connections only until it returns");
-                }
-                self.local.publish(deliveries).await
-            }
+        let remote = self.publish_remote(deliveries).await;
+        self.settle_publish(remote, deliveries).await
+    }
+
+    async fn publish_message(
+        &self,
+        cache: &dyn RecentCache,
+        receiver: UserId,
+        frame: &Bytes,
+        deliveries: &[Delivery],
+    ) -> (Result<()>, Result<Vec<bool>>) {
+        // Only for the cache whose connections this broker shares, and not while it has stale
+        // lists to delete first (its own push does that, after an outage).
+        let own = self
+            .cache
+            .as_ref()
+            .filter(|own| std::ptr::addr_eq(cache, Arc::as_ptr(own)) && !own.has_stale());
+        let Some(own) = own.filter(|_| !deliveries.is_empty()) else {
+            return tokio::join!(cache.push(receiver, frame), self.publish(deliveries));
+        };
+        let (pushed, remote) = self
+            .push_and_publish_remote(own, receiver, frame, deliveries)
+            .await;
+        if pushed.is_err() {
+            own.push_failed(receiver);
         }
+        (pushed, self.settle_publish(remote, deliveries).await)
     }
 
     async fn user_arrived(&self, user: UserId, _first_here: bool) -> Result<bool> {
