@@ -68,7 +68,9 @@ pub struct Options {
     #[arg(long, env = "MINICHAT_BIND", default_value_t = Settings::default().bind, value_parser = address, global = true)]
     pub bind: SocketAddr,
 
-    /// PostgreSQL URL (postgresql://user:pass@host:5432/db); unset keeps data in memory.
+    /// PostgreSQL URL (postgresql://user:pass@host:5432/db, or a primary and standbys:
+    /// postgresql://user:pass@h1:5432,h2:5432/db?target_session_attrs=read-write); unset keeps
+    /// data in memory.
     #[arg(long, env = "DATABASE_URL", value_parser = postgres_url, global = true)]
     pub database_url: Option<String>,
 
