@@ -208,6 +208,18 @@ fn a_secret_value_is_never_printed() {
     );
     let line = assert_one_line(&out, "DATABASE_URL", &["***"]);
     assert!(!line.contains("hunter2"), "{line}");
+    // A multi-host URL (no valid single URL) that cannot connect: still one line, still masked,
+    // for `serve` and for `migrate`.
+    let url = format!(
+        "postgresql://user:hunter2@127.0.0.1:{},127.0.0.1:{}/x?target_session_attrs=read-write",
+        free_port(),
+        free_port()
+    );
+    for args in [&[][..], &["migrate"][..]] {
+        let out = run(args, &[("DATABASE_URL", url.as_str())]);
+        let line = assert_one_line(&out, "DATABASE_URL", &["user:***@127.0.0.1:", "connect"]);
+        assert!(!line.contains("hunter2"), "{args:?}: {line}");
+    }
 }
 
 /// A listener that answers every connection as a web server would.

@@ -68,7 +68,9 @@ pub struct Options {
     #[arg(long, env = "MINICHAT_BIND", default_value_t = Settings::default().bind, value_parser = address, global = true)]
     pub bind: SocketAddr,
 
-    /// PostgreSQL URL (postgresql://user:pass@host:5432/db); unset keeps data in memory.
+    /// PostgreSQL URL (postgresql://user:pass@host:5432/db, or a primary and standbys:
+    /// postgresql://user:pass@h1:5432,h2:5432/db?target_session_attrs=read-write); unset keeps
+    /// data in memory.
     #[arg(long, env = "DATABASE_URL", value_parser = postgres_url, global = true)]
     pub database_url: Option<String>,
 
@@ -465,15 +467,53 @@ pub fn setting_name(key: &str) -> String {
     key.to_owned()
 }
 
-/// A value as it may be printed: a URL's password is masked.
+/// A value as it may be printed: every password in it is masked. That is the password of each
+/// `scheme://user:password@` (also in a multi-host PostgreSQL URL, `postgresql://u:pw@h1,h2/db`,
+/// which is no valid single URL, and in a comma-separated list of URLs), and every
+/// `password=...` (a URL's query parameter, or a key=value connection string's field).
 pub fn shown_value(value: &str) -> String {
-    match url::Url::parse(value) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
+    const MASK: &str = "***";
+    let mut shown = String::with_capacity(value.len());
+    let mut rest = value;
+    // Userinfo passwords: `://` then the authority, up to the next `/`, `?` or `#`.
+    while let Some(at) = rest.find("://") {
+        let start = at + 3;
+        shown.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let authority = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
+        // The userinfo ends at the authority's last `@` before the next URL of a list.
+        let this_url = &authority[..authority.find("://").unwrap_or(authority.len())];
+        let userinfo_end = this_url.rfind('@');
+        let colon = userinfo_end.and_then(|end| this_url[..end].find(':'));
+        match (userinfo_end, colon) {
+            (Some(end), Some(colon)) => {
+                shown.push_str(&after[..=colon]);
+                shown.push_str(MASK);
+                rest = &after[end..];
+            }
+            _ => rest = after,
         }
-        _ => value.to_owned(),
     }
+    shown.push_str(rest);
+    // `password=...` fields: up to `&` (URL query) or white space (key=value), or quoted.
+    let mut masked = String::with_capacity(shown.len());
+    let mut rest = shown.as_str();
+    while let Some(at) = rest.to_ascii_lowercase().find("password=") {
+        let start = at + "password=".len();
+        masked.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let end = if let Some(quoted) = after.strip_prefix('\'') {
+            quoted.find('\'').map_or(after.len(), |close| close + 2)
+        } else {
+            after
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .unwrap_or(after.len())
+        };
+        masked.push_str(MASK);
+        rest = &after[end..];
+    }
+    masked.push_str(rest);
+    masked
 }
 
 /// The one line for a setting whose value is wrong: `NAME (--flag) 'value': problem`.
@@ -631,5 +671,51 @@ mod tests {
             shown_value("postgresql://u:pw@h:5432/d"),
             "postgresql://u:***@h:5432/d"
         );
+    }
+
+    #[test]
+    fn every_password_is_masked() {
+        let cases = [
+            ("postgresql://u@h:5432/d", "postgresql://u@h:5432/d"),
+            (
+                "postgresql://u:pw@h1:5432,h2:5432/d?target_session_attrs=read-write",
+                "postgresql://u:***@h1:5432,h2:5432/d?target_session_attrs=read-write",
+            ),
+            (
+                "postgresql://u:p%40ss@h1,h2/d",
+                "postgresql://u:***@h1,h2/d",
+            ),
+            (
+                "postgresql://h1,h2/d?user=u&password=pw&sslmode=disable",
+                "postgresql://h1,h2/d?user=u&password=***&sslmode=disable",
+            ),
+            (
+                "host=a,b user=u password='p w' dbname=d",
+                "host=a,b user=u password=*** dbname=d",
+            ),
+            ("host=a password=pw", "host=a password=***"),
+            (
+                "redis://:pw@127.0.0.1:7001,redis://u:pw2@127.0.0.1:7002",
+                "redis://:***@127.0.0.1:7001,redis://u:***@127.0.0.1:7002",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("garbage", "garbage"),
+        ];
+        for (value, shown) in cases {
+            assert_eq!(shown_value(value), shown, "{value}");
+        }
+    }
+
+    #[test]
+    fn a_multi_host_database_url_is_accepted() {
+        let url = "postgresql://u@127.0.0.1:5432,127.0.0.1:5433/db?target_session_attrs=read-write";
+        let cli = Cli::try_parse_from(["minichat-server", "--database-url", url]).unwrap();
+        assert_eq!(
+            cli.options.settings().chat.database_url.as_deref(),
+            Some(url)
+        );
+        let cli =
+            Cli::try_parse_from(["minichat-server", "migrate", "--database-url", url]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Migrate { .. })));
     }
 }

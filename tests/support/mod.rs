@@ -2,6 +2,8 @@
 //! a WebSocket client that wait for what they expect (with generous deadlines), never for time.
 #![allow(dead_code)]
 
+pub mod postgres_pair;
+
 use futures_util::{SinkExt, StreamExt};
 use minichat::server::{AuthMode, RunningServer, Server, Settings};
 use minichat_core::test_support::{unique_redis_prefix, TestDatabase};

@@ -46,7 +46,8 @@ use std::sync::Mutex;
 /// The recent-messages cache in Redis: a list per receiver (`{prefix}recent:{id}`) of message
 /// JSON, newest first, capped at [`CACHE_CAPACITY`] and expiring [`CACHE_TTL`] after the last
 /// push. A list holding an entry it cannot decode reads as cold; every Redis failure is
-/// [`Error::Unavailable`] for [`Backend::Cache`], at once while Redis is known to be away.
+/// [`Error::Unavailable`](crate::Error::Unavailable) for [`Backend::Cache`], at once while
+/// Redis is known to be away.
 pub struct RedisCache {
     pool: RedisPool,
     keys: Keys,
@@ -79,7 +80,8 @@ impl std::fmt::Debug for RedisCache {
 }
 
 impl RedisCache {
-    /// Connects to Redis. A malformed or unreachable `REDIS_URL` is an [`Error::Config`].
+    /// Connects to Redis. A malformed or unreachable `REDIS_URL` is an
+    /// [`Error::Config`](crate::Error::Config).
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
         let (pool, _) = redis_support::connect_pool(config).await?;
         Ok(RedisCache {

@@ -30,7 +30,10 @@ fn parse(url: &str) -> Result<(tokio_postgres::Config, String)> {
 }
 
 async fn connect(mut pg: tokio_postgres::Config, database: &str) -> Result<Client> {
-    pg.dbname(database).connect_timeout(CONNECT_TIMEOUT);
+    // Several hosts are tried in turn: each gets a share of the wait.
+    let hosts = pg.get_hosts().len().max(pg.get_hostaddrs().len()).max(1);
+    let share = CONNECT_TIMEOUT / u32::try_from(hosts).unwrap_or(u32::MAX);
+    pg.dbname(database).connect_timeout(share);
     let cannot = |reason: String| {
         Error::config(
             SETTING,

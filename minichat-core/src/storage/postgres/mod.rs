@@ -113,22 +113,24 @@ impl PostgresStorage {
             .bounded(async {
                 let client = self.client().await?;
                 let rows = run(&*client, sql, params).await;
-                client.settle();
-                rows
+                client.settle_if(rows.as_ref().err().is_none_or(pool::reusable_after));
+                rows.map_err(db_error)
             })
             .await
     }
 }
 
 /// Prepares `sql` (once per connection: `prepare_cached`) and runs it with `params` on `client`,
-/// a pooled connection or a transaction on one. Every statement of the storage goes through here.
+/// a pooled connection or a transaction on one. Every statement of the storage goes through here
+/// (the writer's through its own `query`); the caller maps a failure with [`db_error`] after
+/// deciding whether the connection may be reused.
 async fn run(
     client: &impl GenericClient,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
-) -> Result<Vec<Row>> {
-    let statement = client.prepare_cached(sql).await.map_err(db_error)?;
-    client.query(&statement, params).await.map_err(db_error)
+) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql).await?;
+    client.query(&statement, params).await
 }
 
 /// The one mapping of a failed statement: a username taken by a concurrent insert (which only
@@ -163,7 +165,8 @@ where
     Error::unavailable(Backend::Storage, e)
 }
 
-/// Parses the URL and requires a database name; adds a connect timeout when the URL has none.
+/// Parses the URL (one host, or several: `postgresql://u@h1:5432,h2:5432/db`) and requires a
+/// database name; adds a connect timeout when the URL has none.
 fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
     let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
         Error::config(
@@ -180,8 +183,20 @@ fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
             "the URL names no database; expected postgresql://user:password@host:5432/dbname",
         ));
     }
+    // Several hosts (`h1:5432,h2:5432`, tried in turn; `target_session_attrs=read-write` skips
+    // standbys): tokio-postgres wants one port for all or one per host.
+    let (hosts, ports) = (pool::host_count(&pg), pg.get_ports().len());
+    if ports > 1 && u32::try_from(ports).ok() != Some(hosts) {
+        return Err(Error::config(
+            SETTING,
+            format!(
+                "{hosts} hosts but {ports} ports; expected one port per host, like postgresql://user@h1:5432,h2:5432/dbname"
+            ),
+        ));
+    }
     if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(CONNECT_TIMEOUT);
+        // The start-up connection waits CONNECT_TIMEOUT in all: a share for each host.
+        pg.connect_timeout(CONNECT_TIMEOUT / hosts);
     }
     if pg.get_application_name().is_none() {
         pg.application_name("minichat");
@@ -482,6 +497,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn several_hosts_are_accepted_with_one_port_each() {
+        let pg = parse_url(
+            "postgresql://u:pw@127.0.0.1:5432,127.0.0.1:5433/db?target_session_attrs=read-write",
+        )
+        .unwrap();
+        assert_eq!(pg.get_hosts().len(), 2);
+        assert_eq!(pg.get_ports(), &[5432, 5433]);
+        assert_eq!(pg.get_connect_timeout(), Some(&(CONNECT_TIMEOUT / 2)));
+        // The key=value form too.
+        let pg =
+            parse_url("host=a,b port=5432,5433 dbname=db target_session_attrs=read-write").unwrap();
+        assert_eq!(pg.get_hosts().len(), 2);
+        let e = parse_url("host=a,b,c port=5432,5433 dbname=db").unwrap_err();
+        assert!(e.to_string().contains("3 hosts but 2 ports"), "{e}");
     }
 
     #[test]

@@ -9,12 +9,21 @@
 //! - **Each call as a whole** ([`Connections::bounded`]): checkout, statements and commit end
 //!   within the budget, or the call fails as [`Error::Unavailable`].
 //! - **The pool**: waiting for a free connection, creating one (TCP connect and start-up) and
-//!   recycling one are each bounded by the budget.
+//!   recycling one are each bounded by the budget. When the URL names several hosts (a primary
+//!   and its standbys, `target_session_attrs=read-write`), each host's TCP connect gets an equal
+//!   share of the budget, so a host that does not answer at all cannot use up the whole budget
+//!   before the next one is tried.
 //! - **The socket**: TCP keepalives and `TCP_USER_TIMEOUT` (Linux), so a connection whose peer
 //!   vanished is closed by the kernel and dropped by the pool, idle or not.
-//! - **The server's side**: the session runs with `statement_timeout` and
-//!   `idle_in_transaction_session_timeout` equal to the budget, so PostgreSQL abandons work
-//!   (and releases row locks) that no caller waits for any more.
+//! - **The server's side**: the session runs with `idle_in_transaction_session_timeout` equal
+//!   to the budget and `statement_timeout` twice the budget, so PostgreSQL abandons work (and
+//!   releases row locks) that no caller waits for any more. Twice, not once, because of
+//!   synchronous replication: a `COMMIT` waiting for the standby that `statement_timeout`
+//!   cancels is not rolled back, it commits locally (with only a WARNING) and answers success,
+//!   although the standby may not have it. With twice the budget, that success can only come a
+//!   whole budget after the caller's own deadline, so it never reaches a caller: the send was
+//!   already answered 503, and its connection closed. (Its client's retry with the same
+//!   `client_id` finds the message, or stores it, on whichever server is the primary then.)
 //!
 //! A connection leaves the pool as a [`Lease`]. A call that completes settles its lease, and the
 //! connection goes back: by then its transaction, if any, was committed or rolled back (a
@@ -25,6 +34,13 @@
 //! PostgreSQL when its connection closes, so a timed-out send leaves nothing half-written; one
 //! whose `COMMIT` reached the server just before the deadline is stored whole (and its `client_id`
 //! makes the client's retry find it).
+//!
+//! A call that completed with an error that says the connection or its server is no use any
+//! more ([`reusable_after`] is false: the connection broke, the server is shutting down, or it
+//! is read-only, as an old primary turned standby is) is not settled either: its connection is
+//! closed, and the next checkout makes a new one, which goes through `target_session_attrs`
+//! again and so finds the current primary. Closed connections in the pool are dropped at
+//! checkout (recycling checks them). So after a failover the pool heals by itself.
 
 use super::{unavailable, SETTING};
 use crate::error::{Error, Result};
@@ -101,14 +117,39 @@ impl Connections {
     }
 }
 
-/// `pg` with the bounds of `timeout`: connect timeout (the URL's own if shorter), keepalives, `TCP_USER_TIMEOUT`, and the
-/// session's `statement_timeout` and `idle_in_transaction_session_timeout` (appended to the
+/// Whether a connection may go back to the pool after a statement on it failed with `e`: yes
+/// for what one request caused (a constraint violation, a deadlock, a cancelled statement), no
+/// when the connection itself or its server is no use for writes any more: no database error at
+/// all (the socket broke or closed), class 08 (connection exception), class 57 (operator
+/// intervention: shutting down, crash recovery, cannot connect now) but for 57014 (a statement
+/// cancelled, by `statement_timeout` say), and 25006 (read-only transaction: the server is, or
+/// became, a standby).
+pub(super) fn reusable_after(e: &tokio_postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else {
+        return false;
+    };
+    let code = db.code().code();
+    let broken = code.starts_with("08") || (code.starts_with("57") && code != "57014");
+    !(broken || code == "25006")
+}
+
+/// How many hosts the URL names (each tried in turn when connecting); at least 1.
+pub(super) fn host_count(pg: &tokio_postgres::Config) -> u32 {
+    let hosts = pg.get_hosts().len().max(pg.get_hostaddrs().len()).max(1);
+    u32::try_from(hosts).unwrap_or(u32::MAX)
+}
+
+/// `pg` with the bounds of `timeout`: connect timeout (the URL's own if shorter; with several
+/// hosts, an equal share of the budget each), keepalives, `TCP_USER_TIMEOUT`, and the
+/// session's `statement_timeout` (twice the budget: see the module docs) and
+/// `idle_in_transaction_session_timeout` (appended to the
 /// URL's own `options`, so an explicit setting there comes first and the budget wins).
 fn bounded_config(pg: &tokio_postgres::Config, timeout: Duration) -> tokio_postgres::Config {
     let mut pg = pg.clone();
+    let share = timeout / host_count(&pg);
     let connect = pg
         .get_connect_timeout()
-        .map_or(timeout, |own| timeout.min(*own));
+        .map_or(share, |own| share.min(*own));
     pg.connect_timeout(connect);
     pg.keepalives(true);
     if pg.get_keepalives_idle() == LIBRARY_KEEPALIVE_IDLE {
@@ -118,7 +159,9 @@ fn bounded_config(pg: &tokio_postgres::Config, timeout: Duration) -> tokio_postg
         pg.tcp_user_timeout(timeout);
     }
     let ms = timeout.as_millis().max(1);
-    let session = format!("-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}");
+    let statement_ms = ms.saturating_mul(2);
+    let session =
+        format!("-c statement_timeout={statement_ms} -c idle_in_transaction_session_timeout={ms}");
     let options = match pg.get_options() {
         Some(own) if !own.trim().is_empty() => format!("{own} {session}"),
         _ => session,
@@ -138,6 +181,14 @@ impl Lease {
     /// The call completed: the connection goes back to the pool.
     pub(super) fn settle(mut self) {
         self.settled = true;
+    }
+
+    /// The call completed: the connection goes back to the pool if `reusable` (see
+    /// [`reusable_after`]), else it is closed.
+    pub(super) fn settle_if(self, reusable: bool) {
+        if reusable {
+            self.settle();
+        }
     }
 }
 
@@ -191,9 +242,28 @@ mod tests {
         assert_eq!(
             bounded.get_options(),
             Some(
-                "-c search_path=x -c statement_timeout=1500 \
+                "-c search_path=x -c statement_timeout=3000 \
                  -c idle_in_transaction_session_timeout=1500"
             )
         );
+    }
+
+    #[test]
+    fn several_hosts_share_the_connect_budget() {
+        let pg: tokio_postgres::Config =
+            "postgresql://u@h1:5432,h2:5433,h3:5434/db?target_session_attrs=read-write"
+                .parse()
+                .unwrap();
+        assert_eq!(host_count(&pg), 3);
+        let bounded = bounded_config(&pg, Duration::from_millis(1500));
+        assert_eq!(
+            bounded.get_connect_timeout(),
+            Some(&Duration::from_millis(500))
+        );
+        assert_eq!(
+            bounded.get_target_session_attrs(),
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(bounded.get_ports(), &[5432, 5433, 5434]);
     }
 }

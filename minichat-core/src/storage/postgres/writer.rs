@@ -161,7 +161,10 @@ async fn write(
 enum Failure {
     /// A deadlock or serialization failure: the batch may simply run again.
     Retry(tokio_postgres::Error),
-    Other(Error),
+    /// Anything else: the batch fails. `reusable` is false when the connection must be closed
+    /// rather than pooled again (it broke, or its server shuts down or became read-only, as a
+    /// primary does when it dies or is demoted: see `pool::reusable_after`).
+    Other { error: Error, reusable: bool },
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -172,14 +175,20 @@ impl From<tokio_postgres::Error> for Failure {
         {
             Failure::Retry(e)
         } else {
-            Failure::Other(unavailable(e))
+            Failure::Other {
+                reusable: super::pool::reusable_after(&e),
+                error: unavailable(e),
+            }
         }
     }
 }
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Failure {
-        Failure::Other(e)
+        Failure::Other {
+            error: e,
+            reusable: true,
+        }
     }
 }
 
@@ -194,13 +203,20 @@ async fn commit_with_retry(
             attempt += 1;
             let mut lease = pool.lease().await?;
             let done = commit(&mut lease, messages).await;
-            // Completed: committed, or rolled back by dropping the transaction.
-            lease.settle();
+            // Completed: committed, or rolled back by dropping the transaction; a connection
+            // that broke (or whose server can no longer take writes) is closed, not pooled.
+            lease.settle_if(!matches!(
+                done,
+                Err(Failure::Other {
+                    reusable: false,
+                    ..
+                })
+            ));
             match done {
                 Ok(answers) => return Ok(answers),
                 Err(Failure::Retry(e)) if attempt >= ATTEMPTS => return Err(unavailable(e)),
                 Err(Failure::Retry(_)) => continue,
-                Err(Failure::Other(e)) => return Err(e),
+                Err(Failure::Other { error, .. }) => return Err(error),
             }
         }
     })
