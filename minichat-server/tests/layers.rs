@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("response", 0),
     ("diagnose", 0),
+    ("fd_limit", 0),
     ("ids", 0),
     ("tcp", 0),
     ("ws::frames", 0),
