@@ -3,8 +3,9 @@
 //! A tokio `mpsc::channel` allocates its first block of 32 slots and its cache-padded channel
 //! state up front: ~2.6 KB per subscriber before a single event, most of an idle socket's cost.
 //! This queue is one small allocation (the shared [`Queue`]) whose `VecDeque` takes memory only
-//! while events wait and gives it back as soon as the reader drains it, so an empty queue holds
-//! no buffer at all. The bound is enforced on every push: a push into a full queue evicts the
+//! once an event arrives: a socket that never got one holds no buffer, one that did keeps the
+//! smallest (4 slots, 256 B) so steady traffic does not allocate per event, and a larger buffer
+//! left by a burst is given back as soon as the reader drains it. The bound is enforced on every push: a push into a full queue evicts the
 //! subscriber (the hub's slow-consumer rule) instead of growing it.
 //!
 //! Senders ([`Sender`], one per place the hub keeps the subscriber: its user's list and each
@@ -16,6 +17,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
+
+/// Slots a drained queue keeps (the `VecDeque`'s smallest allocation, 4 slots for the hub's
+/// ~64-byte items): a queue that has held at most this many keeps its buffer for the next
+/// event; a larger one is freed once drained.
+const KEEP_SLOTS: usize = 4;
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +135,10 @@ impl<T> Receiver<T> {
         }
         match state.items.pop_front() {
             Some(item) => {
-                if state.items.is_empty() {
-                    // Drained: an idle subscriber keeps no buffer.
+                if state.items.is_empty() && state.items.capacity() > KEEP_SLOTS {
+                    // Drained after a burst: give the big buffer back. The smallest buffer is
+                    // kept, so that events arriving one at a time (the usual case) do not
+                    // allocate and free a buffer each.
                     state.items = VecDeque::new();
                 }
                 Ok(Some(item))
@@ -180,6 +188,19 @@ mod tests {
         }
         assert_eq!(tx.queue.lock().items.capacity(), 0);
         assert_eq!(rx.try_recv(), Ok(None));
+    }
+
+    #[test]
+    fn events_one_at_a_time_reuse_the_smallest_buffer() {
+        let (tx, rx) = bounded::<u64>(8);
+        assert_eq!(tx.push(1), Pushed::Queued);
+        let first = tx.queue.lock().items.capacity();
+        assert!((1..=KEEP_SLOTS).contains(&first), "capacity {first}");
+        for i in 2..100 {
+            assert_eq!(rx.try_recv(), Ok(Some(i - 1)));
+            assert_eq!(tx.queue.lock().items.capacity(), first, "kept, not freed");
+            assert_eq!(tx.push(i), Pushed::Queued);
+        }
     }
 
     #[test]
