@@ -124,22 +124,30 @@ impl Setup {
         format!("{}user:{{{user}}}", self.prefix)
     }
 
-    /// Waits until `user`'s channel has a subscriber on the master of its slot (`PUBSUB
-    /// SHARDNUMSUB` there): fan-out really is sharded, on the right shard.
+    /// Waits until `user`'s channel has a subscriber on its shard, the master of its slot or
+    /// a replica of it (`PUBSUB SHARDNUMSUB` there): fan-out really is sharded, and on the
+    /// right shard.
     async fn wait_subscribed_on_its_shard(&self, user: i64) {
         let master = self.master_of_user(user).await;
+        let mut shard = vec![master];
+        shard.extend(self.cluster.replicas_of(master).await);
         let channel = self.channel(user);
         eventually(
             DEADLINE,
-            &format!("a subscriber of {channel} on {master}"),
+            &format!("a subscriber of {channel} on its shard {shard:?}"),
             || async {
-                let mut conn = node_connection(master).await.ok()?;
-                let (_, count): (String, i64) = redis::cmd("PUBSUB")
-                    .arg("SHARDNUMSUB")
-                    .arg(&channel)
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
+                let mut count = 0;
+                for &node in &shard {
+                    let Ok(mut conn) = node_connection(node).await else {
+                        continue;
+                    };
+                    let answer: Result<(String, i64), _> = redis::cmd("PUBSUB")
+                        .arg("SHARDNUMSUB")
+                        .arg(&channel)
+                        .query_async(&mut conn)
+                        .await;
+                    count += answer.map_or(0, |(_, n)| n);
+                }
                 (count >= 1).then_some(())
             },
         )
@@ -368,6 +376,8 @@ async fn a_killed_master_fails_over_and_delivery_resumes_with_nothing_lost() {
     )
     .await;
     let resumed = Instant::now();
+    // Its channel is subscribed on the shard's new master (or its replica) now.
+    setup.wait_subscribed_on_its_shard(receiver).await;
     traffic.stop.store(true, Ordering::SeqCst);
     for task in tasks {
         task.await.expect("a sender failed");
