@@ -67,7 +67,7 @@ async fn a_finished_test_leaves_no_key_under_its_prefix() {
     let keys = redis_keys(SHARED_REDIS_URL, &prefix);
     for user in [alice, bob] {
         for kind in ["online", "seen", "recent"] {
-            let key = format!("{prefix}{kind}:{user}");
+            let key = format!("{prefix}{kind}:{{{user}}}");
             assert!(keys.contains(&key), "{key} in {keys:?}");
         }
     }
@@ -83,9 +83,9 @@ async fn a_finished_test_leaves_no_key_under_its_prefix() {
     assert_eq!((alice_closed, bob_closed), (Some(1001), Some(1001)));
     let keys = redis_keys(SHARED_REDIS_URL, &prefix);
     for user in [alice, bob] {
-        let online = format!("{prefix}online:{user}");
+        let online = format!("{prefix}online:{{{user}}}");
         assert!(!keys.contains(&online), "{online} left behind: {keys:?}");
-        let seen = get(&format!("{prefix}seen:{user}")).await;
+        let seen = get(&format!("{prefix}seen:{{{user}}}")).await;
         assert!(
             seen.is_some_and(|t| t >= stopping),
             "user {user} last seen at their departure, not before {stopping}: {seen:?}"

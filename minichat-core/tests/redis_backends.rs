@@ -153,7 +153,7 @@ async fn cache_keeps_the_newest_hundred_newest_first_with_expiry() {
     assert_eq!(all.last().map(|m| m.id), Some(21));
 
     let mut conn = admin(&url).await;
-    let key = format!("{prefix}recent:1");
+    let key = format!("{prefix}recent:{{1}}");
     let len: i64 = redis::cmd("LLEN")
         .arg(&key)
         .query_async(&mut conn)
@@ -271,7 +271,7 @@ async fn unsubscribes_when_the_last_local_connection_leaves() {
         .await
         .expect("connect");
     let mut conn = admin(&url).await;
-    let channel = format!("{prefix}user:5");
+    let channel = format!("{prefix}user:{{5}}");
 
     let (first, _) = hub.subscribe(5);
     let (second, _) = hub.subscribe(5);
@@ -447,7 +447,7 @@ async fn survives_a_redis_restart() {
     }
     // The user who left during the outage is not subscribed again.
     let mut conn = admin(&server.url()).await;
-    let channel = format!("{prefix}user:6");
+    let channel = format!("{prefix}user:{{6}}");
     while numsub(&mut conn, &channel).await != 0 {
         assert!(Instant::now() < deadline, "{channel} still subscribed");
         sleep(Duration::from_millis(20)).await;

@@ -120,7 +120,7 @@ async fn one_pipeline_keeps_each_outcome_apart() {
 
     // A transaction that fails (the key holds a string) fails the push alone: the fan-out
     // still happens, and the list is stale, so it reads as cold and is deleted.
-    let key = format!("{prefix}recent:1");
+    let key = format!("{prefix}recent:{{1}}");
     let mut admin = redis::Client::open(url.as_str())
         .expect("redis URL")
         .get_multiplexed_async_connection()

@@ -233,12 +233,19 @@ fn postgres_url(raw: &str) -> Result<String, String> {
 /// Empty counts as unset (in process). Other forms are checked when connecting.
 fn redis_url(raw: &str) -> Result<String, String> {
     const SCHEMES: &[&str] = &["redis", "rediss", "redis+unix", "unix", "valkey", "valkeys"];
-    match scheme(raw) {
-        Some(s) if !SCHEMES.contains(&s.as_str()) => Err(format!(
-            "a {s}:// URL is not a Redis one; expected redis://host:6379[/db]"
-        )),
-        _ => Ok(raw.trim().to_owned()),
+    // Several URLs, comma-separated, are the seed nodes of a Redis Cluster; the core checks
+    // the rest of each.
+    for url in raw.split(',') {
+        match scheme(url.trim()) {
+            Some(s) if !SCHEMES.contains(&s.as_str()) => {
+                return Err(format!(
+                    "a {s}:// URL is not a Redis one; expected redis://host:6379[/db], or several redis:// URLs separated by commas for a Redis Cluster"
+                ))
+            }
+            _ => {}
+        }
     }
+    Ok(raw.trim().to_owned())
 }
 
 fn secret(raw: &str) -> Result<String, String> {

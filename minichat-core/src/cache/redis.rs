@@ -4,7 +4,7 @@
 //! in-process cache would only know the messages its own node handled; this one keeps a list
 //! per receiver in Redis that every node pushes to:
 //!
-//! - `{prefix}recent:{receiver}` is a list of the receiver's message frames (the serde form of
+//! - `{prefix}recent:{<receiver>}` is a list of the receiver's message frames (the serde form of
 //!   [`Message`] plus its `seq`), newest first, capped at [`CACHE_CAPACITY`] entries and expiring
 //!   [`CACHE_TTL`] after the last push.
 //! - A push is one transaction, `MULTI; LPUSH; LTRIM; PEXPIRE; EXEC`, so the list never grows
@@ -37,13 +37,13 @@
 use super::{RecentCache, CACHE_CAPACITY, CACHE_TTL};
 use crate::error::{Backend, Result};
 use crate::model::{Message, UserId};
-use crate::redis_support::{self, Keys, RedisConfig, RedisPool};
+use crate::redis_support::{self, Connection, Keys, RedisConfig, RedisPool};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-/// The recent-messages cache in Redis: a list per receiver (`{prefix}recent:{id}`) of message
+/// The recent-messages cache in Redis: a list per receiver (`{prefix}recent:{<id>}`) of message
 /// JSON, newest first, capped at [`CACHE_CAPACITY`] and expiring [`CACHE_TTL`] after the last
 /// push. A list holding an entry it cannot decode reads as cold; every Redis failure is
 /// [`Error::Unavailable`](crate::Error::Unavailable) for [`Backend::Cache`], at once while
@@ -83,7 +83,7 @@ impl RedisCache {
     /// Connects to Redis. A malformed or unreachable `REDIS_URL` is an
     /// [`Error::Config`](crate::Error::Config).
     pub async fn connect(config: &RedisConfig) -> Result<Self> {
-        let (pool, _) = redis_support::connect_pool(config).await?;
+        let pool = redis_support::connect_pool(config).await?;
         Ok(RedisCache {
             pool,
             keys: Keys::new(&config.prefix),
@@ -148,7 +148,7 @@ impl RedisCache {
     }
 
     /// Deletes the lists marked stale, now that Redis answers; keeps the marks on failure.
-    async fn clear_stale(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<()> {
+    async fn clear_stale(&self, conn: &mut Connection) -> Result<()> {
         let (receivers, all) = {
             let stale = self.stale();
             if stale.is_empty() {
@@ -160,29 +160,16 @@ impl RedisCache {
             )
         };
         if all {
-            let pattern = self.keys.recent_pattern();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(conn)
-                    .await
-                    .map_err(|e| self.pool.failed(Backend::Cache, e))?;
-                if !keys.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .query_async::<()>(conn)
-                        .await
-                        .map_err(|e| self.pool.failed(Backend::Cache, e))?;
-                }
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
+            // A `SCAN` sees one server's keys: on a cluster, every master is scanned.
+            let masters = conn
+                .masters()
+                .await
+                .map_err(|e| self.pool.failed(Backend::Cache, e))?;
+            if masters.is_empty() {
+                self.unlink_matching(conn, None).await?;
+            }
+            for (host, port) in &masters {
+                self.unlink_matching(conn, Some((host, *port))).await?;
             }
         } else {
             let keys: Vec<String> = receivers.iter().map(|r| self.keys.recent(*r)).collect();
@@ -262,9 +249,47 @@ impl RedisCache {
             .map_err(|e| self.pool.failed(Backend::Cache, e))
     }
 
+    /// `SCAN`s the recent lists under the prefix on one Redis, or on the cluster master at
+    /// `node`, and unlinks each batch found.
+    async fn unlink_matching(
+        &self,
+        conn: &mut Connection,
+        node: Option<(&str, u16)>,
+    ) -> Result<()> {
+        let pattern = self.keys.recent_pattern();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let answer = match node {
+                Some((host, port)) => conn.on_node(scan, host, port).await,
+                None => scan.query_async(conn).await,
+            };
+            let (next, keys): (u64, Vec<String>) = answer
+                .and_then(|v| redis::from_redis_value(v).map_err(redis::RedisError::from))
+                .map_err(|e| self.pool.failed(Backend::Cache, e))?;
+            if !keys.is_empty() {
+                // On a cluster, redis-rs splits a multi-key UNLINK by slot.
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<()>(conn)
+                    .await
+                    .map_err(|e| self.pool.failed(Backend::Cache, e))?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(());
+            }
+        }
+    }
+
     async fn read(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut Connection,
         receiver: UserId,
         limit: usize,
     ) -> Result<Option<Vec<Message>>> {

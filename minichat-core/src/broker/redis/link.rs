@@ -7,7 +7,9 @@
 //!
 //! # The subscriber connection
 //!
-//! Subscriptions live on one dedicated [`ConnectionManager`] speaking RESP3, whose pushes go to
+//! Subscriptions live on one dedicated connection speaking RESP3 (a [`ConnectionManager`] on one
+//! Redis; on a Redis Cluster, a [`ClusterConnection`] of its own, which keeps a connection per
+//! node and `SSUBSCRIBE`s each user's channel on the shard that owns its slot), whose pushes go to
 //! [`Inbox`], an [`AsyncPushSender`] that decodes each message and calls [`Hub::deliver`] right
 //! there, synchronously: `deliver` never waits (a full subscriber queue evicts that subscriber),
 //! so there is no queue of our own between Redis and the hub's bounded per-connection queues.
@@ -37,10 +39,12 @@ use super::{unavailable, CHUNK};
 use crate::error::{Error, Result};
 use crate::hub::{ConnectionId, Event, Hub};
 use crate::model::UserId;
-use crate::redis_support::{Keys, CONNECT_TIMEOUT};
+use crate::redis_support::{cluster_builder, Keys, Target, CONNECT_TIMEOUT};
 use bytes::Bytes;
+use futures_util::future::try_join_all;
 use redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig, SendError};
-use redis::{Client, ConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -121,8 +125,12 @@ struct Inbox {
 impl AsyncPushSender for Inbox {
     fn send(&self, info: PushInfo) -> Result<(), SendError> {
         match info.kind {
-            PushKind::Message => self.deliver(info.data),
+            PushKind::Message | PushKind::SMessage => self.deliver(info.data),
             PushKind::PMessage => self.deliver_presence(info.data),
+            // A cluster node drops a sharded subscription whose slot it no longer serves (the
+            // slot moved, or the node became a replica): one a local connection still wants is
+            // asked for again, on the slot's new owner.
+            PushKind::SUnsubscribe => self.resubscribe_if_wanted(&info.data),
             PushKind::Disconnection => {
                 tracing::warn!("lost the Redis subscriber connection; reconnecting");
                 self.state.lost();
@@ -135,6 +143,23 @@ impl AsyncPushSender for Inbox {
 }
 
 impl Inbox {
+    /// After a `SUNSUBSCRIBE` push for `[channel, count]`: a resync when a local connection
+    /// still wants that user (this node's own unsubscribes are of users no longer here).
+    fn resubscribe_if_wanted(&self, data: &[Value]) {
+        let Some(Value::BulkString(channel)) = data.first() else {
+            return;
+        };
+        if let Some(user) = self.keys.user_of_channel(channel) {
+            if self.hub.is_connected(user) {
+                tracing::info!(
+                    user,
+                    "Redis Cluster moved a subscribed channel; re-subscribing"
+                );
+                self.state.lost();
+            }
+        }
+    }
+
     /// A user's event: `[channel, envelope]` → that user's local connections.
     fn deliver(&self, data: Vec<Value>) {
         let Some((channel, exclude, event)) = unpack(data, 0) else {
@@ -217,9 +242,16 @@ impl Channels {
     }
 }
 
+/// The subscriber's connection: to one Redis, or to a Redis Cluster (sharded pub/sub).
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
 /// The dedicated subscriber connection and the bookkeeping around it.
 pub(super) struct Subscriber {
-    conn: ConnectionManager,
+    conn: Link,
     keys: Keys,
     hub: Hub,
     state: Arc<LinkState>,
@@ -230,51 +262,53 @@ impl Subscriber {
     /// Opens the subscriber connection (RESP3, whatever `info` asked for) with its push handler,
     /// and pattern-subscribes to every user's presence changes. Failures are [`Error::Config`]
     /// naming `REDIS_URL`: they stop the start.
-    pub(super) async fn connect(
-        info: ConnectionInfo,
-        keys: Keys,
-        hub: Hub,
-    ) -> Result<Arc<Subscriber>> {
+    pub(super) async fn connect(target: &Target, keys: Keys, hub: Hub) -> Result<Arc<Subscriber>> {
         let state = Arc::new(LinkState::default());
         let inbox = Inbox {
             keys: keys.clone(),
             hub: hub.clone(),
             state: state.clone(),
         };
-        // Pub/sub pushes need RESP3, whatever the URL asked for.
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings))
-            .map_err(|e| Error::config("REDIS_URL", format!("not a valid Redis URL ({e})")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_min_delay(RETRY_MIN)
-            .set_max_delay(RETRY_MAX)
-            .set_number_of_retries(RECONNECT_ATTEMPTS)
-            .set_push_sender(inbox)
-            .set_automatic_resubscription();
-        let conn = match timeout(
-            CONNECT_TIMEOUT * 2,
-            client.get_connection_manager_with_config(manager_config),
-        )
-        .await
-        {
+        let cannot = |e: &dyn std::fmt::Display| {
+            Error::config("REDIS_URL", format!("cannot connect to Redis: {e}"))
+        };
+        let connecting = async {
+            match target {
+                Target::Single(info) => {
+                    // Pub/sub pushes need RESP3, whatever the URL asked for.
+                    let settings = info
+                        .redis_settings()
+                        .clone()
+                        .set_protocol(ProtocolVersion::RESP3);
+                    let client = Client::open(info.clone().set_redis_settings(settings))?;
+                    let manager_config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                        .set_response_timeout(Some(COMMAND_TIMEOUT))
+                        .set_min_delay(RETRY_MIN)
+                        .set_max_delay(RETRY_MAX)
+                        .set_number_of_retries(RECONNECT_ATTEMPTS)
+                        .set_push_sender(inbox)
+                        .set_automatic_resubscription();
+                    client
+                        .get_connection_manager_with_config(manager_config)
+                        .await
+                        .map(Link::Single)
+                }
+                Target::Cluster(seeds) => {
+                    // The cluster connection re-subscribes by itself after a reconnection or
+                    // a slot move (it tracks what was confirmed).
+                    let client = cluster_builder(seeds, COMMAND_TIMEOUT)
+                        .use_protocol(ProtocolVersion::RESP3)
+                        .push_sender(inbox)
+                        .build()?;
+                    client.get_async_connection().await.map(Link::Cluster)
+                }
+            }
+        };
+        let conn = match timeout(CONNECT_TIMEOUT * 2, connecting).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                return Err(Error::config(
-                    "REDIS_URL",
-                    format!("cannot connect to Redis: {e}"),
-                ))
-            }
-            Err(_) => {
-                return Err(Error::config(
-                    "REDIS_URL",
-                    "cannot connect to Redis: the subscriber connection timed out",
-                ))
-            }
+            Ok(Err(e)) => return Err(cannot(&e)),
+            Err(_) => return Err(cannot(&"the subscriber connection timed out")),
         };
         let subscriber = Arc::new(Subscriber {
             conn,
@@ -301,38 +335,80 @@ impl Subscriber {
         users.iter().map(|u| self.keys.user_channel(*u)).collect()
     }
 
+    /// `SUBSCRIBE`s `users`' channels in one command; on a cluster, `SSUBSCRIBE`s each on its
+    /// shard (a sharded command keeps to one slot), all at once.
     async fn subscribe(&self, users: &[UserId], deadline: Instant) -> Result<()> {
-        let mut conn = self.conn.clone();
         let names = self.channel_names(users);
-        bounded(deadline, "the subscription", conn.subscribe(names)).await
+        match &self.conn {
+            Link::Single(conn) => {
+                let mut conn = conn.clone();
+                bounded(deadline, "the subscription", conn.subscribe(names)).await
+            }
+            Link::Cluster(conn) => {
+                let each = names.into_iter().map(|name| {
+                    let mut conn = conn.clone();
+                    async move { conn.ssubscribe(name).await }
+                });
+                bounded(deadline, "the subscription", try_join_all(each))
+                    .await
+                    .map(drop)
+            }
+        }
     }
 
     async fn unsubscribe(&self, users: &[UserId], deadline: Instant) -> Result<()> {
-        let mut conn = self.conn.clone();
         let names = self.channel_names(users);
-        bounded(deadline, "the unsubscription", conn.unsubscribe(names)).await
+        match &self.conn {
+            Link::Single(conn) => {
+                let mut conn = conn.clone();
+                bounded(deadline, "the unsubscription", conn.unsubscribe(names)).await
+            }
+            Link::Cluster(conn) => {
+                let each = names.into_iter().map(|name| {
+                    let mut conn = conn.clone();
+                    async move { conn.sunsubscribe(name).await }
+                });
+                bounded(deadline, "the unsubscription", try_join_all(each))
+                    .await
+                    .map(drop)
+            }
+        }
     }
 
+    /// PINGs the link (on a cluster, every master).
     async fn ping(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
         let ping = redis::cmd("PING");
         let deadline = Instant::now() + COMMAND_TIMEOUT;
-        bounded(deadline, "a PING", ping.query_async::<String>(&mut conn))
-            .await
-            .map(drop)
+        match &self.conn {
+            Link::Single(conn) => {
+                let mut conn = conn.clone();
+                bounded(deadline, "a PING", ping.query_async::<Value>(&mut conn)).await
+            }
+            Link::Cluster(conn) => {
+                let mut conn = conn.clone();
+                bounded(deadline, "a PING", ping.query_async::<Value>(&mut conn)).await
+            }
+        }
+        .map(drop)
     }
 
-    /// Listens for presence changes of every user (one pattern subscription per node).
+    /// Listens for presence changes of every user (one pattern subscription per node). On a
+    /// cluster this is classic pub/sub, which every shard relays to every other: presence
+    /// changes are few (one per user going online or offline), so they need no sharding.
     async fn listen_presence(&self) -> Result<()> {
-        let mut conn = self.conn.clone();
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         let pattern = self.keys.presence_pattern();
-        bounded(
-            deadline,
-            "the presence subscription",
-            conn.psubscribe(pattern),
-        )
-        .await
+        let what = "the presence subscription";
+        match &self.conn {
+            Link::Single(conn) => {
+                let mut conn = conn.clone();
+                bounded(deadline, what, conn.psubscribe(pattern)).await
+            }
+            Link::Cluster(conn) => {
+                let mut conn = conn.clone();
+                bounded(deadline, what, conn.psubscribe(pattern)).await
+            }
+        }
     }
 
     /// Subscribes to `user`'s channel unless already done; returns once Redis confirmed it.

@@ -2,7 +2,7 @@
 //!
 //! With several nodes behind a load balancer, the sender of a message and the connections of its
 //! receiver are usually on different nodes. [`RedisBroker`] gives every user a channel,
-//! `{prefix}user:{id}`; a node subscribes to it while the user has a connection there, and a
+//! `{prefix}user:{<id>}`; a node subscribes to it while the user has a connection there, and a
 //! send publishes each event once on its user's channel. Redis answers each `PUBLISH` with the
 //! number of subscribed nodes, which is how a sender learns whether the receiver is connected
 //! anywhere in the cluster.
@@ -11,6 +11,18 @@
 //! The pieces it is made of have their own files: [`envelope`] (the bytes on a channel),
 //! [`link`] (the subscriber connection, its push handler and its resync after an outage) and
 //! [`presence`] (the presence records, their scripts and the heartbeat).
+//!
+//! # Redis Cluster
+//!
+//! When `REDIS_URL` names a Redis Cluster (see `redis_support`), fan-out is sharded pub/sub: a
+//! node `SSUBSCRIBE`s each user's channel on the shard that owns its slot, and a send
+//! `SPUBLISH`es there, so channels and their traffic spread over the shards instead of every
+//! message being relayed to every shard as classic pub/sub is. A send's cache push and its
+//! publishes then go out side by side, each to its own shard (one pipeline keeps to one slot;
+//! the receiver's list and channel share one, the sender's channel is elsewhere). Presence
+//! changes stay on classic pub/sub (a pattern subscription; they are few). A shard that is down
+//! counts as Redis being down, with the same fallback; redis-rs follows `MOVED`/`ASK`, refreshes
+//! the slot map when a shard fails over to its replica, and re-subscribes on the new owner.
 //!
 //! # Delivery
 //!
@@ -59,7 +71,7 @@ fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error 
     Error::unavailable(Backend::Broker, e)
 }
 
-/// Fan-out through Redis pub/sub: one channel per user (`{prefix}user:{id}`), subscribed by the
+/// Fan-out through Redis pub/sub: one channel per user (`{prefix}user:{<id>}`), subscribed by the
 /// nodes where that user has a connection.
 ///
 /// - [`publish`](Broker::publish) sends every delivery in one pipelined round trip and reports,
@@ -111,8 +123,8 @@ impl RedisBroker {
     /// the subscriptions in line with `hub` (they end when the broker is dropped). A malformed or
     /// unreachable `REDIS_URL` is an [`Error::Config`].
     pub async fn connect(config: &RedisConfig, hub: Hub) -> Result<Self> {
-        let (pool, info) = redis_support::connect_pool(config).await?;
-        Self::start(config, hub, pool, info, None).await
+        let pool = redis_support::connect_pool(config).await?;
+        Self::start(config, hub, pool, None).await
     }
 
     /// [`connect`](Self::connect), but over `cache`'s connections (its shared connection and
@@ -125,20 +137,18 @@ impl RedisBroker {
         hub: Hub,
         cache: Arc<RedisCache>,
     ) -> Result<Self> {
-        let info = redis_support::connection_info(&config.url)?;
         let pool = cache.pool().clone();
-        Self::start(config, hub, pool, info, Some(cache)).await
+        Self::start(config, hub, pool, Some(cache)).await
     }
 
     async fn start(
         config: &RedisConfig,
         hub: Hub,
         pool: RedisPool,
-        info: redis::ConnectionInfo,
         cache: Option<Arc<RedisCache>>,
     ) -> Result<Self> {
         let keys = Keys::new(&config.prefix);
-        let subscriber = Subscriber::connect(info, keys.clone(), hub.clone()).await?;
+        let subscriber = Subscriber::connect(pool.target(), keys.clone(), hub.clone()).await?;
         let presence = Arc::new(Presence::new(
             pool.clone(),
             keys.clone(),
@@ -175,14 +185,41 @@ impl RedisBroker {
     }
 
     /// One pipelined round trip on the shared connection (which concurrent sends share): a
-    /// `PUBLISH` per delivery; the number of receiving nodes each.
+    /// `PUBLISH` per delivery; the number of receiving nodes each. On a cluster, an `SPUBLISH`
+    /// per delivery instead, all at once, each to the shard of its user's channel.
     async fn publish_remote(&self, deliveries: &[Delivery]) -> Result<Vec<i64>> {
+        if self.pool.is_cluster() {
+            return self.spublish_remote(deliveries).await;
+        }
         let mut pipe = redis::pipe();
         self.publish_commands(&mut pipe, deliveries);
         self.pool
             .bounded(Backend::Broker, async {
                 let mut conn = self.pool.shared(Backend::Broker)?;
                 pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.pool.failed(Backend::Broker, e))
+            })
+            .await
+    }
+
+    /// [`publish_remote`](Self::publish_remote) on a cluster: an `SPUBLISH` per delivery (the
+    /// number of receiving nodes each), sent together; concurrent ones bound for one shard share
+    /// its connection's pipeline.
+    async fn spublish_remote(&self, deliveries: &[Delivery]) -> Result<Vec<i64>> {
+        self.pool
+            .bounded(Backend::Broker, async {
+                let conn = self.pool.shared(Backend::Broker)?;
+                let each = deliveries.iter().map(|d| {
+                    let mut conn = conn.clone();
+                    let mut command = redis::cmd("SPUBLISH");
+                    command.arg(self.keys.user_channel(d.user)).arg(Envelope {
+                        exclude: d.exclude,
+                        event: &d.event,
+                    });
+                    async move { command.query_async::<i64>(&mut conn).await }
+                });
+                futures_util::future::try_join_all(each)
                     .await
                     .map_err(|e| self.pool.failed(Backend::Broker, e))
             })
@@ -332,10 +369,13 @@ impl Broker for RedisBroker {
         deliveries: &[Delivery],
     ) -> (Result<()>, Result<Vec<bool>>) {
         // Only for the cache whose connections this broker shares, and not while it has stale
-        // lists to delete first (its own push does that, after an outage).
+        // lists to delete first (its own push does that, after an outage). Not on a cluster
+        // either, where one pipeline keeps to one slot: the push and the publishes go side by
+        // side, each to its shard.
         let own = self
             .cache
             .as_ref()
+            .filter(|_| !self.pool.is_cluster())
             .filter(|own| std::ptr::addr_eq(cache, Arc::as_ptr(own)) && !own.has_stale());
         let Some(own) = own.filter(|_| !deliveries.is_empty()) else {
             return tokio::join!(cache.push(receiver, frame), self.publish(deliveries));

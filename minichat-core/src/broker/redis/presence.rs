@@ -3,13 +3,13 @@
 //! This file exists so that the presence records, the scripts that change them and the heartbeat
 //! that keeps them alive are read together: their expiry rules only make sense side by side.
 //!
-//! Each user has a sorted set `{prefix}online:{user}` of the nodes where they are connected,
+//! Each user has a sorted set `{prefix}online:{<user>}` of the nodes where they are connected,
 //! scored by when that report expires ([`PRESENCE_TTL`] by default); every node renews its users
 //! every heartbeat, so a node that dies without goodbye drops out by itself. Arrivals and
 //! departures are Lua scripts, so "came online" and "went offline" are decided atomically across
-//! nodes. `{prefix}seen:{user}` keeps when the user was last seen, in Unix milliseconds.
+//! nodes. `{prefix}seen:{<user>}` keeps when the user was last seen, in Unix milliseconds.
 //! Every round trip here is bounded by the backend budget (`RedisPool::bounded`).
-//! (Presence changes travel on `{prefix}presence:{user}`, which every node pattern-subscribes;
+//! (Presence changes travel on `{prefix}presence:{<user>}`, which every node pattern-subscribes;
 //! see the subscriber link.)
 
 use super::{unavailable, CHUNK};
@@ -17,7 +17,7 @@ use crate::broker::ClusterPresence;
 use crate::error::{Backend, Result};
 use crate::hub::Hub;
 use crate::model::UserId;
-use crate::redis_support::{Keys, RedisPool};
+use crate::redis_support::{Keys, RedisPool, UserPipelines};
 use redis::Value;
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 /// that stops without goodbye drops out of its users' presence within this time. Nodes renew
 /// their users' reports three times per TTL.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
-/// How long `{prefix}seen:{user}` is kept.
+/// How long `{prefix}seen:{<user>}` is kept.
 const SEEN_TTL: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// Adds this node to a user's presence and records them seen now; 1 when that made them
@@ -102,7 +102,7 @@ impl Presence {
                     .arg(&self.node)
                     .arg(millis(self.ttl * 2))
                     .arg(millis(SEEN_TTL))
-                    .invoke_async(&mut *conn)
+                    .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)
             })
@@ -122,7 +122,7 @@ impl Presence {
                     .arg(unix_millis(SystemTime::now()))
                     .arg(&self.node)
                     .arg(millis(SEEN_TTL))
-                    .invoke_async(&mut *conn)
+                    .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)
             })
@@ -136,8 +136,9 @@ impl Presence {
             return Ok(Vec::new());
         }
         let now = unix_millis(SystemTime::now());
-        let mut pipe = redis::pipe();
+        let mut pipes = UserPipelines::new(&self.pool);
         for &user in users {
+            let pipe = pipes.user();
             pipe.cmd("ZCOUNT")
                 .arg(self.keys.online(user))
                 .arg(now)
@@ -148,7 +149,7 @@ impl Presence {
             .pool
             .bounded(Backend::Broker, async {
                 let mut conn = self.pool.get(Backend::Broker).await?;
-                pipe.query_async(&mut *conn).await.map_err(unavailable)
+                pipes.query(&mut conn).await.map_err(unavailable)
             })
             .await?;
         Ok(answers
@@ -195,8 +196,9 @@ impl Presence {
         let now = SystemTime::now();
         let (now_ms, expiry) = (unix_millis(now), unix_millis(now + self.ttl));
         for chunk in users.chunks(CHUNK) {
-            let mut pipe = redis::pipe();
+            let mut pipes = UserPipelines::new(&self.pool);
             for &user in chunk {
+                let pipe = pipes.user();
                 pipe.cmd("ZADD")
                     .arg(self.keys.online(user))
                     .arg(expiry)
@@ -216,9 +218,7 @@ impl Presence {
             self.pool
                 .bounded(Backend::Broker, async {
                     let mut conn = self.pool.get(Backend::Broker).await?;
-                    pipe.query_async::<()>(&mut *conn)
-                        .await
-                        .map_err(unavailable)
+                    pipes.query(&mut conn).await.map(drop).map_err(unavailable)
                 })
                 .await?;
         }
