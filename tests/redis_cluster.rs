@@ -6,6 +6,8 @@
 //! users by that slot, so that their channels are on different masters.
 //!
 //! - Delivery is exactly once, in order, with gapless seqs, across nodes and shards.
+//! - Presence, typing and the recent-messages cache work across nodes and shards, each user's
+//!   keys on that user's shard.
 //! - A master killed mid-traffic, the one serving a connected receiver's channel: the cluster
 //!   promotes its replica by itself; sends keep being acknowledged all along (fan-out is not
 //!   what a send waits for), live delivery on the receiver's open socket resumes by itself, a
@@ -155,6 +157,23 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// Whether `key` exists on the master of `user`'s slot, asked there directly: a key in
+    /// another slot would answer `MOVED`, which fails the test.
+    async fn exists_on_users_shard(&self, user: i64, key: &str) -> bool {
+        let master = self.master_of_user(user).await;
+        let mut conn = node_connection(master)
+            .await
+            .expect("connect to the master");
+        let found: i64 = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("EXISTS {key} on {master}, the master of {user}: {e}"));
+        found == 1
+    }
+}
+
 /// Sends over REST on the node at `base`; the stored message. Any answer but 200 (or 201)
 /// fails the test.
 async fn send(http: &reqwest::Client, base: &str, from: i64, to: i64, content: &str) -> Value {
@@ -245,6 +264,89 @@ async fn delivery_is_exactly_once_and_in_order_across_nodes_and_shards() {
         lanes.len(),
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_typing_and_recent_messages_work_on_the_cluster() {
+    let started = Instant::now();
+    let setup = Setup::start("cluster-presence").await;
+    let by_master = setup.users_on_each_master(1).await;
+    let mut users = by_master.values().map(|u| u[0]);
+    let (carol, bob, alice) = (
+        users.next().expect("a user"),
+        users.next().expect("a user"),
+        users.next().expect("a user"),
+    );
+
+    // Carol (node A) watches Bob, on another shard, offline and never seen.
+    let mut carol_ws = Ws::connect_ready(&setup.a.ws_url(&format!("/ws/{carol}"))).await;
+    carol_ws
+        .send_json(json!({"type": "watch", "user_ids": [bob]}))
+        .await;
+    assert_eq!(
+        carol_ws.next_json().await,
+        json!({"type": "presence", "user_id": bob, "online": false, "last_seen": null})
+    );
+    // Bob comes online on node B: Carol hears it; his presence record is on his shard.
+    let mut bob_ws = Ws::connect_ready(&setup.b.ws_url(&format!("/ws/{bob}"))).await;
+    let online = carol_ws.next_json().await;
+    assert_eq!(
+        (&online["type"], &online["user_id"], &online["online"]),
+        (&json!("presence"), &json!(bob), &json!(true)),
+        "{online}"
+    );
+    let online_key = format!("{}online:{{{bob}}}", setup.prefix);
+    assert!(
+        setup.exists_on_users_shard(bob, &online_key).await,
+        "{online_key}"
+    );
+
+    // Typing from Alice on node A reaches Bob on node B.
+    let mut alice_ws = Ws::connect_ready(&setup.a.ws_url(&format!("/ws/{alice}"))).await;
+    alice_ws
+        .send_json(json!({"type": "typing", "receiver_id": bob}))
+        .await;
+    assert_eq!(
+        bob_ws.next_json().await,
+        json!({"type": "typing", "sender_id": alice})
+    );
+
+    // Messages, then the recent list (the cache, on Bob's shard) on the other node.
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let message = send(&setup.http, &setup.a.base(), alice, bob, &format!("r{i}")).await;
+        assert_eq!(bob_ws.next_json().await["id"], message["id"]);
+        sent.push(message["id"].clone());
+    }
+    let response = setup
+        .http
+        .get(format!("{}/messages/recent/{bob}", setup.b.base()))
+        .send()
+        .await
+        .expect("recent messages");
+    assert_eq!(response.status().as_u16(), 200);
+    let recent: Value = response.json().await.expect("JSON");
+    let ids: Vec<Value> = recent["messages"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| m["id"].clone())
+        .collect();
+    sent.reverse();
+    assert_eq!(ids, sent, "newest first");
+    let recent_key = format!("{}recent:{{{bob}}}", setup.prefix);
+    assert!(
+        setup.exists_on_users_shard(bob, &recent_key).await,
+        "{recent_key}"
+    );
+
+    // Bob leaves: Carol hears he went offline, with when he was last seen.
+    drop(bob_ws);
+    let offline = carol_ws.next_json().await;
+    assert_eq!(offline["online"], false, "{offline}");
+    assert!(offline["last_seen"].is_string(), "{offline}");
+    drop(alice_ws);
+    eprintln!("cluster-presence: whole test {:?}", started.elapsed());
 }
 
 /// What the concurrent senders share.
