@@ -13,11 +13,12 @@ mod support;
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::postgres_pair::{connect, PostgresPair};
+use support::server_process::ServerProcess;
 use support::{eventually, name, server_binary, DEADLINE};
 
 const DATABASE: &str = "minichat";
@@ -29,51 +30,6 @@ const BEFORE: usize = 200;
 const AFTER: usize = 200;
 /// How long one send may keep being retried on 503 (the failover takes well under a second).
 const RETRY_FOR: Duration = Duration::from_secs(30);
-
-/// A `minichat-server` process, killed when dropped (also when the test panics); its log is
-/// printed then if the test failed.
-struct ServerProcess {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl ServerProcess {
-    fn start(database_url: &str, port: u16) -> ServerProcess {
-        let log = std::env::temp_dir().join(format!(
-            "minichat-pg-failover-{}-{port}.log",
-            std::process::id()
-        ));
-        let file = std::fs::File::create(&log).expect("create the server's log");
-        let child = Command::new(server_binary())
-            .env_remove("REDIS_URL")
-            .env("RUST_LOG", "warn")
-            .env("DATABASE_URL", database_url)
-            .env("MINICHAT_BIND", format!("127.0.0.1:{port}"))
-            .env("MINICHAT_AUTH", "off")
-            .env("MINICHAT_SEND_RATE", "100000")
-            .env("MINICHAT_SEND_BURST", "100000")
-            .env("MINICHAT_BACKEND_TIMEOUT_MS", "2000")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start minichat-server");
-        ServerProcess { child, log }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            if let Ok(text) = std::fs::read_to_string(&self.log) {
-                eprintln!("---- minichat-server log\n{text}");
-            }
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 /// One acknowledged send: what the server answered, and when.
 struct Ack {
@@ -201,17 +157,13 @@ async fn failover(loss: Loss) {
     );
 
     let port = minichat_core::test_support::free_port();
-    let _server = ServerProcess::start(&url, port);
-    let base = format!("http://127.0.0.1:{port}");
+    let mut server = ServerProcess::start("pg-failover", port, &[("DATABASE_URL", &url)]);
+    let base = server.base();
     let http = reqwest::Client::builder()
         .timeout(DEADLINE)
         .build()
         .expect("client");
-    eventually(DEADLINE, "the server to be healthy", || async {
-        let response = http.get(format!("{base}/health")).send().await.ok()?;
-        (response.status().as_u16() == 200).then_some(())
-    })
-    .await;
+    server.wait_healthy(&http).await;
 
     let mut users = Vec::new();
     for _ in 0..USERS {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod postgres_pair;
+pub mod server_process;
 
 use futures_util::{SinkExt, StreamExt};
 use minichat::server::{AuthMode, RunningServer, Server, Settings};

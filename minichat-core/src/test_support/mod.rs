@@ -1,5 +1,5 @@
-//! Helpers for tests only: throwaway PostgreSQL databases, unique Redis key prefixes and free
-//! ports.
+//! Helpers for tests only: throwaway PostgreSQL databases, unique Redis key prefixes, free
+//! ports, and throw-away Redis servers and Redis Clusters ([`ThrowawayRedisCluster`]).
 //!
 //! This file exists so that every test (of this crate, of the server, of an application that
 //! embeds Minichat) can run against the real backends in isolation and in parallel: each test
@@ -17,6 +17,12 @@
 //! } // dropped here, with every connection to it
 //! ```
 
+mod redis_cluster;
+
+pub use redis_cluster::{
+    key_slot, node_connection, parse_cluster_nodes, ClusterNodeView, ThrowawayRedisCluster,
+    CLUSTER_SLOTS,
+};
 use tokio_postgres::NoTls;
 
 /// The PostgreSQL server (and maintenance database) test databases are created on.
