@@ -103,6 +103,16 @@ fn every_setting_with_a_bad_value_stops_the_server_with_one_line() {
             "http://127.0.0.1:6379",
             &["--redis-url", "not a Redis one"],
         ),
+        (
+            "REDIS_URL",
+            "redis://127.0.0.1:6379,http://127.0.0.1:6380",
+            &["--redis-url", "not a Redis one", "separated by commas"],
+        ),
+        (
+            "REDIS_URL",
+            "redis://127.0.0.1:6379,,redis://127.0.0.1:6380",
+            &["--redis-url", "is empty"],
+        ),
         ("MINICHAT_AUTH", "foo", &["--auth", "'foo'", "token, off"]),
         ("MINICHAT_AUTH", "", &["--auth", "token, off"]),
         ("MINICHAT_JWT_SECRET", "", &["--jwt-secret", "non-empty"]),
@@ -195,7 +205,16 @@ fn every_setting_with_a_bad_value_stops_the_server_with_one_line() {
         let out = run(&[], &[(variable, value)]);
         assert_one_line(&out, variable, words);
     }
-    // MINICHAT_REDIS_PREFIX takes any text, so it has no bad value.
+    // A prefix is checked once there is a Redis to use it on: braces would make every key
+    // hash to one Redis Cluster slot.
+    let out = run(
+        &[],
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("MINICHAT_REDIS_PREFIX", "mc:{x}:"),
+        ],
+    );
+    assert_one_line(&out, "MINICHAT_REDIS_PREFIX", &["{", "hash tag"]);
 }
 
 #[test]
