@@ -8,7 +8,7 @@
 mod memory;
 mod redis;
 
-pub use self::redis::RedisCache;
+pub use self::redis::{RedisCache, MAX_STALE};
 pub use memory::MemoryCache;
 
 use crate::error::Result;

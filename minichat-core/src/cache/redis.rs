@@ -68,7 +68,8 @@ impl Stale {
     }
 }
 
-/// How many stale receivers are remembered one by one.
+/// How many stale receivers a [`RedisCache`] remembers one by one; past that, every recent list
+/// under the prefix is cleared when Redis answers again.
 pub const MAX_STALE: usize = 10_000;
 
 impl std::fmt::Debug for RedisCache {
