@@ -384,7 +384,10 @@ impl Chat {
                 )
                 .await;
             if let Err(e) = cached {
-                tracing::warn!(error = %e, "recent-messages cache push failed");
+                // Debug, not warn: during an outage every send fails its push, and the Redis
+                // broker already warns once that Redis is unreachable (and `/health` names it).
+                // The receiver's list is marked stale by the cache itself.
+                tracing::debug!(error = %e, "recent-messages cache push failed");
             }
             match published {
                 Ok(reached) => {

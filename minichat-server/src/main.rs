@@ -17,8 +17,10 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 /// The filter when `RUST_LOG` is unset or empty. PostgreSQL notices ("already exists,
-/// skipping") are not news at info.
-const DEFAULT_LOG_FILTER: &str = "info,tokio_postgres=warn";
+/// skipping") are not news at info; the redis crate's own warnings repeat many times a second
+/// while a Redis Cluster node is down (each reconnection attempt), and the server already says
+/// once that Redis is unreachable and once that it is back.
+const DEFAULT_LOG_FILTER: &str = "info,tokio_postgres=warn,redis=error";
 
 fn init_logging(format: LogFormat) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
