@@ -17,6 +17,7 @@
 //! } // dropped here, with every connection to it
 //! ```
 
+mod cluster_view;
 mod redis_cluster;
 
 pub use redis_cluster::{
