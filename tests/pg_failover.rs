@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::postgres_pair::{connect, PostgresPair};
 use support::server_process::ServerProcess;
-use support::{eventually, name, server_binary, DEADLINE};
+use support::{eventually, server_binary, DEADLINE};
 
 const DATABASE: &str = "minichat";
 const USERS: usize = 6;
@@ -167,15 +167,7 @@ async fn failover(loss: Loss) {
 
     let mut users = Vec::new();
     for _ in 0..USERS {
-        let response = http
-            .post(format!("{base}/users/"))
-            .json(&json!({ "username": name("fail") }))
-            .send()
-            .await
-            .expect("create a user");
-        assert_eq!(response.status().as_u16(), 200);
-        let user: Value = response.json().await.expect("user JSON");
-        users.push(user["id"].as_i64().expect("user id"));
+        users.push(server.create_user(&http, "fail").await);
     }
     let users = Arc::new(users);
 

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::server_process::ServerProcess;
-use support::{eventually, name, read_stream, Backend, Backends, Ws, DEADLINE};
+use support::{eventually, read_stream, Backend, Backends, Ws, DEADLINE};
 
 /// How long one REST send may take: longer than [`DEADLINE`], since a send made while a master
 /// is down may wait for the cluster (it must still succeed).
@@ -84,16 +84,7 @@ impl Setup {
     }
 
     async fn user(&self) -> i64 {
-        let response = self
-            .http
-            .post(format!("{}/users/", self.a.base()))
-            .json(&json!({ "username": name("shard") }))
-            .send()
-            .await
-            .expect("create a user");
-        assert_eq!(response.status().as_u16(), 200);
-        let user: Value = response.json().await.expect("user JSON");
-        user["id"].as_i64().expect("user id")
+        self.a.create_user(&self.http, "shard").await
     }
 
     /// Users, `per_master` of them on each master (by the slot of their id, the hash tag of

@@ -53,6 +53,19 @@ impl ServerProcess {
         format!("ws://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Creates a user named `name(prefix)` over REST; its id.
+    pub async fn create_user(&self, http: &reqwest::Client, prefix: &str) -> i64 {
+        let response = http
+            .post(format!("{}/users/", self.base()))
+            .json(&serde_json::json!({ "username": super::name(prefix) }))
+            .send()
+            .await
+            .expect("create a user");
+        assert_eq!(response.status().as_u16(), 200);
+        let user: serde_json::Value = response.json().await.expect("user JSON");
+        user["id"].as_i64().expect("user id")
+    }
+
     /// Waits until `GET /health` answers 200; fails at once, with the server's log, if the
     /// process ends first (a setting it refused, say).
     pub async fn wait_healthy(&mut self, http: &reqwest::Client) {

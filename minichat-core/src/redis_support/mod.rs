@@ -153,22 +153,31 @@ impl UserPipelines {
         &mut self.pipes[last]
     }
 
-    /// Sends every pipeline; the replies of the commands not ignored, in the order they were
-    /// added.
-    pub(crate) async fn query(self, conn: &mut Checkout<'_>) -> redis::RedisResult<Vec<Value>> {
+    /// Sends every pipeline (on a cluster, all at once, over the shared connection); the
+    /// replies of the commands not ignored, in the order they were added.
+    pub(crate) async fn query<T: redis::FromRedisValue + Send>(
+        self,
+        conn: &mut Checkout<'_>,
+    ) -> redis::RedisResult<Vec<T>> {
         match conn {
             Checkout::Shared(shared) if self.cluster => {
                 let each = self.pipes.iter().map(|pipe| {
                     let mut conn = shared.clone();
-                    async move { pipe.query_async::<Vec<Value>>(&mut conn).await }
+                    async move { pipe.query_async::<Vec<T>>(&mut conn).await }
                 });
                 let replies = futures_util::future::try_join_all(each).await?;
                 Ok(replies.into_iter().flatten().collect())
             }
             conn => {
+                // One pipeline, on one Redis.
                 let mut all = Vec::new();
                 for pipe in &self.pipes {
-                    all.extend(pipe.query_async::<Vec<Value>>(&mut *conn).await?);
+                    let replies: Vec<T> = pipe.query_async(&mut *conn).await?;
+                    if all.is_empty() {
+                        all = replies;
+                    } else {
+                        all.extend(replies);
+                    }
                 }
                 Ok(all)
             }

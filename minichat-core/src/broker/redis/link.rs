@@ -249,6 +249,23 @@ enum Link {
     Cluster(ClusterConnection),
 }
 
+/// Evaluates `$body` with `$conn` a clone of the link's connection, whichever kind it is (the
+/// two types share these methods but no trait).
+macro_rules! with_link {
+    ($link:expr, $conn:ident => $body:expr) => {
+        match $link {
+            Link::Single(c) => {
+                let mut $conn = c.clone();
+                $body
+            }
+            Link::Cluster(c) => {
+                let mut $conn = c.clone();
+                $body
+            }
+        }
+    };
+}
+
 /// The dedicated subscriber connection and the bookkeeping around it.
 pub(super) struct Subscriber {
     conn: Link,
@@ -379,16 +396,9 @@ impl Subscriber {
     async fn ping(&self) -> Result<()> {
         let ping = redis::cmd("PING");
         let deadline = Instant::now() + COMMAND_TIMEOUT;
-        match &self.conn {
-            Link::Single(conn) => {
-                let mut conn = conn.clone();
-                bounded(deadline, "a PING", ping.query_async::<Value>(&mut conn)).await
-            }
-            Link::Cluster(conn) => {
-                let mut conn = conn.clone();
-                bounded(deadline, "a PING", ping.query_async::<Value>(&mut conn)).await
-            }
-        }
+        with_link!(&self.conn, conn => {
+            bounded(deadline, "a PING", ping.query_async::<Value>(&mut conn)).await
+        })
         .map(drop)
     }
 
@@ -398,17 +408,9 @@ impl Subscriber {
     async fn listen_presence(&self) -> Result<()> {
         let deadline = Instant::now() + COMMAND_TIMEOUT;
         let pattern = self.keys.presence_pattern();
-        let what = "the presence subscription";
-        match &self.conn {
-            Link::Single(conn) => {
-                let mut conn = conn.clone();
-                bounded(deadline, what, conn.psubscribe(pattern)).await
-            }
-            Link::Cluster(conn) => {
-                let mut conn = conn.clone();
-                bounded(deadline, what, conn.psubscribe(pattern)).await
-            }
-        }
+        with_link!(&self.conn, conn => {
+            bounded(deadline, "the presence subscription", conn.psubscribe(&pattern)).await
+        })
     }
 
     /// Subscribes to `user`'s channel unless already done; returns once Redis confirmed it.

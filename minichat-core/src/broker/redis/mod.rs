@@ -52,7 +52,7 @@ use crate::cache::{RecentCache, RedisCache};
 use crate::error::{Backend, Error, Result};
 use crate::hub::{Event, Hub};
 use crate::model::UserId;
-use crate::redis_support::{self, Keys, RedisConfig, RedisPool};
+use crate::redis_support::{self, Checkout, Keys, RedisConfig, RedisPool, UserPipelines};
 use async_trait::async_trait;
 use bytes::Bytes;
 use envelope::Envelope;
@@ -172,10 +172,15 @@ impl RedisBroker {
         })
     }
 
-    /// Appends a `PUBLISH` per delivery to `pipe`.
+    /// Appends a `PUBLISH` per delivery to `pipe` (`SPUBLISH` on a cluster).
     fn publish_commands(&self, pipe: &mut redis::Pipeline, deliveries: &[Delivery]) {
+        let command = if self.pool.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
         for d in deliveries {
-            pipe.cmd("PUBLISH")
+            pipe.cmd(command)
                 .arg(self.keys.user_channel(d.user))
                 .arg(Envelope {
                     exclude: d.exclude,
@@ -185,41 +190,19 @@ impl RedisBroker {
     }
 
     /// One pipelined round trip on the shared connection (which concurrent sends share): a
-    /// `PUBLISH` per delivery; the number of receiving nodes each. On a cluster, an `SPUBLISH`
-    /// per delivery instead, all at once, each to the shard of its user's channel.
+    /// `PUBLISH` per delivery; the number of receiving nodes each. On a cluster an `SPUBLISH`
+    /// per delivery, all at once, each to the shard of its user's channel (concurrent ones bound
+    /// for one shard share its connection's pipeline).
     async fn publish_remote(&self, deliveries: &[Delivery]) -> Result<Vec<i64>> {
-        if self.pool.is_cluster() {
-            return self.spublish_remote(deliveries).await;
+        let mut pipes = UserPipelines::new(&self.pool);
+        for d in deliveries {
+            self.publish_commands(pipes.user(), std::slice::from_ref(d));
         }
-        let mut pipe = redis::pipe();
-        self.publish_commands(&mut pipe, deliveries);
         self.pool
             .bounded(Backend::Broker, async {
-                let mut conn = self.pool.shared(Backend::Broker)?;
-                pipe.query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.pool.failed(Backend::Broker, e))
-            })
-            .await
-    }
-
-    /// [`publish_remote`](Self::publish_remote) on a cluster: an `SPUBLISH` per delivery (the
-    /// number of receiving nodes each), sent together; concurrent ones bound for one shard share
-    /// its connection's pipeline.
-    async fn spublish_remote(&self, deliveries: &[Delivery]) -> Result<Vec<i64>> {
-        self.pool
-            .bounded(Backend::Broker, async {
-                let conn = self.pool.shared(Backend::Broker)?;
-                let each = deliveries.iter().map(|d| {
-                    let mut conn = conn.clone();
-                    let mut command = redis::cmd("SPUBLISH");
-                    command.arg(self.keys.user_channel(d.user)).arg(Envelope {
-                        exclude: d.exclude,
-                        event: &d.event,
-                    });
-                    async move { command.query_async::<i64>(&mut conn).await }
-                });
-                futures_util::future::try_join_all(each)
+                let mut conn = Checkout::Shared(self.pool.shared(Backend::Broker)?);
+                pipes
+                    .query(&mut conn)
                     .await
                     .map_err(|e| self.pool.failed(Backend::Broker, e))
             })

@@ -218,7 +218,11 @@ impl Presence {
             self.pool
                 .bounded(Backend::Broker, async {
                     let mut conn = self.pool.get(Backend::Broker).await?;
-                    pipes.query(&mut conn).await.map(drop).map_err(unavailable)
+                    pipes
+                        .query::<Value>(&mut conn)
+                        .await
+                        .map(drop)
+                        .map_err(unavailable)
                 })
                 .await?;
         }
