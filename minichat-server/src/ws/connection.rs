@@ -16,7 +16,7 @@ use crate::ids::Id;
 use crate::state::AppState;
 use crate::telemetry;
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
 use minichat_core::event::{presence_event, MessageFrame};
@@ -34,36 +34,6 @@ enum End {
     /// The client closed or vanished: nothing more to send.
     Gone,
     Close(u16, &'static str),
-}
-
-/// Most stream items written to a socket before it is flushed. Items already waiting in the
-/// stream when one is written go out with it, in one write to the kernel, instead of one write
-/// each; the bound keeps a busy stream from delaying the flush (and the client's frames) long.
-const WRITE_BATCH: usize = 32;
-
-/// What ends the connection when its stream ends.
-fn stream_ended(end: StreamEnd) -> End {
-    match end {
-        StreamEnd::Closed(Closed::SlowConsumer) => slow_consumer("its queue filled"),
-        StreamEnd::Closed(Closed::Shutdown) => End::Close(1001, "server shutting down"),
-        StreamEnd::Storage(e) => {
-            tracing::warn!(error = %e, "replay failed");
-            End::Close(1011, "storage unavailable")
-        }
-    }
-}
-
-/// Waits for a write to the socket, at most `stall` (`MINICHAT_WS_WRITE_STALL_MS`; see
-/// `Connection::send`).
-async fn bounded_write(
-    stall: Duration,
-    write: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
-) -> Result<(), End> {
-    match tokio::time::timeout(stall, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Gone),
-        Err(_) => Err(slow_consumer("a write stalled")),
-    }
 }
 
 /// Counts a slow consumer (its queue filled, or a write stalled: the one counter for both) and
@@ -158,7 +128,12 @@ impl Connection {
     /// a client that stops reading stalls this write within a few frames; one that stalls for
     /// `MINICHAT_WS_WRITE_STALL_MS` is a slow consumer, like one whose queue filled.
     async fn send(&mut self, frame: Frame) -> Result<(), End> {
-        bounded_write(self.state.limits.ws_write_stall, self.socket.send(frame)).await
+        match tokio::time::timeout(self.state.limits.ws_write_stall, self.socket.send(frame)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(slow_consumer("a write stalled")),
+        }
     }
 
     async fn serve(&mut self, events: &mut EventStream) -> End {
@@ -176,8 +151,17 @@ impl Connection {
                 _ = shutdown.cancelled() => return End::Close(1001, "server shutting down"),
                 // Cancel-safe: an item not returned yet stays in the stream.
                 item = events.next() => match item {
-                    Ok(item) => self.write_items(item, events).await,
-                    Err(end) => return stream_ended(end),
+                    Ok(item) => self.write_item(item).await,
+                    Err(StreamEnd::Closed(Closed::SlowConsumer)) => {
+                        return slow_consumer("its queue filled");
+                    }
+                    Err(StreamEnd::Closed(Closed::Shutdown)) => {
+                        return End::Close(1001, "server shutting down")
+                    }
+                    Err(StreamEnd::Storage(e)) => {
+                        tracing::warn!(error = %e, "replay failed");
+                        return End::Close(1011, "storage unavailable");
+                    }
                 },
                 frame = self.socket.next() => {
                     last_heard = Instant::now();
@@ -216,33 +200,11 @@ impl Connection {
         }
     }
 
-    /// Writes `first` and whatever else the stream has ready at once (up to [`WRITE_BATCH`]
-    /// items), then flushes them together.
-    async fn write_items(&mut self, first: Item, events: &mut EventStream) -> Result<(), End> {
-        self.write_item(first).await?;
-        for _ in 1..WRITE_BATCH {
-            // Polled once: an item not ready stays in the stream (`next` is cancel-safe).
-            match events.next().now_or_never() {
-                None => break,
-                Some(Ok(item)) => self.write_item(item).await?,
-                Some(Err(end)) => {
-                    bounded_write(self.state.limits.ws_write_stall, self.socket.flush()).await?;
-                    return Err(stream_ended(end));
-                }
-            }
-        }
-        bounded_write(self.state.limits.ws_write_stall, self.socket.flush()).await
-    }
-
-    /// Hands one item of the stream to the socket (unflushed), and counts it.
+    /// Writes one item of the stream, and counts it once written.
     async fn write_item(&mut self, item: Item) -> Result<(), End> {
         let is_message = item.is_message();
         if let Ok(text) = Utf8Bytes::try_from(item.event.payload) {
-            bounded_write(
-                self.state.limits.ws_write_stall,
-                self.socket.feed(Frame::Text(text)),
-            )
-            .await?;
+            self.send(Frame::Text(text)).await?;
             match item.source {
                 Source::Live { queued } => self.metrics.live_event_written(queued, is_message),
                 Source::Replay => self.metrics.stored_message_written(true),
