@@ -54,6 +54,13 @@ pub enum Error {
     ReceiverNotFound,
     #[error("Message not found")]
     MessageNotFound,
+    /// No such conversation, or the user is not a member (the two are not told apart, so that
+    /// ids cannot be probed).
+    #[error("Conversation not found")]
+    ConversationNotFound,
+    /// A member asked for what their role does not allow; the text says what.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// A `client_id` was reused by the same sender for a different message.
     #[error("client_id was already used for a different message")]
     ClientIdConflict,

@@ -4,62 +4,118 @@
 //! travel through the broker and the hub untouched to every connection of that user.
 
 use crate::hub::Event;
-use crate::model::{Message, MessageId, Seq, UserId};
+use crate::model::{ConversationEvent, ConversationId, Message, MessageId, Seq, UserId};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use std::io::Write;
 
-/// A message as a connected user receives it: the message, plus its seq in that user's stream,
-/// plus, on the sender's own copy only, the `client_id` the sender gave it (absent when none),
-/// so the sender's clients can match it to their pending send exactly.
-#[derive(Debug, Serialize)]
-pub struct MessageFrame<'a> {
-    #[serde(flatten)]
-    pub message: &'a Message,
-    pub seq: Seq,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub client_id: Option<&'a str>,
+/// A frame serialised once for every user who gets it: the JSON of the message (or membership
+/// event) without its closing brace, to which each user's frame appends that user's `seq` (and,
+/// on the sender's own copy, its `client_id`). So a message to a group of N is serialised once,
+/// not N times; each member's frame is one copy of these bytes plus a few.
+#[derive(Debug, Clone)]
+pub struct Frames {
+    head: Vec<u8>,
+}
+
+impl Frames {
+    fn of(value: &impl Serialize) -> Frames {
+        let mut head = serde_json::to_vec(value).expect("an event always serialises to JSON");
+        debug_assert_eq!(head.last(), Some(&b'}'));
+        head.pop();
+        Frames { head }
+    }
+
+    /// The frames of `message`: `{...message, "seq": n[, "client_id": c]}`.
+    pub fn message(message: &Message) -> Frames {
+        Frames::of(message)
+    }
+
+    /// The frames of a membership event:
+    /// `{"type": "conversation", "event", "conversation", "user_ids", "by", "seq"}`.
+    pub fn conversation(event: &ConversationEvent) -> Frames {
+        #[derive(Serialize)]
+        struct Frame<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            #[serde(flatten)]
+            event: &'a ConversationEvent,
+        }
+        Frames::of(&Frame {
+            kind: "conversation",
+            event,
+        })
+    }
+
+    /// The frame for the user whose stream gives it `seq`, without a `client_id`.
+    pub fn event(&self, seq: Seq) -> Event {
+        self.own_event(seq, None)
+    }
+
+    /// The sender's own copy (`seq` in the sender's stream), carrying the `client_id` the send
+    /// had. Never use it for anyone else's copy.
+    pub fn own_event(&self, seq: Seq, client_id: Option<&str>) -> Event {
+        let mut json = Vec::with_capacity(self.head.len() + 32);
+        json.extend_from_slice(&self.head);
+        // Writing to a Vec cannot fail.
+        let _ = write!(json, ",\"seq\":{seq}");
+        if let Some(client_id) = client_id {
+            json.extend_from_slice(b",\"client_id\":");
+            serde_json::to_writer(&mut json, client_id).expect("a string serialises to JSON");
+        }
+        json.push(b'}');
+        Event {
+            seq: Some(seq),
+            payload: Bytes::from(json),
+        }
+    }
 }
 
 /// Serialises the frame of `message` for the user whose stream gives it `seq`, without a
 /// `client_id`: the receiver's copy (and the sender's, when the send had no client id).
 pub fn message_event(message: &Message, seq: Seq) -> Event {
-    own_message_event(message, seq, None)
+    Frames::message(message).event(seq)
 }
 
 /// Serialises the sender's own copy of `message` (`seq` in the sender's stream), carrying the
 /// `client_id` the send had. Never use it for the receiver's copy.
 pub fn own_message_event(message: &Message, seq: Seq, client_id: Option<&str>) -> Event {
-    let frame = MessageFrame {
-        message,
-        seq,
-        client_id,
-    };
-    let json = serde_json::to_vec(&frame).expect("a message always serialises to JSON");
-    Event {
-        seq: Some(seq),
-        payload: Bytes::from(json),
-    }
+    Frames::message(message).own_event(seq, client_id)
+}
+
+/// Serialises a membership event for the user whose stream gives it `seq`.
+pub fn conversation_event(event: &ConversationEvent, seq: Seq) -> Event {
+    Frames::conversation(event).event(seq)
 }
 
 fn encode(value: &impl Serialize) -> Bytes {
     Bytes::from(serde_json::to_vec(value).expect("an event always serialises to JSON"))
 }
 
-/// `{"type": "typing", "sender_id"}`: `sender` is typing to the recipient (not stored).
-pub fn typing_event(sender: UserId) -> Event {
+/// `{"type": "typing", "sender_id"}`, with `"conversation_id"` when typing in a conversation
+/// by its id: `sender` is typing to the recipient (not stored).
+pub fn typing_event(sender: UserId, conversation: Option<ConversationId>) -> Event {
+    let json = match conversation {
+        None => serde_json::json!({"type": "typing", "sender_id": sender}),
+        Some(c) => {
+            serde_json::json!({"type": "typing", "sender_id": sender, "conversation_id": c})
+        }
+    };
     Event {
         seq: None,
-        payload: encode(&serde_json::json!({"type": "typing", "sender_id": sender})),
+        payload: encode(&json),
     }
 }
 
-/// `{"type": "read", "reader_id", "up_to"}`: `reader` has read the recipient's messages up to
-/// `up_to`.
-pub fn read_event(reader: UserId, up_to: MessageId) -> Event {
+/// `{"type": "read", "reader_id", "conversation_id", "up_to"}`: `reader` has read the
+/// conversation up to `up_to`.
+pub fn read_event(reader: UserId, conversation: ConversationId, up_to: MessageId) -> Event {
     Event {
         seq: None,
-        payload: encode(&serde_json::json!({"type": "read", "reader_id": reader, "up_to": up_to})),
+        payload: encode(&serde_json::json!({
+            "type": "read", "reader_id": reader, "conversation_id": conversation, "up_to": up_to
+        })),
     }
 }
 
@@ -101,8 +157,9 @@ mod tests {
         let m = Message {
             id: 7,
             sender_id: 1,
+            conversation_id: 1,
             sender_username: "alice".into(),
-            receiver_id: 2,
+            receiver_id: Some(2),
             content: "hi \"there\"".into(),
             timestamp: now(),
             kind: MessageType::Message,
@@ -126,8 +183,9 @@ mod tests {
         let m = Message {
             id: 7,
             sender_id: 1,
+            conversation_id: 1,
             sender_username: "alice".into(),
-            receiver_id: 2,
+            receiver_id: Some(2),
             content: "ok".into(),
             timestamp: now(),
             kind: MessageType::Message,
@@ -142,5 +200,22 @@ mod tests {
         assert_eq!(none.payload, message_event(&m, 4).payload);
         let v: serde_json::Value = serde_json::from_slice(&none.payload).unwrap();
         assert!(v.get("client_id").is_none());
+        // The spliced frame is what serialising the whole frame at once gives.
+        #[derive(Serialize)]
+        struct Whole<'a> {
+            #[serde(flatten)]
+            message: &'a Message,
+            seq: Seq,
+            client_id: &'a str,
+        }
+        let whole = Whole {
+            message: &m,
+            seq: 4,
+            client_id: "c\"1",
+        };
+        assert_eq!(
+            own_message_event(&m, 4, Some("c\"1")).payload,
+            serde_json::to_vec(&whole).unwrap()
+        );
     }
 }

@@ -8,14 +8,14 @@
 use crate::broker::{Broker, ClusterPresence, Delivery, LocalBroker, RedisBroker};
 use crate::cache::{MemoryCache, RecentCache, RedisCache};
 use crate::error::{Error, Result};
-use crate::event::{
-    message_event, own_message_event, presence_event, read_event, typing_event, Presence,
-};
+use crate::event::{presence_event, read_event, typing_event, Frames, Presence};
 use crate::health::{BackendKind, BackendStatus, Health};
 use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
 use crate::model::{
-    HistoryRequest, Message, MessageId, NewMessage, NewUser, Page, ReadMark, ReadState, Seq,
-    StreamMessage, TypingSignal, User, UserId, UserSearchRequest, RECENT_LIMIT,
+    Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryRequest,
+    Message, MessageId, NewGroup, NewMembers, NewMessage, NewUser, Page, ReadMark, ReadState,
+    Recipient, Rename, Seq, StreamEvent, TypingSignal, User, UserId, UserSearchRequest,
+    DEFAULT_MAX_GROUP_MEMBERS, RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
 use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
@@ -31,10 +31,9 @@ pub struct SentMessage {
     pub message: Message,
     /// The message's seq in the sender's stream.
     pub sender_seq: Seq,
-    /// The message's seq in the receiver's stream.
-    pub receiver_seq: Seq,
-    /// Whether the receiver had a live connection on any node when it was sent (false for a
-    /// retried `client_id`, which is not delivered again).
+    /// Whether any other member (the receiver of a direct message) had a live connection on
+    /// any node when it was sent (false for a retried `client_id`, which is not delivered
+    /// again).
     pub delivered: bool,
     /// False when this was a retry of an already stored `(sender, client_id)`.
     pub created: bool,
@@ -68,8 +67,42 @@ pub trait ChatService: Send + Sync + 'static {
         origin: Option<ConnectionId>,
     ) -> Result<SentMessage>;
 
-    /// A user's messages, newest first.
+    /// Messages newest first: a conversation's (its members only:
+    /// `Error::ConversationNotFound` otherwise), or a user's direct messages.
     async fn history(&self, request: HistoryRequest) -> Result<Vec<Message>>;
+
+    /// Creates a group with its creator as `owner`; every member gets a `created` event.
+    async fn create_group(&self, new: NewGroup) -> Result<Conversation>;
+
+    /// Conversation `id` as its member `user` sees it; `Error::ConversationNotFound` for
+    /// anyone else.
+    async fn conversation(&self, id: ConversationId, user: UserId) -> Result<Conversation>;
+
+    /// `user`'s inbox: their conversations, most recent activity first, paged as
+    /// [`list_users`](Self::list_users).
+    async fn conversations(
+        &self,
+        user: UserId,
+        skip: i64,
+        limit: i64,
+    ) -> Result<Vec<ConversationSummary>>;
+
+    /// Renames a group (owners and admins); every member gets a `renamed` event.
+    async fn rename_conversation(&self, id: ConversationId, rename: Rename)
+        -> Result<Conversation>;
+
+    /// Adds members (owners and admins; already-members are ignored); every member gets a
+    /// `member_added` event.
+    async fn add_members(&self, id: ConversationId, add: NewMembers) -> Result<Conversation>;
+
+    /// `actor` removes `member`, or leaves when they are the same; the remaining members and
+    /// the removed one get a `member_removed` event. Returns the conversation after it.
+    async fn remove_member(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+        member: UserId,
+    ) -> Result<Conversation>;
 
     /// The newest 50 messages a user received, newest first.
     async fn recent_messages(&self, user: UserId) -> Result<Vec<Message>>;
@@ -86,19 +119,22 @@ pub trait ChatService: Send + Sync + 'static {
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<StreamMessage>>;
+    ) -> Result<Vec<StreamEvent>>;
 
     /// The seq of the user's newest stored event (0 when none): where a live stream that did
     /// not ask for a replay starts.
     async fn current_seq(&self, user: UserId) -> Result<Seq>;
 
-    /// Tells `receiver` that `sender` is typing (not stored; delivered to connected devices).
-    async fn typing(&self, sender: UserId, receiver: UserId) -> Result<()>;
+    /// Tells the others of `to` (a user, or a conversation's other members) that `sender` is
+    /// typing (not stored; delivered to connected devices). `Error::ConversationNotFound` when
+    /// the sender is not a member of the conversation.
+    async fn typing(&self, sender: UserId, to: Recipient) -> Result<()>;
 
-    /// Stores that `reader` read `peer`'s messages up to `up_to` (never moving backwards) and
-    /// tells `peer`. Returns the stored mark. `Error::MessageNotFound` when `up_to` is not a
-    /// message from `peer` to `reader`.
-    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId>;
+    /// Stores that `reader` read `to` (a conversation, or the direct one with a peer) up to
+    /// `up_to` (never moving backwards) and tells its other members. Returns the stored mark.
+    /// `Error::MessageNotFound` when `up_to` is not another member's message there.
+    async fn mark_read(&self, reader: UserId, to: Recipient, up_to: MessageId)
+        -> Result<MessageId>;
 
     /// How far `user` and `peer` have read each other's messages.
     async fn read_state(&self, user: UserId, peer: UserId) -> Result<ReadState>;
@@ -153,6 +189,8 @@ pub struct ChatConfig {
     /// call as a whole, checkout and commit included; each Redis command): what bounds a
     /// request while a backend is down or silent. Default [`DEFAULT_BACKEND_TIMEOUT`].
     pub backend_timeout: Duration,
+    /// Members per group, creator included. Default [`DEFAULT_MAX_GROUP_MEMBERS`].
+    pub max_group_members: usize,
 }
 
 impl Default for ChatConfig {
@@ -165,6 +203,7 @@ impl Default for ChatConfig {
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             presence_ttl: crate::broker::PRESENCE_TTL,
             backend_timeout: DEFAULT_BACKEND_TIMEOUT,
+            max_group_members: DEFAULT_MAX_GROUP_MEMBERS,
         }
     }
 }
@@ -182,6 +221,8 @@ struct Inner {
     hub: Hub,
     /// The bound of each backend check of `health`.
     health_timeout: Duration,
+    /// Members per group, creator included.
+    max_group_members: usize,
     /// Handles users whose last local connection left (started with the first subscription,
     /// since that is when a runtime is sure to be there); ends with the chat.
     departures: OnceLock<AbortHandle>,
@@ -227,7 +268,14 @@ impl Chat {
         broker: Arc<dyn Broker>,
         hub: Hub,
     ) -> Chat {
-        Chat::assemble(storage, cache, broker, hub, HEALTH_CHECK_TIMEOUT)
+        Chat::assemble(
+            storage,
+            cache,
+            broker,
+            hub,
+            HEALTH_CHECK_TIMEOUT,
+            DEFAULT_MAX_GROUP_MEMBERS,
+        )
     }
 
     fn assemble(
@@ -236,6 +284,7 @@ impl Chat {
         broker: Arc<dyn Broker>,
         hub: Hub,
         health_timeout: Duration,
+        max_group_members: usize,
     ) -> Chat {
         Chat {
             inner: Arc::new(Inner {
@@ -244,6 +293,7 @@ impl Chat {
                 broker,
                 hub,
                 health_timeout,
+                max_group_members,
                 departures: OnceLock::new(),
                 departing: tokio::sync::Mutex::new(()),
             }),
@@ -341,7 +391,14 @@ impl Chat {
             ),
         };
         let health_timeout = HEALTH_CHECK_TIMEOUT.min(config.backend_timeout);
-        Ok(Chat::assemble(storage, cache, broker, hub, health_timeout))
+        Ok(Chat::assemble(
+            storage,
+            cache,
+            broker,
+            hub,
+            health_timeout,
+            config.max_group_members,
+        ))
     }
 
     /// This node's hub (to count connections, or close them all at shutdown).
@@ -357,32 +414,41 @@ impl Chat {
         let mut delivered = false;
         if stored.created {
             metrics::counter!(telemetry::MESSAGES_STORED).increment(1);
-            // The receiver's copy never carries the sender's client id; the sender's other
-            // connections get it, to match the send to what they have pending.
-            let deliveries = [
-                Delivery {
-                    user: message.receiver_id,
+            // Serialised once; each member's frame adds its own seq. The others' copies never
+            // carry the sender's client id; the sender's other connections get it, to match
+            // the send to what they have pending.
+            let frames = Frames::message(&message);
+            let mut deliveries: Vec<Delivery> = stored
+                .recipients
+                .iter()
+                .map(|&(user, seq)| Delivery {
+                    user,
                     exclude: None,
-                    event: message_event(&message, stored.receiver_seq),
-                },
-                Delivery {
-                    user: message.sender_id,
-                    exclude: origin,
-                    event: own_message_event(&message, stored.sender_seq, valid.client_id()),
-                },
-            ];
+                    event: frames.event(seq),
+                })
+                .collect();
+            deliveries.push(Delivery {
+                user: message.sender_id,
+                exclude: origin,
+                event: frames.own_event(stored.sender_seq, valid.client_id()),
+            });
             // The message is committed; the cache and the fan-out are best effort from here,
-            // and a client that missed the event recovers it from storage.
-            let (cached, published) = self
-                .inner
-                .broker
-                .publish_message(
-                    self.inner.cache.as_ref(),
-                    message.receiver_id,
-                    &deliveries[0].event.payload,
-                    &deliveries,
-                )
-                .await;
+            // and a client that missed the event recovers it from storage. The recent-messages
+            // cache is per receiver: direct messages only.
+            let (cached, published) = match message.receiver_id {
+                Some(receiver) => {
+                    self.inner
+                        .broker
+                        .publish_message(
+                            self.inner.cache.as_ref(),
+                            receiver,
+                            &deliveries[0].event.payload,
+                            &deliveries,
+                        )
+                        .await
+                }
+                None => (Ok(()), self.inner.broker.publish(&deliveries).await),
+            };
             if let Err(e) = cached {
                 // Debug, not warn: during an outage every send fails its push, and the Redis
                 // broker already warns once that Redis is unreachable (and `/health` names it).
@@ -392,7 +458,8 @@ impl Chat {
             match published {
                 Ok(reached) => {
                     telemetry::published("message", deliveries.len());
-                    delivered = reached.first().copied().unwrap_or(false);
+                    let others = stored.recipients.len();
+                    delivered = reached.iter().take(others).any(|&r| r);
                 }
                 Err(e) => tracing::warn!(error = %e, "fan-out failed"),
             }
@@ -400,9 +467,44 @@ impl Chat {
         Ok(SentMessage {
             message,
             sender_seq: stored.sender_seq,
-            receiver_seq: stored.receiver_seq,
             delivered,
             created: stored.created,
+        })
+    }
+
+    /// Puts a stored membership change in each recipient's stream on every node; returns the
+    /// conversation after it. Best effort, as a message's fan-out: `since` recovers it.
+    async fn announce_change(&self, change: ConversationChange) -> Conversation {
+        let frames = Frames::conversation(&change.event);
+        let deliveries: Vec<Delivery> = change
+            .seqs
+            .iter()
+            .map(|&(user, seq)| Delivery {
+                user,
+                exclude: None,
+                event: frames.event(seq),
+            })
+            .collect();
+        match self.inner.broker.publish(&deliveries).await {
+            Ok(_) => telemetry::published("conversation", deliveries.len()),
+            Err(e) => tracing::warn!(error = %e, "membership event fan-out failed"),
+        }
+        change.event.conversation
+    }
+
+    /// The users who get a typing signal or a read receipt of `user` in `to`: the peer, or the
+    /// conversation's other members (`Error::ConversationNotFound` for a non-member).
+    async fn others_in(&self, user: UserId, to: Recipient) -> Result<Vec<UserId>> {
+        Ok(match to {
+            Recipient::User(peer) => vec![peer],
+            Recipient::Conversation(id) => self
+                .inner
+                .storage
+                .conversation(id, user)
+                .await?
+                .member_ids()
+                .filter(|&u| u != user)
+                .collect(),
         })
     }
 
@@ -466,6 +568,57 @@ impl ChatService for Chat {
         self.inner.storage.history(&query).await
     }
 
+    async fn create_group(&self, new: NewGroup) -> Result<Conversation> {
+        let valid = new.validate(self.inner.max_group_members)?;
+        let change = self.inner.storage.create_group(&valid).await?;
+        Ok(self.announce_change(change).await)
+    }
+
+    async fn conversation(&self, id: ConversationId, user: UserId) -> Result<Conversation> {
+        self.inner.storage.conversation(id, user).await
+    }
+
+    async fn conversations(
+        &self,
+        user: UserId,
+        skip: i64,
+        limit: i64,
+    ) -> Result<Vec<ConversationSummary>> {
+        let page = Page::new(skip, limit)?;
+        self.inner.storage.conversations(user, page).await
+    }
+
+    async fn rename_conversation(
+        &self,
+        id: ConversationId,
+        rename: Rename,
+    ) -> Result<Conversation> {
+        let valid = rename.validate()?;
+        let change = self.inner.storage.rename_conversation(id, &valid).await?;
+        Ok(self.announce_change(change).await)
+    }
+
+    async fn add_members(&self, id: ConversationId, add: NewMembers) -> Result<Conversation> {
+        let valid = add.validate()?;
+        let change = self
+            .inner
+            .storage
+            .add_members(id, &valid, self.inner.max_group_members)
+            .await?;
+        Ok(self.announce_change(change).await)
+    }
+
+    async fn remove_member(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+        member: UserId,
+    ) -> Result<Conversation> {
+        let change = self.inner.storage.remove_member(id, actor, member).await?;
+        Ok(self.announce_change(change).await)
+    }
+
+
     async fn recent_messages(&self, user: UserId) -> Result<Vec<Message>> {
         // A list shorter than asked for may be partial (a cache that was flushed, or filled
         // after a restart): only a full one is trusted; storage answers otherwise.
@@ -506,7 +659,7 @@ impl ChatService for Chat {
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<StreamMessage>> {
+    ) -> Result<Vec<StreamEvent>> {
         self.inner.storage.events_since(user, since, limit).await
     }
 
@@ -514,48 +667,56 @@ impl ChatService for Chat {
         self.inner.storage.current_seq(user).await
     }
 
-    async fn typing(&self, sender: UserId, receiver: UserId) -> Result<()> {
-        let signal = TypingSignal {
-            sender_id: sender,
-            receiver_id: receiver,
-        }
-        .validate()?;
-        let delivery = Delivery {
-            user: signal.receiver_id(),
-            exclude: None,
-            event: typing_event(signal.sender_id()),
+    async fn typing(&self, sender: UserId, to: Recipient) -> Result<()> {
+        let signal = TypingSignal { sender_id: sender, to }.validate()?;
+        let conversation = match to {
+            Recipient::User(_) => None,
+            Recipient::Conversation(id) => Some(id),
         };
-        self.inner
-            .broker
-            .publish(std::slice::from_ref(&delivery))
-            .await?;
-        telemetry::published("typing", 1);
+        let event = typing_event(signal.sender_id(), conversation);
+        let deliveries: Vec<Delivery> = self
+            .others_in(sender, signal.to())
+            .await?
+            .into_iter()
+            .map(|user| Delivery {
+                user,
+                exclude: None,
+                event: event.clone(),
+            })
+            .collect();
+        self.inner.broker.publish(&deliveries).await?;
+        telemetry::published("typing", deliveries.len());
         Ok(())
     }
 
-    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {
+    async fn mark_read(
+        &self,
+        reader: UserId,
+        to: Recipient,
+        up_to: MessageId,
+    ) -> Result<MessageId> {
         let valid = ReadMark {
             reader_id: reader,
-            peer_id: peer,
+            to,
             up_to,
         }
         .validate()?;
-        let mark = self.inner.storage.mark_read(&valid).await?;
-        let delivery = Delivery {
-            user: peer,
-            exclude: None,
-            event: read_event(reader, mark),
-        };
-        match self
-            .inner
-            .broker
-            .publish(std::slice::from_ref(&delivery))
-            .await
-        {
-            Ok(_) => telemetry::published("read", 1),
+        let receipt = self.inner.storage.mark_read(&valid).await?;
+        let event = read_event(reader, receipt.conversation_id, receipt.up_to);
+        let deliveries: Vec<Delivery> = receipt
+            .others
+            .iter()
+            .map(|&user| Delivery {
+                user,
+                exclude: None,
+                event: event.clone(),
+            })
+            .collect();
+        match self.inner.broker.publish(&deliveries).await {
+            Ok(_) => telemetry::published("read", deliveries.len()),
             Err(e) => tracing::warn!(error = %e, "read receipt fan-out failed"),
         }
-        Ok(mark)
+        Ok(receipt.up_to)
     }
 
     async fn read_state(&self, user: UserId, peer: UserId) -> Result<ReadState> {

@@ -11,7 +11,14 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use utoipa::ToSchema;
 
+mod conversation;
 mod search;
+pub use conversation::{
+    authorize_add, authorize_removal, authorize_rename, check_member_count, ChangeKind,
+    Conversation, ConversationChange, ConversationEvent, ConversationId, ConversationKind,
+    ConversationSummary, Denied, Member, NewGroup, NewMembers, Recipient, Refusal, Rename, Role,
+    ValidGroup, ValidNewMembers, ValidRename, DEFAULT_MAX_GROUP_MEMBERS, TITLE_MAX_CHARS,
+};
 pub use search::{fold_char, UserSearch, UserSearchRequest, SEARCH_MAX_CHARS};
 
 /// A user's id, assigned by storage, starting at 1.
@@ -89,13 +96,15 @@ pub enum MessageType {
     Message,
 }
 
-/// A stored message.
+/// A stored message. Every message belongs to a conversation; a direct one also names its
+/// receiver, a group one has `receiver_id: null`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Message {
     pub id: MessageId,
+    pub conversation_id: ConversationId,
     pub sender_id: UserId,
     pub sender_username: String,
-    pub receiver_id: UserId,
+    pub receiver_id: Option<UserId>,
     pub content: String,
     #[serde(with = "timestamp")]
     #[schema(value_type = String, format = DateTime, example = "2026-11-24T10:15:30.123456Z")]
@@ -105,14 +114,29 @@ pub struct Message {
 }
 
 /// A message as storage returns it after a send: the message, the update sequence numbers it
-/// was given in the sender's and the receiver's streams, and whether this call stored it (false
-/// when `(sender, client_id)` had already been stored, and this is that earlier message).
+/// was given in the sender's stream and in each other member's (`recipients`, by user id: the
+/// receiver alone for a direct message), and whether this call stored it (false when
+/// `(sender, client_id)` had already been stored, and this is that earlier message; its
+/// `recipients` are then empty, as it is not delivered again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub message: Message,
     pub sender_seq: Seq,
-    pub receiver_seq: Seq,
+    pub recipients: Vec<(UserId, Seq)>,
     pub created: bool,
+}
+
+impl StoredMessage {
+    /// The seq of `user` (the sender or a recipient), if the message is in their stream.
+    pub fn seq_of(&self, user: UserId) -> Option<Seq> {
+        if user == self.message.sender_id {
+            return Some(self.sender_seq);
+        }
+        self.recipients
+            .iter()
+            .find(|(u, _)| *u == user)
+            .map(|&(_, s)| s)
+    }
 }
 
 /// A message of a user's update stream as storage replays it: the message, its seq in that
@@ -123,6 +147,22 @@ pub struct StreamMessage {
     pub seq: Seq,
     pub message: Message,
     pub client_id: Option<String>,
+}
+
+/// One stored event of a user's update stream: a message, or a membership change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    Message(StreamMessage),
+    Conversation { seq: Seq, event: ConversationEvent },
+}
+
+impl StreamEvent {
+    pub fn seq(&self) -> Seq {
+        match self {
+            StreamEvent::Message(m) => m.seq,
+            StreamEvent::Conversation { seq, .. } => *seq,
+        }
+    }
 }
 
 /// How far two users have read each other's messages.
@@ -142,11 +182,15 @@ pub struct NewUser {
     pub display_name: Option<String>,
 }
 
-/// Input of "send a message", as a client sends it.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// Input of "send a message", as a client sends it: to a user (their direct conversation) or to
+/// a conversation, exactly one of the two.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct NewMessage {
     pub sender_id: UserId,
-    pub receiver_id: UserId,
+    #[serde(default)]
+    pub receiver_id: Option<UserId>,
+    #[serde(default)]
+    pub conversation_id: Option<ConversationId>,
     pub content: String,
     /// Optional idempotency key: a retry with the same `(sender_id, client_id)` returns the
     /// message stored the first time instead of storing it again.
@@ -264,11 +308,43 @@ impl NewUser {
     }
 }
 
+impl NewMessage {
+    /// A message from `sender` to `receiver` (their direct conversation), without a client id.
+    pub fn to_user(sender: UserId, receiver: UserId, content: impl Into<String>) -> NewMessage {
+        NewMessage {
+            sender_id: sender,
+            receiver_id: Some(receiver),
+            content: content.into(),
+            ..NewMessage::default()
+        }
+    }
+
+    /// A message from `sender` to `conversation`, without a client id.
+    pub fn to_conversation(
+        sender: UserId,
+        conversation: ConversationId,
+        content: impl Into<String>,
+    ) -> NewMessage {
+        NewMessage {
+            sender_id: sender,
+            conversation_id: Some(conversation),
+            content: content.into(),
+            ..NewMessage::default()
+        }
+    }
+
+    /// The same message with an idempotency key.
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> NewMessage {
+        self.client_id = Some(client_id.into());
+        self
+    }
+}
+
 /// A message that passed validation; only [`NewMessage::validate`] makes one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidMessage {
     sender_id: UserId,
-    receiver_id: UserId,
+    to: Recipient,
     content: String,
     client_id: Option<String>,
 }
@@ -277,8 +353,24 @@ impl ValidMessage {
     pub fn sender_id(&self) -> UserId {
         self.sender_id
     }
-    pub fn receiver_id(&self) -> UserId {
-        self.receiver_id
+    pub fn to(&self) -> Recipient {
+        self.to
+    }
+    /// The receiver, for a message sent by `receiver_id`.
+    pub fn receiver_id(&self) -> Option<UserId> {
+        match self.to {
+            Recipient::User(u) => Some(u),
+            Recipient::Conversation(_) => None,
+        }
+    }
+    /// Whether `earlier`, stored with this message's `(sender, client_id)`, is the same send:
+    /// same content, to the same place.
+    pub fn same_as(&self, earlier: &Message) -> bool {
+        let same_place = match self.to {
+            Recipient::User(u) => earlier.receiver_id == Some(u),
+            Recipient::Conversation(c) => earlier.conversation_id == c,
+        };
+        same_place && earlier.content == self.content
     }
     /// The content, stripped of surrounding white space.
     pub fn content(&self) -> &str {
@@ -290,10 +382,22 @@ impl ValidMessage {
 }
 
 impl NewMessage {
-    /// Content is stripped of surrounding white space, then must be 1–1000 characters; a user
-    /// cannot message themself; a `client_id`, when given, is 1–64 characters.
+    /// Exactly one of `receiver_id` and `conversation_id`; content is stripped of surrounding
+    /// white space, then must be 1–1000 characters; a user cannot message themself; a
+    /// `client_id`, when given, is 1–64 characters.
     pub fn validate(self) -> Result<ValidMessage, ValidationError> {
         let mut errs = ValidationError { errors: Vec::new() };
+        let to = match (self.receiver_id, self.conversation_id) {
+            (Some(receiver), None) => Some(Recipient::User(receiver)),
+            (None, Some(conversation)) => Some(Recipient::Conversation(conversation)),
+            _ => {
+                errs.push(
+                    "conversation_id",
+                    "Give exactly one of receiver_id and conversation_id",
+                );
+                None
+            }
+        };
         let content = self.content.trim();
         let len = content.chars().count();
         if len == 0 {
@@ -307,7 +411,7 @@ impl NewMessage {
                 format!("Message content cannot exceed {CONTENT_MAX_CHARS} characters"),
             );
         }
-        if self.sender_id == self.receiver_id {
+        if self.receiver_id == Some(self.sender_id) {
             errs.push("receiver_id", "Cannot send message to yourself");
         }
         if let Some(id) = &self.client_id {
@@ -326,42 +430,43 @@ impl NewMessage {
         } else {
             content.to_owned()
         };
+        let Some(to) = to else { return Err(errs) };
         errs.into_result(ValidMessage {
             sender_id: self.sender_id,
-            receiver_id: self.receiver_id,
+            to,
             content,
             client_id: self.client_id,
         })
     }
 }
 
-/// Input of "tell `receiver_id` that `sender_id` is typing", as a client sends it.
+/// Input of "tell the others in `to` that `sender_id` is typing", as a client sends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TypingSignal {
     pub sender_id: UserId,
-    pub receiver_id: UserId,
+    pub to: Recipient,
 }
 
 /// A typing signal that passed validation; only [`TypingSignal::validate`] makes one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidTypingSignal {
     sender_id: UserId,
-    receiver_id: UserId,
+    to: Recipient,
 }
 
 impl ValidTypingSignal {
     pub fn sender_id(&self) -> UserId {
         self.sender_id
     }
-    pub fn receiver_id(&self) -> UserId {
-        self.receiver_id
+    pub fn to(&self) -> Recipient {
+        self.to
     }
 }
 
 impl TypingSignal {
     /// A user cannot signal typing to themself.
     pub fn validate(self) -> Result<ValidTypingSignal, ValidationError> {
-        if self.sender_id == self.receiver_id {
+        if self.to == Recipient::User(self.sender_id) {
             return Err(ValidationError::single(
                 "receiver_id",
                 "Cannot send typing to yourself",
@@ -369,25 +474,26 @@ impl TypingSignal {
         }
         Ok(ValidTypingSignal {
             sender_id: self.sender_id,
-            receiver_id: self.receiver_id,
+            to: self.to,
         })
     }
 }
 
-/// Input of "`reader_id` has read `peer_id`'s messages up to `up_to`", as a client sends it.
+/// Input of "`reader_id` has read the messages of `to` up to `up_to`", as a client sends it
+/// (`to` a user: the direct conversation with that peer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReadMark {
     pub reader_id: UserId,
-    pub peer_id: UserId,
+    pub to: Recipient,
     pub up_to: MessageId,
 }
 
 /// A read mark that passed validation; only [`ReadMark::validate`] makes one. (Whether `up_to`
-/// is a message from the peer to the reader is for storage to say.)
+/// is a message of that conversation is for storage to say.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ValidReadMark {
     reader_id: UserId,
-    peer_id: UserId,
+    to: Recipient,
     up_to: MessageId,
 }
 
@@ -395,8 +501,8 @@ impl ValidReadMark {
     pub fn reader_id(&self) -> UserId {
         self.reader_id
     }
-    pub fn peer_id(&self) -> UserId {
-        self.peer_id
+    pub fn to(&self) -> Recipient {
+        self.to
     }
     pub fn up_to(&self) -> MessageId {
         self.up_to
@@ -407,7 +513,7 @@ impl ReadMark {
     /// A user cannot mark their own messages read, and `up_to` must be a message id (≥ 1).
     /// Only the first of these that fails is reported.
     pub fn validate(self) -> Result<ValidReadMark, ValidationError> {
-        if self.reader_id == self.peer_id {
+        if self.to == Recipient::User(self.reader_id) {
             return Err(ValidationError::single(
                 "peer_id",
                 "Cannot mark your own messages read",
@@ -421,7 +527,7 @@ impl ReadMark {
         }
         Ok(ValidReadMark {
             reader_id: self.reader_id,
-            peer_id: self.peer_id,
+            to: self.to,
             up_to: self.up_to,
         })
     }
@@ -462,6 +568,8 @@ impl Page {
 pub struct HistoryRequest {
     pub user_id: UserId,
     pub chat_with: Option<UserId>,
+    /// Only this conversation's messages (the user must be a member).
+    pub conversation_id: Option<ConversationId>,
     pub skip: i64,
     pub limit: i64,
     /// Cursor for deep history: only messages with an id below this one.
@@ -473,29 +581,41 @@ impl HistoryRequest {
         HistoryRequest {
             user_id,
             chat_with: None,
+            conversation_id: None,
             skip: 0,
             limit: DEFAULT_HISTORY_LIMIT,
             before_id: None,
         }
     }
 
+    /// `chat_with` and `conversation_id` exclude each other; the page as [`Page::new`].
     pub fn validate(self) -> Result<HistoryQuery, ValidationError> {
+        if self.chat_with.is_some() && self.conversation_id.is_some() {
+            return Err(ValidationError::single(
+                "conversation_id",
+                "Give at most one of chat_with and conversation_id",
+            ));
+        }
         let page = Page::new(self.skip, self.limit)?;
         Ok(HistoryQuery {
             user_id: self.user_id,
             chat_with: self.chat_with,
+            conversation_id: self.conversation_id,
             page,
             before_id: self.before_id,
         })
     }
 }
 
-/// A validated history query: the messages `user_id` sent or received (only those exchanged
-/// with `chat_with` when set), newest first, below `before_id` when set, then `page`.
+/// A validated history query, newest first, below `before_id` when set, then `page`: the
+/// messages of `conversation_id` when set (its member `user_id` asks); otherwise the direct
+/// messages `user_id` sent or received (only those exchanged with `chat_with` when set), as
+/// Part 1's history has always been (group messages are read by conversation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryQuery {
     user_id: UserId,
     chat_with: Option<UserId>,
+    conversation_id: Option<ConversationId>,
     page: Page,
     before_id: Option<MessageId>,
 }
@@ -507,20 +627,30 @@ impl HistoryQuery {
     pub fn chat_with(&self) -> Option<UserId> {
         self.chat_with
     }
+    pub fn conversation_id(&self) -> Option<ConversationId> {
+        self.conversation_id
+    }
     pub fn page(&self) -> Page {
         self.page
     }
     pub fn before_id(&self) -> Option<MessageId> {
         self.before_id
     }
-    /// Whether `m` belongs to this query's conversation (ignoring paging).
+    /// Whether `m` belongs to this query's messages (ignoring paging; membership of
+    /// `conversation_id` is storage's to check).
     pub fn matches(&self, m: &Message) -> bool {
-        let involved = m.sender_id == self.user_id || m.receiver_id == self.user_id;
+        let cursor_ok = self.before_id.is_none_or(|b| m.id < b);
+        if let Some(c) = self.conversation_id {
+            return m.conversation_id == c && cursor_ok;
+        }
+        let Some(receiver) = m.receiver_id else {
+            return false; // a group message
+        };
+        let involved = m.sender_id == self.user_id || receiver == self.user_id;
         let peer_ok = match self.chat_with {
             None => true,
-            Some(peer) => m.sender_id == peer || m.receiver_id == peer,
+            Some(peer) => m.sender_id == peer || receiver == peer,
         };
-        let cursor_ok = self.before_id.is_none_or(|b| m.id < b);
         involved && peer_ok && cursor_ok
     }
 }

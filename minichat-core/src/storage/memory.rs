@@ -1,18 +1,40 @@
 //! In-memory storage: the zero-set-up default. Everything is lost when the process ends.
 //!
 //! One lock guards the whole state, so every operation is atomic, as a database transaction
-//! would be. Per-user indexes keep history and replay proportional to what they return.
+//! would be. Per-user and per-conversation indexes keep history, replay and the inbox
+//! proportional to what they return. The rules of who may do what come from the model; this
+//! file only keeps the state (conversations' membership rules live in `model/conversation.rs`).
 
-use super::Storage;
+use super::{ReadReceipt, Storage};
 use crate::error::{Error, Result};
 use crate::model::{
-    now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage,
-    StreamMessage, User, UserId, UserSearch, ValidMessage, ValidReadMark, ValidUser,
+    authorize_add, authorize_removal, authorize_rename, now, ChangeKind, Conversation,
+    ConversationChange, ConversationEvent, ConversationId, ConversationKind, ConversationSummary,
+    HistoryQuery, Member, Message, MessageId, MessageType, Page, ReadState, Recipient, Refusal,
+    Role, Seq, StoredMessage, StreamEvent, StreamMessage, User, UserId, UserSearch, ValidGroup,
+    ValidMessage, ValidNewMembers, ValidReadMark, ValidRename, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
+
+/// One event of a user's stream: the `i`th message or the `i`th membership event.
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    Message(usize),
+    Event(usize),
+}
+
+/// A conversation and what storage keeps beside it.
+struct ConversationState {
+    /// Members sorted by user id.
+    conversation: Conversation,
+    /// Member → the newest message of this conversation they have read.
+    read: HashMap<UserId, MessageId>,
+    /// Indexes of its messages, oldest first.
+    messages: Vec<usize>,
+}
 
 #[derive(Default)]
 struct State {
@@ -21,16 +43,23 @@ struct State {
     by_username: HashMap<String, UserId>,
     /// `messages[id - 1]`.
     messages: Vec<Message>,
-    /// Per user, the indexes of every message they sent or received, oldest first. Every such
-    /// message advanced the user's seq by one, so position `k` holds seq `k + 1`.
-    stream: HashMap<UserId, Vec<usize>>,
-    /// `(sender, client_id)` → message index.
-    client_ids: HashMap<(UserId, String), usize>,
+    /// `sender_seq[i]`: `messages[i]`'s seq in its sender's stream.
+    sender_seq: Vec<Seq>,
     /// `client_id_of[i]`: the client id `messages[i]` was sent with, if any (replayed to its
     /// sender only).
     client_id_of: Vec<Option<String>>,
-    /// `(reader, peer)` → the newest message of `peer`'s that `reader` has read.
-    read_marks: HashMap<(UserId, UserId), MessageId>,
+    /// Per user, every event of their stream, oldest first: position `k` holds seq `k + 1`.
+    stream: HashMap<UserId, Vec<Entry>>,
+    /// `(sender, client_id)` → message index.
+    client_ids: HashMap<(UserId, String), usize>,
+    /// `conversations[id - 1]`.
+    conversations: Vec<ConversationState>,
+    /// `(lower id, higher id)` → their direct conversation.
+    direct: HashMap<(UserId, UserId), ConversationId>,
+    /// Per user, the conversations they are a member of.
+    memberships: HashMap<UserId, Vec<ConversationId>>,
+    /// Every membership event, in the order they happened.
+    events: Vec<ConversationEvent>,
     last_seen: HashMap<UserId, DateTime<Utc>>,
 }
 
@@ -56,24 +85,128 @@ fn index(id: i64, len: usize) -> Option<usize> {
         .map(|i| i - 1)
 }
 
+/// A rule's refusal as the crate's error.
+fn refused(refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::Denied(why) => Error::Forbidden(why),
+        Refusal::Invalid(e) => Error::Invalid(e),
+    }
+}
+
 impl State {
     fn user(&self, id: UserId) -> Option<&User> {
         index(id, self.users.len()).map(|i| &self.users[i])
     }
 
-    fn seq_of(&self, user: UserId, idx: usize) -> Seq {
-        let stream = &self.stream[&user];
-        // The stream is sorted by message index; the position is the seq minus one.
-        stream.binary_search(&idx).map_or(0, |p| p as Seq + 1)
+    /// Appends `entry` to `user`'s stream; returns its seq.
+    fn append(&mut self, user: UserId, entry: Entry) -> Seq {
+        let stream = self.stream.entry(user).or_default();
+        stream.push(entry);
+        stream.len() as Seq
     }
 
-    fn stored(&self, idx: usize, created: bool) -> StoredMessage {
-        let m = &self.messages[idx];
-        StoredMessage {
-            sender_seq: self.seq_of(m.sender_id, idx),
-            receiver_seq: self.seq_of(m.receiver_id, idx),
-            message: m.clone(),
-            created,
+    /// Conversation `id` if `user` is a member, else `ConversationNotFound`.
+    fn member_of(&self, id: ConversationId, user: UserId) -> Result<&ConversationState> {
+        index(id, self.conversations.len())
+            .map(|i| &self.conversations[i])
+            .filter(|c| c.conversation.member(user).is_some())
+            .ok_or(Error::ConversationNotFound)
+    }
+
+    fn conversation_mut(&mut self, id: ConversationId) -> &mut ConversationState {
+        let i = index(id, self.conversations.len()).expect("a conversation checked before");
+        &mut self.conversations[i]
+    }
+
+    /// The direct conversation of `a` and `b`, made now if they never exchanged a message.
+    fn direct_conversation(&mut self, by: UserId, peer: UserId) -> ConversationId {
+        let pair = (by.min(peer), by.max(peer));
+        if let Some(&id) = self.direct.get(&pair) {
+            return id;
+        }
+        let at = now();
+        let id = self.conversations.len() as ConversationId + 1;
+        let members = [pair.0, pair.1]
+            .into_iter()
+            .map(|user_id| Member {
+                user_id,
+                role: Role::Member,
+                joined_at: at,
+            })
+            .collect();
+        self.conversations.push(ConversationState {
+            conversation: Conversation {
+                id,
+                kind: ConversationKind::Direct,
+                title: None,
+                created_by: by,
+                created_at: at,
+                members,
+            },
+            read: HashMap::new(),
+            messages: Vec::new(),
+        });
+        self.direct.insert(pair, id);
+        for user in [pair.0, pair.1] {
+            self.memberships.entry(user).or_default().push(id);
+        }
+        id
+    }
+
+    /// Records `event` and puts it in each recipient's stream.
+    fn record(&mut self, event: ConversationEvent) -> ConversationChange {
+        let i = self.events.len();
+        let seqs = event
+            .recipients()
+            .into_iter()
+            .map(|user| (user, self.append(user, Entry::Event(i))))
+            .collect();
+        self.events.push(event.clone());
+        ConversationChange { event, seqs }
+    }
+
+    /// The earlier send of `message`'s `(sender, client_id)`, if any, as its answer.
+    fn earlier_send(&self, message: &ValidMessage) -> Option<Result<StoredMessage>> {
+        let client_id = message.client_id()?;
+        let &idx = self
+            .client_ids
+            .get(&(message.sender_id(), client_id.to_owned()))?;
+        let earlier = &self.messages[idx];
+        Some(if message.same_as(earlier) {
+            Ok(StoredMessage {
+                message: earlier.clone(),
+                sender_seq: self.sender_seq[idx],
+                recipients: Vec::new(),
+                created: false,
+            })
+        } else {
+            Err(Error::ClientIdConflict)
+        })
+    }
+
+    fn summary(&self, c: &ConversationState, user: UserId) -> ConversationSummary {
+        let conv = &c.conversation;
+        let mark = c.read.get(&user).copied().unwrap_or(0);
+        let unread = c
+            .messages
+            .iter()
+            .rev()
+            .map(|&i| &self.messages[i])
+            .take_while(|m| m.id > mark)
+            .filter(|m| m.sender_id != user)
+            .count() as i64;
+        ConversationSummary {
+            id: conv.id,
+            kind: conv.kind,
+            title: conv.title.clone(),
+            created_by: conv.created_by,
+            created_at: conv.created_at,
+            member_count: conv.members.len() as i64,
+            last_message: c.messages.last().map(|&i| self.messages[i].clone()),
+            unread,
+            peer_id: (conv.kind == ConversationKind::Direct)
+                .then(|| conv.member_ids().find(|&u| u != user))
+                .flatten(),
         }
     }
 }
@@ -128,30 +261,35 @@ impl Storage for MemoryStorage {
 
     async fn store_message(&self, message: &ValidMessage) -> Result<StoredMessage> {
         let mut state = self.state();
+        let sender_id = message.sender_id();
         let sender = state
-            .user(message.sender_id())
+            .user(sender_id)
             .ok_or(Error::SenderNotFound)?
             .username
             .clone();
-        if state.user(message.receiver_id()).is_none() {
-            return Err(Error::ReceiverNotFound);
-        }
-        if let Some(client_id) = message.client_id() {
-            let key = (message.sender_id(), client_id.to_owned());
-            if let Some(&idx) = state.client_ids.get(&key) {
-                let earlier = &state.messages[idx];
-                if earlier.receiver_id != message.receiver_id()
-                    || earlier.content != message.content()
-                {
-                    return Err(Error::ClientIdConflict);
-                }
-                return Ok(state.stored(idx, false));
+        if let Recipient::User(receiver) = message.to() {
+            if state.user(receiver).is_none() {
+                return Err(Error::ReceiverNotFound);
             }
         }
+        if let Some(answer) = state.earlier_send(message) {
+            return answer;
+        }
+        let conversation_id = match message.to() {
+            Recipient::User(receiver) => state.direct_conversation(sender_id, receiver),
+            Recipient::Conversation(id) => state.member_of(id, sender_id)?.conversation.id,
+        };
         let idx = state.messages.len();
+        let others: Vec<UserId> = state
+            .conversation_mut(conversation_id)
+            .conversation
+            .member_ids()
+            .filter(|&u| u != sender_id)
+            .collect();
         state.messages.push(Message {
-            id: idx as i64 + 1,
-            sender_id: message.sender_id(),
+            id: idx as MessageId + 1,
+            conversation_id,
+            sender_id,
             sender_username: sender,
             receiver_id: message.receiver_id(),
             content: message.content().to_owned(),
@@ -161,29 +299,56 @@ impl Storage for MemoryStorage {
         state
             .client_id_of
             .push(message.client_id().map(str::to_owned));
-        for user in [message.sender_id(), message.receiver_id()] {
-            state.stream.entry(user).or_default().push(idx);
-        }
+        let sender_seq = state.append(sender_id, Entry::Message(idx));
+        state.sender_seq.push(sender_seq);
+        let recipients = others
+            .into_iter()
+            .map(|user| (user, state.append(user, Entry::Message(idx))))
+            .collect();
+        state.conversation_mut(conversation_id).messages.push(idx);
         if let Some(client_id) = message.client_id() {
             state
                 .client_ids
-                .insert((message.sender_id(), client_id.to_owned()), idx);
+                .insert((sender_id, client_id.to_owned()), idx);
         }
-        Ok(state.stored(idx, true))
+        Ok(StoredMessage {
+            message: state.messages[idx].clone(),
+            sender_seq,
+            recipients,
+            created: true,
+        })
     }
 
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<Message>> {
         let state = self.state();
-        let Some(stream) = state.stream.get(&query.user_id()) else {
-            return Ok(Vec::new());
+        let page = query.page();
+        let indexes: &[usize] = match query.conversation_id() {
+            Some(id) => &state.member_of(id, query.user_id())?.messages,
+            None => {
+                let Some(stream) = state.stream.get(&query.user_id()) else {
+                    return Ok(Vec::new());
+                };
+                return Ok(stream
+                    .iter()
+                    .rev()
+                    .filter_map(|e| match *e {
+                        Entry::Message(i) => Some(&state.messages[i]),
+                        Entry::Event(_) => None,
+                    })
+                    .filter(|m| query.matches(m))
+                    .skip(page.skip() as usize)
+                    .take(page.limit() as usize)
+                    .cloned()
+                    .collect());
+            }
         };
-        Ok(stream
+        Ok(indexes
             .iter()
             .rev()
             .map(|&i| &state.messages[i])
             .filter(|m| query.matches(m))
-            .skip(query.page().skip() as usize)
-            .take(query.page().limit() as usize)
+            .skip(page.skip() as usize)
+            .take(page.limit() as usize)
             .cloned()
             .collect())
     }
@@ -196,8 +361,11 @@ impl Storage for MemoryStorage {
         Ok(stream
             .iter()
             .rev()
-            .map(|&i| &state.messages[i])
-            .filter(|m| m.receiver_id == user)
+            .filter_map(|e| match *e {
+                Entry::Message(i) => Some(&state.messages[i]),
+                Entry::Event(_) => None,
+            })
+            .filter(|m| m.receiver_id == Some(user))
             .take(limit)
             .cloned()
             .collect())
@@ -208,7 +376,7 @@ impl Storage for MemoryStorage {
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<StreamMessage>> {
+    ) -> Result<Vec<StreamEvent>> {
         let state = self.state();
         let Some(stream) = state.stream.get(&user) else {
             return Ok(Vec::new());
@@ -220,16 +388,25 @@ impl Storage for MemoryStorage {
             .iter()
             .take(limit)
             .enumerate()
-            .map(|(k, &i)| {
-                let message = state.messages[i].clone();
-                // Only the sender learns the client id it gave.
-                let client_id = (message.sender_id == user)
-                    .then(|| state.client_id_of[i].clone())
-                    .flatten();
-                StreamMessage {
-                    seq: (start + k) as Seq + 1,
-                    message,
-                    client_id,
+            .map(|(k, entry)| {
+                let seq = (start + k) as Seq + 1;
+                match *entry {
+                    Entry::Message(i) => {
+                        let message = state.messages[i].clone();
+                        // Only the sender learns the client id it gave.
+                        let client_id = (message.sender_id == user)
+                            .then(|| state.client_id_of[i].clone())
+                            .flatten();
+                        StreamEvent::Message(StreamMessage {
+                            seq,
+                            message,
+                            client_id,
+                        })
+                    }
+                    Entry::Event(i) => StreamEvent::Conversation {
+                        seq,
+                        event: state.events[i].clone(),
+                    },
                 }
             })
             .collect())
@@ -239,26 +416,202 @@ impl Storage for MemoryStorage {
         Ok(self.state().stream.get(&user).map_or(0, |s| s.len() as Seq))
     }
 
-    async fn mark_read(&self, mark: &ValidReadMark) -> Result<MessageId> {
-        let (reader, peer, up_to) = (mark.reader_id(), mark.peer_id(), mark.up_to());
+    async fn mark_read(&self, mark: &ValidReadMark) -> Result<ReadReceipt> {
+        let (reader, up_to) = (mark.reader_id(), mark.up_to());
         let mut state = self.state();
-        let is_theirs = index(up_to, state.messages.len())
+        let id = match mark.to() {
+            Recipient::Conversation(id) => id,
+            Recipient::User(peer) => *state
+                .direct
+                .get(&(reader.min(peer), reader.max(peer)))
+                .ok_or(Error::ConversationNotFound)?,
+        };
+        let conversation = state.member_of(id, reader)?;
+        let readable = index(up_to, state.messages.len())
             .map(|i| &state.messages[i])
-            .is_some_and(|m| m.sender_id == peer && m.receiver_id == reader);
-        if !is_theirs {
+            .is_some_and(|m| m.conversation_id == id && m.sender_id != reader);
+        if !readable {
             return Err(Error::MessageNotFound);
         }
-        let mark = state.read_marks.entry((reader, peer)).or_insert(up_to);
-        *mark = (*mark).max(up_to);
-        Ok(*mark)
+        let others = conversation
+            .conversation
+            .member_ids()
+            .filter(|&u| u != reader)
+            .collect();
+        let read = &mut state.conversation_mut(id).read;
+        let stored = read.entry(reader).or_insert(up_to);
+        *stored = (*stored).max(up_to);
+        Ok(ReadReceipt {
+            conversation_id: id,
+            up_to: *stored,
+            others,
+        })
     }
 
     async fn read_marks(&self, user: UserId, peer: UserId) -> Result<ReadState> {
         let state = self.state();
+        let Some(&id) = state.direct.get(&(user.min(peer), user.max(peer))) else {
+            return Ok(ReadState::default());
+        };
+        let read = &state.conversations[(id - 1) as usize].read;
         Ok(ReadState {
-            read_up_to: state.read_marks.get(&(user, peer)).copied(),
-            peer_read_up_to: state.read_marks.get(&(peer, user)).copied(),
+            read_up_to: read.get(&user).copied(),
+            peer_read_up_to: read.get(&peer).copied(),
         })
+    }
+
+    async fn create_group(&self, group: &ValidGroup) -> Result<ConversationChange> {
+        let mut state = self.state();
+        if group.members().iter().any(|&u| state.user(u).is_none()) {
+            return Err(Error::UserNotFound);
+        }
+        let at = now();
+        let id = state.conversations.len() as ConversationId + 1;
+        let members = group
+            .members()
+            .iter()
+            .map(|&user_id| Member {
+                user_id,
+                role: if user_id == group.creator_id() {
+                    Role::Owner
+                } else {
+                    Role::Member
+                },
+                joined_at: at,
+            })
+            .collect();
+        let conversation = Conversation {
+            id,
+            kind: ConversationKind::Group,
+            title: Some(group.title().to_owned()),
+            created_by: group.creator_id(),
+            created_at: at,
+            members,
+        };
+        state.conversations.push(ConversationState {
+            conversation: conversation.clone(),
+            read: HashMap::new(),
+            messages: Vec::new(),
+        });
+        for &user in group.members() {
+            state.memberships.entry(user).or_default().push(id);
+        }
+        Ok(state.record(ConversationEvent {
+            event: ChangeKind::Created,
+            conversation,
+            user_ids: group.members().to_vec(),
+            by: group.creator_id(),
+        }))
+    }
+
+    async fn conversation(&self, id: ConversationId, user: UserId) -> Result<Conversation> {
+        Ok(self.state().member_of(id, user)?.conversation.clone())
+    }
+
+    async fn conversations(&self, user: UserId, page: Page) -> Result<Vec<ConversationSummary>> {
+        let state = self.state();
+        let Some(ids) = state.memberships.get(&user) else {
+            return Ok(Vec::new());
+        };
+        let mut summaries: Vec<ConversationSummary> = ids
+            .iter()
+            .map(|&id| state.summary(&state.conversations[(id - 1) as usize], user))
+            .collect();
+        summaries.sort_by_key(|s| {
+            let active = s.last_message.as_ref().map_or(s.created_at, |m| m.timestamp);
+            std::cmp::Reverse((active, s.id))
+        });
+        Ok(summaries
+            .into_iter()
+            .skip(page.skip() as usize)
+            .take(page.limit() as usize)
+            .collect())
+    }
+
+    async fn rename_conversation(
+        &self,
+        id: ConversationId,
+        rename: &ValidRename,
+    ) -> Result<ConversationChange> {
+        let mut state = self.state();
+        let by = rename.user_id();
+        let c = &state.member_of(id, by)?.conversation;
+        let actor = c.member(by).expect("a member");
+        authorize_rename(c, actor).map_err(refused)?;
+        let conversation = &mut state.conversation_mut(id).conversation;
+        conversation.title = Some(rename.title().to_owned());
+        let conversation = conversation.clone();
+        Ok(state.record(ConversationEvent {
+            event: ChangeKind::Renamed,
+            conversation,
+            user_ids: Vec::new(),
+            by,
+        }))
+    }
+
+    async fn add_members(
+        &self,
+        id: ConversationId,
+        add: &ValidNewMembers,
+        max_members: usize,
+    ) -> Result<ConversationChange> {
+        let mut state = self.state();
+        let by = add.user_id();
+        let c = &state.member_of(id, by)?.conversation;
+        let new: Vec<UserId> = add
+            .member_ids()
+            .iter()
+            .copied()
+            .filter(|&u| c.member(u).is_none())
+            .collect();
+        let actor = c.member(by).expect("a member");
+        authorize_add(c, actor, new.len(), max_members).map_err(refused)?;
+        if new.iter().any(|&u| state.user(u).is_none()) {
+            return Err(Error::UserNotFound);
+        }
+        let at = now();
+        let conversation = &mut state.conversation_mut(id).conversation;
+        conversation.members.extend(new.iter().map(|&user_id| Member {
+            user_id,
+            role: Role::Member,
+            joined_at: at,
+        }));
+        conversation.members.sort_by_key(|m| m.user_id);
+        let conversation = conversation.clone();
+        for &user in &new {
+            state.memberships.entry(user).or_default().push(id);
+        }
+        Ok(state.record(ConversationEvent {
+            event: ChangeKind::MemberAdded,
+            conversation,
+            user_ids: new,
+            by,
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+        member: UserId,
+    ) -> Result<ConversationChange> {
+        let mut state = self.state();
+        let c = &state.member_of(id, actor)?.conversation;
+        let target = c.member(member).ok_or(Error::UserNotFound)?;
+        authorize_removal(c, c.member(actor).expect("a member"), target).map_err(refused)?;
+        let kept = &mut state.conversation_mut(id);
+        kept.conversation.members.retain(|m| m.user_id != member);
+        kept.read.remove(&member);
+        let conversation = kept.conversation.clone();
+        if let Some(ids) = state.memberships.get_mut(&member) {
+            ids.retain(|&c| c != id);
+        }
+        Ok(state.record(ConversationEvent {
+            event: ChangeKind::MemberRemoved,
+            conversation,
+            user_ids: vec![member],
+            by: actor,
+        }))
     }
 
     async fn set_last_seen(&self, user: UserId, at: DateTime<Utc>) -> Result<()> {

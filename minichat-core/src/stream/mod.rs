@@ -34,9 +34,9 @@ mod sequencer;
 pub use sequencer::{Action, Sequencer, MAX_PENDING_OWN};
 
 use crate::error::{Error, Result};
-use crate::event::{own_message_event, Presence};
+use crate::event::{conversation_event, own_message_event, Presence};
 use crate::hub::{Closed, ConnectionId, Event, Subscription};
-use crate::model::{NewMessage, Seq, StreamMessage, UserId};
+use crate::model::{NewMessage, Seq, StreamEvent, UserId};
 use crate::service::{Chat, ChatService, SentMessage};
 use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
@@ -47,7 +47,7 @@ use std::time::Instant;
 pub const REPLAY_PAGE: usize = 500;
 
 /// A page of stored events being read.
-type PageRead = BoxFuture<'static, Result<Vec<StreamMessage>>>;
+type PageRead = BoxFuture<'static, Result<Vec<StreamEvent>>>;
 
 /// Where an [`Item`] came from (the server's delivery metrics tell them apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +120,7 @@ pub struct EventStream {
     /// sequencer's position.
     read_to: Seq,
     /// Stored events read for `reading`, not yet handed out, oldest first.
-    stored: VecDeque<StreamMessage>,
+    stored: VecDeque<StreamEvent>,
     /// A storage read in flight, kept across cancelled calls of `next`.
     fetch: Option<PageRead>,
     held: Option<Held>,
@@ -283,23 +283,26 @@ impl EventStream {
     /// The next stored event already read that the reader lacks, dropping those it has.
     fn next_stored(&mut self, reading: Reading) -> Option<Item> {
         while let Some(stored) = self.stored.pop_front() {
-            let seq = stored.seq;
+            let seq = stored.seq();
             if self.sequencer.stored(seq) == Action::Deliver {
                 self.sequencer.delivered(seq);
                 let source = match reading {
                     Reading::Replay => Source::Replay,
                     Reading::Gap { .. } => Source::Gap,
                 };
-                // Storage gives the client id on the user's own sends only; checked again here
-                // so that no backend can hand the receiver the sender's client id.
-                let client_id = stored
-                    .client_id
-                    .as_deref()
-                    .filter(|_| stored.message.sender_id == self.user);
-                return Some(Item {
-                    event: own_message_event(&stored.message, seq, client_id),
-                    source,
-                });
+                let event = match &stored {
+                    StreamEvent::Message(stored) => {
+                        // Storage gives the client id on the user's own sends only; checked
+                        // again here so that no backend can hand others the sender's client id.
+                        let client_id = stored
+                            .client_id
+                            .as_deref()
+                            .filter(|_| stored.message.sender_id == self.user);
+                        own_message_event(&stored.message, seq, client_id)
+                    }
+                    StreamEvent::Conversation { event, .. } => conversation_event(event, seq),
+                };
+                return Some(Item { event, source });
             }
         }
         None
@@ -318,7 +321,7 @@ impl EventStream {
         let page = page?;
         self.more = page.len() >= REPLAY_PAGE;
         for stored in page {
-            let seq = stored.seq;
+            let seq = stored.seq();
             if let Reading::Gap { before } = reading {
                 if seq >= before {
                     // The held event and what follows it come live.

@@ -29,11 +29,13 @@ mod pool;
 mod sql;
 mod writer;
 
-use super::Storage;
+use super::{ReadReceipt, Storage};
 use crate::error::{Backend, Error, Result};
 use crate::model::{
-    now, HistoryQuery, Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage,
-    StreamMessage, User, UserId, UserSearch, ValidMessage, ValidReadMark, ValidUser,
+    now, Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryQuery,
+    Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage, StreamEvent,
+    StreamMessage, User, UserId, UserSearch, ValidGroup, ValidMessage, ValidNewMembers,
+    ValidReadMark, ValidRename, ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -231,6 +233,7 @@ fn user_from(row: &Row) -> Result<User> {
 fn message_from(row: &Row, at: usize) -> Result<Message> {
     Ok(Message {
         id: col(row, at)?,
+        conversation_id: 0, // WIP(groups): the helper reads it
         sender_id: col(row, at + 1)?,
         sender_username: col(row, at + 2)?,
         receiver_id: col(row, at + 3)?,
@@ -342,17 +345,17 @@ impl Storage for PostgresStorage {
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<StreamMessage>> {
+    ) -> Result<Vec<StreamEvent>> {
         let rows = self
             .query(EVENTS_SINCE, &[&user, &since, &sql_limit(limit)])
             .await?;
         rows.iter()
             .map(|row| {
-                Ok(StreamMessage {
+                Ok(StreamEvent::Message(StreamMessage {
                     seq: col(row, 0)?,
                     message: message_from(row, 1)?,
                     client_id: col(row, 7)?,
-                })
+                }))
             })
             .collect()
     }
@@ -364,10 +367,46 @@ impl Storage for PostgresStorage {
         }
     }
 
-    async fn mark_read(&self, mark: &ValidReadMark) -> Result<MessageId> {
-        let (reader, peer, up_to) = (mark.reader_id(), mark.peer_id(), mark.up_to());
-        let rows = self.query(MARK_READ, &[&reader, &peer, &up_to]).await?;
-        col(rows.first().ok_or(Error::MessageNotFound)?, 0)
+    async fn mark_read(&self, _mark: &ValidReadMark) -> Result<ReadReceipt> {
+        Err(unavailable("WIP(groups)"))
+    }
+
+    async fn create_group(&self, _group: &ValidGroup) -> Result<ConversationChange> {
+        Err(unavailable("WIP(groups)"))
+    }
+
+    async fn conversation(&self, _id: ConversationId, _user: UserId) -> Result<Conversation> {
+        Err(unavailable("WIP(groups)"))
+    }
+
+    async fn conversations(&self, _user: UserId, _page: Page) -> Result<Vec<ConversationSummary>> {
+        Err(unavailable("WIP(groups)"))
+    }
+
+    async fn rename_conversation(
+        &self,
+        _id: ConversationId,
+        _rename: &ValidRename,
+    ) -> Result<ConversationChange> {
+        Err(unavailable("WIP(groups)"))
+    }
+
+    async fn add_members(
+        &self,
+        _id: ConversationId,
+        _add: &ValidNewMembers,
+        _max_members: usize,
+    ) -> Result<ConversationChange> {
+        Err(unavailable("WIP(groups)"))
+    }
+
+    async fn remove_member(
+        &self,
+        _id: ConversationId,
+        _actor: UserId,
+        _member: UserId,
+    ) -> Result<ConversationChange> {
+        Err(unavailable("WIP(groups)"))
     }
 
     async fn read_marks(&self, user: UserId, peer: UserId) -> Result<ReadState> {

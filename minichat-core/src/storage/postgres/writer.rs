@@ -251,7 +251,7 @@ async fn commit(
 
     let mut ids: Vec<UserId> = messages
         .iter()
-        .flat_map(|m| [m.sender_id(), m.receiver_id()])
+        .flat_map(|m| [m.sender_id(), m.receiver_id().unwrap_or(0)])
         .collect();
     ids.sort_unstable();
     ids.dedup();
@@ -278,12 +278,13 @@ async fn commit(
                     sender_id: sender,
                     sender_username: users[&sender].0.clone(),
                     receiver_id: col(&row, 3)?,
+                    conversation_id: 0,
                     content: col(&row, 4)?,
                     timestamp: col(&row, 5)?,
                     kind: MessageType::Message,
                 },
                 sender_seq: col(&row, 6)?,
-                receiver_seq: col(&row, 7)?,
+                recipients: vec![],
                 created: false,
             };
             earlier.insert((sender, col(&row, 1)?), stored);
@@ -298,7 +299,7 @@ async fn commit(
     let (mut sender_seqs, mut receiver_seqs, mut client_ids) = (Vec::new(), Vec::new(), Vec::new());
     let mut in_batch: HashMap<(UserId, &str), usize> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
-        let (sender, receiver) = (m.sender_id(), m.receiver_id());
+        let (sender, receiver) = (m.sender_id(), m.receiver_id().unwrap_or(0));
         if !users.contains_key(&sender) {
             plans.push(Plan::Done(Err(Error::SenderNotFound)));
             continue;
@@ -310,7 +311,7 @@ async fn commit(
         if let Some(client_id) = m.client_id() {
             if let Some(stored) = earlier.get(&(sender, client_id.to_owned())) {
                 let same =
-                    stored.message.receiver_id == receiver && stored.message.content == m.content();
+                    stored.message.receiver_id == Some(receiver) && stored.message.content == m.content();
                 plans.push(Plan::Done(if same {
                     Ok(stored.clone())
                 } else {
@@ -320,7 +321,7 @@ async fn commit(
             }
             if let Some(&row) = in_batch.get(&(sender, client_id)) {
                 let first = messages[rows[row]];
-                let same = first.receiver_id() == receiver && first.content() == m.content();
+                let same = first.receiver_id() == Some(receiver) && first.content() == m.content();
                 plans.push(if same {
                     Plan::Repeat(row)
                 } else {
@@ -388,12 +389,13 @@ async fn commit(
                 sender_id: m.sender_id(),
                 sender_username: users[&m.sender_id()].0.clone(),
                 receiver_id: m.receiver_id(),
+                conversation_id: 0,
                 content: m.content().to_owned(),
                 timestamp,
                 kind: MessageType::Message,
             },
             sender_seq: sender_seqs[row],
-            receiver_seq: receiver_seqs[row],
+            recipients: vec![(m.receiver_id().unwrap_or(0), receiver_seqs[row])],
             created,
         }
     };
