@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "user_search",
         sql: include_str!("../../../migrations/0002_user_search.sql"),
     },
+    Migration {
+        version: 3,
+        name: "conversations",
+        sql: include_str!("../../../migrations/0003_conversations.sql"),
+    },
 ];
 
 impl Migration {
