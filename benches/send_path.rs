@@ -60,7 +60,8 @@ fn send_path(c: &mut Criterion) {
                     .send_message(
                         NewMessage {
                             sender_id: alice,
-                            receiver_id: bob,
+                            receiver_id: Some(bob),
+                            conversation_id: None,
                             content: content.into(),
                             client_id: None,
                         },
@@ -123,7 +124,8 @@ async fn run_concurrent(chat: &Chat, pairs: &mut Vec<Pair>, iters: u64) -> Durat
                         .send_message(
                             NewMessage {
                                 sender_id: pair.sender,
-                                receiver_id: pair.receiver,
+                                receiver_id: Some(pair.receiver),
+                                conversation_id: None,
                                 content: CONTENT.into(),
                                 client_id: None,
                             },

@@ -52,7 +52,8 @@ fn origin(item: &Item) -> &'static str {
 fn message(sender_id: UserId, receiver_id: UserId, content: &str) -> NewMessage {
     NewMessage {
         sender_id,
-        receiver_id,
+        receiver_id: Some(receiver_id),
+        conversation_id: None,
         content: content.into(),
         client_id: None,
     }
@@ -84,7 +85,7 @@ async fn main() -> Result<(), Error> {
         .await?;
     println!(
         "sent:  message {} (stored content {:?}), seq {} for bob, delivered live: {}",
-        sent.message.id, sent.message.content, sent.receiver_seq, sent.delivered
+        sent.message.id, sent.message.content, sent.recipients[0].1, sent.delivered
     );
 
     let item = next(&mut inbox).await?;
@@ -98,7 +99,7 @@ async fn main() -> Result<(), Error> {
     let frame: serde_json::Value = serde_json::from_slice(&item.event.payload)?;
     assert_eq!(frame["id"], sent.message.id);
     assert_eq!(frame["content"], "Hello, Bob!");
-    assert_eq!(frame["seq"], sent.receiver_seq);
+    assert_eq!(frame["seq"], sent.recipients[0].1);
 
     // Bob goes away, keeping the last seq he saw; alice sends twice meanwhile.
     let since = inbox.last_seq();

@@ -26,7 +26,7 @@
 //! let bob = chat.create_user(NewUser { username: "bob".into(), display_name: None }).await?;
 //! let mut inbox = chat.subscribe(bob.id).await?;
 //! chat.send_message(
-//!     NewMessage { sender_id: alice.id, receiver_id: bob.id, content: "hi".into(), client_id: None },
+//!     NewMessage::to_user(alice.id, bob.id, "hi"),
 //!     None,
 //! )
 //! .await?;

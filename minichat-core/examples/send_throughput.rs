@@ -54,7 +54,8 @@ async fn main() {
                 };
                 let message = NewMessage {
                     sender_id: from,
-                    receiver_id: to,
+                    receiver_id: Some(to),
+                    conversation_id: None,
                     content: format!("message {i} of task {t}"),
                     client_id: Some(format!("{t}-{i}")),
                 };

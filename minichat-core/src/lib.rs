@@ -28,7 +28,7 @@
 //!     let mut inbox = chat.subscribe(bob.id).await?;
 //!     let sent = chat
 //!         .send_message(
-//!             NewMessage { sender_id: alice.id, receiver_id: bob.id, content: "hi".into(), client_id: None },
+//!             NewMessage::to_user(alice.id, bob.id, "hi"),
 //!             None,
 //!         )
 //!         .await?;

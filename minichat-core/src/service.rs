@@ -12,9 +12,9 @@ use crate::event::{presence_event, read_event, typing_event, Frames, Presence};
 use crate::health::{BackendKind, BackendStatus, Health};
 use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
 use crate::model::{
-    Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryRequest,
-    Message, MessageId, NewGroup, NewMembers, NewMessage, NewUser, Page, ReadMark, ReadState,
-    Recipient, Rename, Seq, StreamEvent, TypingSignal, User, UserId, UserSearchRequest,
+    Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryRequest, Message,
+    MessageId, NewGroup, NewMembers, NewMessage, NewUser, Page, ReadMark, ReadState, Recipient,
+    Rename, Seq, StreamEvent, TypingSignal, User, UserId, UserSearchRequest,
     DEFAULT_MAX_GROUP_MEMBERS, RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
@@ -31,6 +31,9 @@ pub struct SentMessage {
     pub message: Message,
     /// The message's seq in the sender's stream.
     pub sender_seq: Seq,
+    /// Every other member (the receiver of a direct message) with the message's seq in their
+    /// stream, by user id; empty for a retried `client_id`.
+    pub recipients: Vec<(UserId, Seq)>,
     /// Whether any other member (the receiver of a direct message) had a live connection on
     /// any node when it was sent (false for a retried `client_id`, which is not delivered
     /// again).
@@ -412,14 +415,15 @@ impl Chat {
         let stored = self.inner.storage.store_message(&valid).await?;
         let message = stored.message;
         let mut delivered = false;
+        let mut recipients = Vec::new();
         if stored.created {
             metrics::counter!(telemetry::MESSAGES_STORED).increment(1);
             // Serialised once; each member's frame adds its own seq. The others' copies never
             // carry the sender's client id; the sender's other connections get it, to match
             // the send to what they have pending.
             let frames = Frames::message(&message);
-            let mut deliveries: Vec<Delivery> = stored
-                .recipients
+            recipients = stored.recipients;
+            let mut deliveries: Vec<Delivery> = recipients
                 .iter()
                 .map(|&(user, seq)| Delivery {
                     user,
@@ -458,7 +462,7 @@ impl Chat {
             match published {
                 Ok(reached) => {
                     telemetry::published("message", deliveries.len());
-                    let others = stored.recipients.len();
+                    let others = recipients.len();
                     delivered = reached.iter().take(others).any(|&r| r);
                 }
                 Err(e) => tracing::warn!(error = %e, "fan-out failed"),
@@ -467,6 +471,7 @@ impl Chat {
         Ok(SentMessage {
             message,
             sender_seq: stored.sender_seq,
+            recipients,
             delivered,
             created: stored.created,
         })
@@ -490,6 +495,21 @@ impl Chat {
             Err(e) => tracing::warn!(error = %e, "membership event fan-out failed"),
         }
         change.event.conversation
+    }
+
+    /// The error for invalid input on conversation `id`: `ConversationNotFound` when `user`
+    /// is not a member (every route on a conversation answers that before any other check, so
+    /// ids cannot be probed), else the validation error.
+    async fn refuse_member_first(
+        &self,
+        id: ConversationId,
+        user: UserId,
+        invalid: crate::model::ValidationError,
+    ) -> Error {
+        match self.inner.storage.conversation(id, user).await {
+            Ok(_) => Error::Invalid(invalid),
+            Err(e) => e,
+        }
     }
 
     /// The users who get a typing signal or a read receipt of `user` in `to`: the peer, or the
@@ -593,13 +613,21 @@ impl ChatService for Chat {
         id: ConversationId,
         rename: Rename,
     ) -> Result<Conversation> {
-        let valid = rename.validate()?;
+        let user = rename.user_id;
+        let valid = match rename.validate() {
+            Ok(valid) => valid,
+            Err(e) => return Err(self.refuse_member_first(id, user, e).await),
+        };
         let change = self.inner.storage.rename_conversation(id, &valid).await?;
         Ok(self.announce_change(change).await)
     }
 
     async fn add_members(&self, id: ConversationId, add: NewMembers) -> Result<Conversation> {
-        let valid = add.validate()?;
+        let user = add.user_id;
+        let valid = match add.validate() {
+            Ok(valid) => valid,
+            Err(e) => return Err(self.refuse_member_first(id, user, e).await),
+        };
         let change = self
             .inner
             .storage
@@ -617,7 +645,6 @@ impl ChatService for Chat {
         let change = self.inner.storage.remove_member(id, actor, member).await?;
         Ok(self.announce_change(change).await)
     }
-
 
     async fn recent_messages(&self, user: UserId) -> Result<Vec<Message>> {
         // A list shorter than asked for may be partial (a cache that was flushed, or filled
@@ -668,7 +695,11 @@ impl ChatService for Chat {
     }
 
     async fn typing(&self, sender: UserId, to: Recipient) -> Result<()> {
-        let signal = TypingSignal { sender_id: sender, to }.validate()?;
+        let signal = TypingSignal {
+            sender_id: sender,
+            to,
+        }
+        .validate()?;
         let conversation = match to {
             Recipient::User(_) => None,
             Recipient::Conversation(id) => Some(id),

@@ -47,7 +47,8 @@ pub struct UserWithPresence {
 pub struct SentMessageBody {
     #[serde(flatten)]
     pub message: Message,
-    /// True when the receiver had a live WebSocket on any node when it was sent.
+    /// True when the receiver (for a group: any other member) had a live WebSocket on any
+    /// node when it was sent.
     pub delivered_via_websocket: bool,
 }
 
@@ -218,10 +219,10 @@ pub async fn get_user(
     responses((status = 200, description = "The stored message", body = SentMessageBody),
               (status = 401, description = "Missing or invalid token", body = ErrorBody),
               (status = 403, description = "sender_id is not the token's user", body = ErrorBody),
-              (status = 404, description = "Sender not found / Receiver not found", body = ErrorBody),
+              (status = 404, description = "Sender not found / Receiver not found / Conversation not found (the sender is not a member)", body = ErrorBody),
               (status = 409, description = "client_id reused for a different message", body = ErrorBody),
               (status = 413, description = "Body too large", body = ErrorBody),
-              (status = 422, description = "Empty or too long content, or sending to yourself", body = ErrorBody),
+              (status = 422, description = "Empty or too long content, sending to yourself, or not exactly one of receiver_id and conversation_id", body = ErrorBody),
               (status = 429, description = "Sending too fast (see Retry-After)", body = ErrorBody),
               (status = 503, description = "storage unavailable", body = ErrorBody)))]
 pub async fn send_message(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
@@ -245,6 +246,7 @@ pub async fn send_message(state: &AppState, req: Request<Incoming>) -> Result<Re
 #[utoipa::path(get, path = "/messages/", tag = "messages",
     params(("user_id" = i64, Query, description = "Whose messages"),
            ("chat_with" = Option<i64>, Query, description = "Only those exchanged with this user"),
+           ("conversation_id" = Option<i64>, Query, description = "Only this conversation's messages (the user must be a member); without it and `chat_with`, the user's direct messages"),
            ("before_id" = Option<i64>, Query, description = "Only messages with a smaller id (deep paging)"),
            ("skip" = Option<i64>, Query, description = "Rows to skip (≥ 0)"),
            ("limit" = Option<i64>, Query, description = "Rows to return, 1–1000 (default 50)")),
@@ -252,7 +254,8 @@ pub async fn send_message(state: &AppState, req: Request<Incoming>) -> Result<Re
     responses((status = 200, description = "Messages, newest first", body = [Message]),
               (status = 401, description = "Missing or invalid token", body = ErrorBody),
               (status = 403, description = "user_id is not the token's user", body = ErrorBody),
-              (status = 422, description = "Missing user_id or bad numbers", body = ErrorBody)))]
+              (status = 404, description = "Conversation not found (or the user is not a member)", body = ErrorBody),
+              (status = 422, description = "Missing user_id, bad numbers, or both chat_with and conversation_id", body = ErrorBody)))]
 pub async fn history(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
     let caller = state.caller(&req);
     caller.require_any()?;
@@ -261,6 +264,7 @@ pub async fn history(state: &AppState, req: Request<Incoming>) -> Result<Respons
     caller.require_user(user_id)?;
     let request = HistoryRequest {
         chat_with: query.int("chat_with")?,
+        conversation_id: query.int("conversation_id")?,
         before_id: query.int("before_id")?,
         skip: query.int_or("skip", 0)?,
         limit: query.int_or("limit", minichat_core::model::DEFAULT_HISTORY_LIMIT)?,

@@ -2,11 +2,11 @@
 //! generated from the handlers' annotations, Swagger UI (vendored by `utoipa-swagger-ui`) at
 //! `/docs`, and ReDoc (its standalone bundle kept in `assets/`) at `/redoc`.
 
-use crate::api;
 use crate::error::ApiError;
 use crate::response::{bytes, Response};
 use crate::state::AppState;
 use crate::telemetry;
+use crate::{api, conversations};
 use bytes::Bytes;
 use http::{header, HeaderValue};
 use http_body_util::Full;
@@ -34,12 +34,19 @@ fn websocket() {}
 #[openapi(
     info(title = "Minichat", description = "Real-time chat backend: REST and WebSocket. Wire contract compatible with the original Mini Chat Backend."),
     paths(api::root, api::health, telemetry::metrics, api::create_user, api::list_users, api::get_user,
-          api::send_message, api::history, api::recent_messages, api::read_state, websocket),
+          api::send_message, api::history, api::recent_messages, api::read_state,
+          conversations::create, conversations::list, conversations::get, conversations::rename,
+          conversations::add_members, conversations::remove_member, websocket),
     components(schemas(minichat_core::User, minichat_core::Message, minichat_core::NewUser,
                        minichat_core::NewMessage, minichat_core::ReadState, minichat_core::model::MessageType,
                        api::CreatedUser, api::UserWithPresence, api::SentMessageBody, api::RecentMessages,
-                       api::HealthBody, api::ErrorBody, crate::error::Detail, crate::error::Invalid)),
-    tags((name = "users"), (name = "messages"), (name = "websocket"), (name = "system"))
+                       api::HealthBody, api::ErrorBody, crate::error::Detail, crate::error::Invalid,
+                       minichat_core::model::Conversation, minichat_core::model::ConversationSummary,
+                       minichat_core::model::Member, minichat_core::model::Role,
+                       minichat_core::model::ConversationKind, minichat_core::model::NewGroup,
+                       minichat_core::model::Rename, minichat_core::model::NewMembers,
+                       conversations::LeftConversation)),
+    tags((name = "users"), (name = "messages"), (name = "conversations"), (name = "websocket"), (name = "system"))
 )]
 pub struct ApiDoc;
 

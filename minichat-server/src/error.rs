@@ -131,7 +131,9 @@ impl ApiError {
                 CoreError::UserNotFound
                 | CoreError::SenderNotFound
                 | CoreError::ReceiverNotFound
-                | CoreError::MessageNotFound => StatusCode::NOT_FOUND,
+                | CoreError::MessageNotFound
+                | CoreError::ConversationNotFound => StatusCode::NOT_FOUND,
+                CoreError::Forbidden(_) => StatusCode::FORBIDDEN,
                 CoreError::ClientIdConflict => StatusCode::CONFLICT,
                 CoreError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 CoreError::Config { .. } => StatusCode::INTERNAL_SERVER_ERROR,

@@ -21,7 +21,8 @@
 //!
 //! - `server` (accept loop, timeouts, shutdown) uses `routes` (the one route table, request
 //!   ids, 404/405/307, `HEAD`), which uses the handlers;
-//! - the handlers: `api` (REST), `ws` (the WebSocket connection), `docs` (OpenAPI, Swagger UI,
+//! - the handlers: `api` (REST: users and messages), `conversations` (REST: groups and the
+//!   inbox), `ws` (the WebSocket connection), `docs` (OpenAPI, Swagger UI,
 //!   ReDoc), `app` (the embedded web chat page), `telemetry` (the Prometheus recorder and
 //!   `GET /metrics`);
 //! - the ground floor they share: `state` (`AppState`), `response` (building responses),
@@ -33,6 +34,7 @@ mod api;
 mod app;
 pub mod auth;
 pub mod config;
+mod conversations;
 mod cors;
 mod docs;
 mod error;

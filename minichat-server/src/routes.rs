@@ -17,7 +17,7 @@
 use crate::error::ApiError;
 use crate::response::{redirect, Response};
 use crate::state::AppState;
-use crate::{api, app, cors, docs, extract, telemetry, ws};
+use crate::{api, app, conversations, cors, docs, extract, telemetry, ws};
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
 use http_body_util::Full;
@@ -29,13 +29,20 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 use tracing::Instrument;
 
-/// What a handler gets: the shared state, the request, and the text its path template's
-/// parameter captured (empty when it has none). Ids stay raw text here: parsing them is the
+/// What a handler gets: the shared state, the request, and the text each of its path
+/// template's parameters captured, in order. Ids stay raw text here: parsing them is the
 /// handler's job, so that `/users/abc` is a 422 on a known route rather than a 404.
 struct Call {
     state: Arc<AppState>,
     req: Request<Incoming>,
-    param: String,
+    params: Vec<String>,
+}
+
+impl Call {
+    /// What the `i`th parameter captured (empty when the template has fewer).
+    fn param(&self, i: usize) -> &str {
+        self.params.get(i).map_or("", String::as_str)
+    }
 }
 
 type Reply = Pin<Box<dyn Future<Output = Result<Response, ApiError>> + Send>>;
@@ -57,8 +64,8 @@ enum Doc {
 /// One method on one path.
 struct Endpoint {
     method: Method,
-    /// The path template: literal segments, then at most one parameter, last: `{name}` takes
-    /// one non-empty segment, `{*name}` the non-empty rest of the path.
+    /// The path template: literal text and parameters: `{name}` takes one non-empty
+    /// segment, `{*name}` (last only) the non-empty rest of the path.
     path: &'static str,
     /// The `route` label of the HTTP metrics (the path, unless set).
     label: &'static str,
@@ -87,6 +94,20 @@ fn get(path: &'static str, doc: Doc, handler: Handler) -> Endpoint {
 fn post(path: &'static str, doc: Doc, handler: Handler) -> Endpoint {
     Endpoint {
         method: Method::POST,
+        ..get(path, doc, handler)
+    }
+}
+
+fn patch(path: &'static str, doc: Doc, handler: Handler) -> Endpoint {
+    Endpoint {
+        method: Method::PATCH,
+        ..get(path, doc, handler)
+    }
+}
+
+fn delete(path: &'static str, doc: Doc, handler: Handler) -> Endpoint {
+    Endpoint {
+        method: Method::DELETE,
         ..get(path, doc, handler)
     }
 }
@@ -137,7 +158,7 @@ static ROUTES: LazyLock<Vec<Endpoint>> = LazyLock::new(|| {
             .listed("docs"),
         get("/docs/", Page, |_| reply(async { docs::swagger("") })).label(DOCS),
         get("/docs/{*file}", Page, |c| {
-            reply(async move { docs::swagger(&c.param) })
+            reply(async move { docs::swagger(c.param(0)) })
         })
         .label(DOCS),
         get("/redoc", Page, |_| reply(async { Ok(docs::redoc_page()) })).listed("redoc"),
@@ -149,7 +170,7 @@ static ROUTES: LazyLock<Vec<Endpoint>> = LazyLock::new(|| {
             .label(APP)
             .listed("app"),
         get("/app/{*file}", Page, |c| {
-            reply(async move { app::serve(c.req.uri().path(), &c.param) })
+            reply(async move { app::serve(c.req.uri().path(), c.param(0)) })
         })
         .label(APP),
         post("/users/", Api, |c| {
@@ -160,7 +181,10 @@ static ROUTES: LazyLock<Vec<Endpoint>> = LazyLock::new(|| {
             reply(async move { api::list_users(&c.state, c.req).await })
         }),
         get("/users/{user_id}", Api, |c| {
-            reply(async move { api::get_user(&c.state, c.req, &c.param).await })
+            reply(async move {
+                let id = c.param(0).to_owned();
+                api::get_user(&c.state, c.req, &id).await
+            })
         }),
         post("/messages/", Api, |c| {
             reply(async move { api::send_message(&c.state, c.req).await })
@@ -170,14 +194,55 @@ static ROUTES: LazyLock<Vec<Endpoint>> = LazyLock::new(|| {
             reply(async move { api::history(&c.state, c.req).await })
         }),
         get("/messages/recent/{user_id}", Api, |c| {
-            reply(async move { api::recent_messages(&c.state, c.req, &c.param).await })
+            reply(async move {
+                let id = c.param(0).to_owned();
+                api::recent_messages(&c.state, c.req, &id).await
+            })
         })
         .listed("recent_messages"),
         get("/messages/read", Api, |c| {
             reply(async move { api::read_state(&c.state, c.req).await })
         }),
+        post("/conversations/", Api, |c| {
+            reply(async move { conversations::create(&c.state, c.req).await })
+        })
+        .listed("conversations"),
+        get("/conversations/", Api, |c| {
+            reply(async move { conversations::list(&c.state, c.req).await })
+        }),
+        get("/conversations/{conversation_id}", Api, |c| {
+            reply(async move {
+                let id = c.param(0).to_owned();
+                conversations::get(&c.state, c.req, &id).await
+            })
+        }),
+        patch("/conversations/{conversation_id}", Api, |c| {
+            reply(async move {
+                let id = c.param(0).to_owned();
+                conversations::rename(&c.state, c.req, &id).await
+            })
+        }),
+        post("/conversations/{conversation_id}/members", Api, |c| {
+            reply(async move {
+                let id = c.param(0).to_owned();
+                conversations::add_members(&c.state, c.req, &id).await
+            })
+        }),
+        delete(
+            "/conversations/{conversation_id}/members/{member_id}",
+            Api,
+            |c| {
+                reply(async move {
+                    let (id, member) = (c.param(0).to_owned(), c.param(1).to_owned());
+                    conversations::remove_member(&c.state, c.req, &id, &member).await
+                })
+            },
+        ),
         get("/ws/{user_id}", Api, |c| {
-            reply(async move { ws::upgrade(&c.state, c.req, &c.param) })
+            reply(async move {
+                let id = c.param(0).to_owned();
+                ws::upgrade(&c.state, c.req, &id)
+            })
         })
         .listed("websocket")
         .upgrade(),
@@ -192,22 +257,38 @@ fn endpoints() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
-/// What `path` captures when it fits `template`: `""` for a template without a parameter.
-fn capture<'p>(template: &str, path: &'p str) -> Option<&'p str> {
-    let Some(open) = template.find('{') else {
-        return (template == path).then_some("");
-    };
-    let rest = path.strip_prefix(&template[..open])?;
-    let one_segment = !template[open..].starts_with("{*");
-    let fits = !rest.is_empty() && (!one_segment || !rest.contains('/'));
-    fits.then_some(rest)
+/// What each parameter of `template` captures when `path` fits it (none for a template
+/// without parameters).
+fn capture<'p>(template: &str, path: &'p str) -> Option<Vec<&'p str>> {
+    let mut params = Vec::new();
+    let (mut template, mut rest) = (template, path);
+    loop {
+        let Some(open) = template.find('{') else {
+            return (template == rest).then_some(params);
+        };
+        rest = rest.strip_prefix(&template[..open])?;
+        let close = open + template[open..].find('}')?;
+        if template[open..].starts_with("{*") {
+            return (!rest.is_empty()).then(|| {
+                params.push(rest);
+                params
+            });
+        }
+        let end = rest.find('/').unwrap_or(rest.len());
+        if end == 0 {
+            return None;
+        }
+        params.push(&rest[..end]);
+        rest = &rest[end..];
+        template = &template[close + 1..];
+    }
 }
 
-/// The endpoints of the one path template `path` fits (each method of a route), and what it
-/// captured; empty when no route has that path.
-fn lookup(path: &str) -> (Vec<&'static Endpoint>, &str) {
+/// The endpoints of the one path template `path` fits (each method of a route), and what its
+/// parameters captured; empty when no route has that path.
+fn lookup(path: &str) -> (Vec<&'static Endpoint>, Vec<&str>) {
     let mut found: Vec<&'static Endpoint> = Vec::new();
-    let mut captured = "";
+    let mut captured = Vec::new();
     for endpoint in ROUTES.iter() {
         if let Some(param) = capture(endpoint.path, path) {
             if found.is_empty() || found[0].path == endpoint.path {
@@ -237,8 +318,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Result<Resp
         } else if method == Method::OPTIONS {
             cors::preflight(req.headers())
         } else {
-            let param = param.to_owned();
-            dispatch(state.clone(), req, &route, param).await
+            let params = param.into_iter().map(str::to_owned).collect();
+            dispatch(state.clone(), req, &route, params).await
         };
         cors::allow_origin(&state.cors, origin.as_ref(), &mut response);
         if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
@@ -262,7 +343,7 @@ async fn dispatch(
     state: Arc<AppState>,
     req: Request<Incoming>,
     route: &[&'static Endpoint],
-    param: String,
+    params: Vec<String>,
 ) -> Response {
     if route.is_empty() {
         return redirect_slash(&req).unwrap_or_else(|| ApiError::NotFound.into_response());
@@ -278,7 +359,7 @@ async fn dispatch(
         }
         return response;
     };
-    let call = Call { state, req, param };
+    let call = Call { state, req, params };
     let response = (endpoint.handler)(call)
         .await
         .unwrap_or_else(ApiError::into_response);
@@ -338,8 +419,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn route_of(path: &str) -> Option<(&'static str, String)> {
-        let (route, param) = lookup(path);
-        route.first().map(|e| (e.path, param.to_owned()))
+        let (route, params) = lookup(path);
+        route.first().map(|e| (e.path, params.join(",")))
     }
 
     fn at(template: &'static str, param: &str) -> Option<(&'static str, String)> {
@@ -370,6 +451,19 @@ mod tests {
         assert_eq!(route_of("/app/a/b.js"), at("/app/{*file}", "a/b.js"));
         assert_eq!(route_of("/nope"), None);
         assert_eq!(route_of("/metrics"), at("/metrics", ""));
+        assert_eq!(
+            route_of("/conversations/4/members/9"),
+            at(
+                "/conversations/{conversation_id}/members/{member_id}",
+                "4,9"
+            )
+        );
+        assert_eq!(
+            route_of("/conversations/4/members"),
+            at("/conversations/{conversation_id}/members", "4")
+        );
+        assert_eq!(route_of("/conversations//members"), None);
+        assert_eq!(route_of("/conversations/4/members/"), None);
     }
 
     #[test]
@@ -392,24 +486,27 @@ mod tests {
                 endpoint.method,
                 endpoint.path
             );
-            let params = endpoint.path.matches('{').count();
-            assert!(params <= 1, "{}: one parameter at most", endpoint.path);
-            if params == 1 {
+            if let Some(rest) = endpoint.path.find("{*").map(|at| &endpoint.path[at..]) {
                 assert!(
-                    endpoint.path.ends_with('}'),
-                    "{}: parameter last",
+                    rest.ends_with('}') && rest.matches('{').count() == 1,
+                    "{}: a rest parameter is last",
                     endpoint.path
                 );
             }
             // A path of this template finds this template, not another one.
-            let example = endpoint.path.split('{').next().map(|prefix| {
-                if params == 1 {
-                    format!("{prefix}1")
-                } else {
-                    prefix.to_owned()
+            let mut example = String::new();
+            let mut in_param = false;
+            for ch in endpoint.path.chars() {
+                match ch {
+                    '{' => {
+                        in_param = true;
+                        example.push('1');
+                    }
+                    '}' => in_param = false,
+                    _ if !in_param => example.push(ch),
+                    _ => {}
                 }
-            });
-            let example = example.unwrap_or_default();
+            }
             assert_eq!(lookup(&example).0[0].path, endpoint.path, "{example}");
         }
     }
@@ -438,6 +535,7 @@ mod tests {
         assert_eq!(names.len(), listed.len(), "names are unique");
         let expected = [
             ("app", "/app/"),
+            ("conversations", "/conversations/"),
             ("docs", "/docs"),
             ("health", "/health"),
             ("messages", "/messages/"),

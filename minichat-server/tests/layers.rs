@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("state", 4),
     // Handlers: each turns requests into responses over the shared state.
     ("api", 5),
+    ("conversations", 5),
     ("app", 5),
     ("ws::connection", 5),
     ("ws::handshake", 6),

@@ -94,9 +94,10 @@ mod tests {
     fn message(id: i64, receiver: UserId) -> Message {
         Message {
             id,
+            conversation_id: 1,
             sender_id: 99,
             sender_username: "sender".into(),
-            receiver_id: receiver,
+            receiver_id: Some(receiver),
             content: format!("m{id}"),
             timestamp: now(),
             kind: MessageType::Message,

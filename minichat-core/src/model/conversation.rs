@@ -140,6 +140,25 @@ pub enum Recipient {
     Conversation(ConversationId),
 }
 
+impl Recipient {
+    /// The recipient a client named with exactly one of a user (`user_field`: `receiver_id`
+    /// or `peer_id`) and `conversation_id`: the one rule for both forms.
+    pub fn from_fields(
+        user: Option<UserId>,
+        conversation: Option<ConversationId>,
+        user_field: &'static str,
+    ) -> Result<Recipient, ValidationError> {
+        match (user, conversation) {
+            (Some(user), None) => Ok(Recipient::User(user)),
+            (None, Some(conversation)) => Ok(Recipient::Conversation(conversation)),
+            _ => Err(ValidationError::single(
+                "conversation_id",
+                format!("Give exactly one of {user_field} and conversation_id"),
+            )),
+        }
+    }
+}
+
 /// The change a membership event reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -410,7 +429,9 @@ pub fn authorize_add(
         )));
     }
     if !actor.role.manages() {
-        return Err(Refusal::Denied("Only the owner or an admin can add members"));
+        return Err(Refusal::Denied(
+            "Only the owner or an admin can add members",
+        ));
     }
     check_member_count(conversation.members.len() + new_members, max_members)
         .map_err(Refusal::Invalid)

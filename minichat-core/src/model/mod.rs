@@ -387,14 +387,11 @@ impl NewMessage {
     /// `client_id`, when given, is 1–64 characters.
     pub fn validate(self) -> Result<ValidMessage, ValidationError> {
         let mut errs = ValidationError { errors: Vec::new() };
-        let to = match (self.receiver_id, self.conversation_id) {
-            (Some(receiver), None) => Some(Recipient::User(receiver)),
-            (None, Some(conversation)) => Some(Recipient::Conversation(conversation)),
-            _ => {
-                errs.push(
-                    "conversation_id",
-                    "Give exactly one of receiver_id and conversation_id",
-                );
+        let to = match Recipient::from_fields(self.receiver_id, self.conversation_id, "receiver_id")
+        {
+            Ok(to) => Some(to),
+            Err(e) => {
+                errs.errors.extend(e.errors);
                 None
             }
         };

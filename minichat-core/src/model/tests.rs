@@ -11,13 +11,7 @@ fn user(name: &str, display: Option<&str>) -> Result<ValidUser, ValidationError>
 }
 
 fn msg(s: UserId, r: UserId, c: &str) -> Result<ValidMessage, ValidationError> {
-    NewMessage {
-        sender_id: s,
-        receiver_id: r,
-        content: c.into(),
-        client_id: None,
-    }
-    .validate()
+    NewMessage::to_user(s, r, c).validate()
 }
 
 #[test]
@@ -99,16 +93,36 @@ fn cannot_message_yourself() {
 }
 
 #[test]
-fn client_id_is_bounded() {
-    let with = |id: &str| {
-        NewMessage {
-            sender_id: 1,
-            receiver_id: 2,
-            content: "x".into(),
-            client_id: Some(id.into()),
-        }
+fn a_message_goes_to_exactly_one_of_a_user_and_a_conversation() {
+    let to_group = NewMessage::to_conversation(1, 9, " hi ")
         .validate()
+        .unwrap();
+    assert_eq!(
+        (to_group.to(), to_group.receiver_id(), to_group.content()),
+        (Recipient::Conversation(9), None, "hi")
+    );
+    let both = NewMessage {
+        conversation_id: Some(9),
+        ..NewMessage::to_user(1, 2, "hi")
     };
+    let neither = NewMessage {
+        receiver_id: None,
+        ..NewMessage::to_user(1, 2, "hi")
+    };
+    for bad in [both, neither] {
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e.errors[0].field, "conversation_id");
+    }
+    // Content rules hold for both forms, reported together with the target's.
+    let e = NewMessage::to_conversation(1, 9, "  ")
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.errors[0].field, "content");
+}
+
+#[test]
+fn client_id_is_bounded() {
+    let with = |id: &str| NewMessage::to_user(1, 2, "x").with_client_id(id).validate();
     assert!(with("abc-123").is_ok());
     assert!(with("").is_err());
     assert!(with(&"k".repeat(65)).is_err());
@@ -119,12 +133,12 @@ fn cannot_signal_typing_to_yourself() {
     let typing = |s, r| {
         TypingSignal {
             sender_id: s,
-            receiver_id: r,
+            to: Recipient::User(r),
         }
         .validate()
     };
     let valid = typing(1, 2).unwrap();
-    assert_eq!((valid.sender_id(), valid.receiver_id()), (1, 2));
+    assert_eq!((valid.sender_id(), valid.to()), (1, Recipient::User(2)));
     let e = typing(3, 3).unwrap_err();
     assert_eq!(e.errors.len(), 1);
     assert_eq!(e.errors[0].field, "receiver_id");
@@ -136,15 +150,15 @@ fn read_marks_are_of_a_peer_and_a_message_id() {
     let mark = |reader, peer, up_to| {
         ReadMark {
             reader_id: reader,
-            peer_id: peer,
+            to: Recipient::User(peer),
             up_to,
         }
         .validate()
     };
     let valid = mark(1, 2, 1).unwrap();
     assert_eq!(
-        (valid.reader_id(), valid.peer_id(), valid.up_to()),
-        (1, 2, 1)
+        (valid.reader_id(), valid.to(), valid.up_to()),
+        (1, Recipient::User(2), 1)
     );
     let own = mark(4, 4, 10).unwrap_err();
     assert_eq!(own.errors[0].field, "peer_id");

@@ -19,8 +19,7 @@
 //! let alice = chat.create_user(NewUser { username: "alice".into(), display_name: None }).await?;
 //! let bob = chat.create_user(NewUser { username: "bob".into(), display_name: None }).await?;
 //! let mut inbox = chat.stream(bob.id, None).await?; // reopen with Some(inbox.last_seq()) to resume
-//! chat.send_message(NewMessage { sender_id: alice.id, receiver_id: bob.id,
-//!                                content: "hi".into(), client_id: None }, None).await?;
+//! chat.send_message(NewMessage::to_user(alice.id, bob.id, "hi"), None).await?;
 //! let item = inbox.next().await.expect("subscribed"); // in seq order, none missing or doubled
 //! println!("{}", String::from_utf8_lossy(&item.event.payload)); // JSON, with bob's seq
 //! # Ok(()) }

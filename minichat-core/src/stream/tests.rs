@@ -5,7 +5,8 @@ use super::*;
 use crate::event::typing_event;
 use crate::health::Health;
 use crate::model::{
-    HistoryRequest, Message, MessageId, NewUser, ReadState, User, UserSearchRequest,
+    Conversation, ConversationId, ConversationSummary, HistoryRequest, Message, MessageId,
+    NewGroup, NewMembers, NewUser, ReadState, Recipient, Rename, User, UserSearchRequest,
 };
 use async_trait::async_trait;
 use futures_util::FutureExt;
@@ -25,12 +26,7 @@ async fn user(chat: &Chat, name: &str) -> UserId {
 }
 
 fn text(sender: UserId, receiver: UserId, content: &str) -> NewMessage {
-    NewMessage {
-        sender_id: sender,
-        receiver_id: receiver,
-        content: content.into(),
-        client_id: None,
-    }
+    NewMessage::to_user(sender, receiver, content)
 }
 
 async fn send(chat: &Chat, sender: UserId, receiver: UserId, content: &str) -> SentMessage {
@@ -320,9 +316,11 @@ async fn seq_less_events_and_presence_pass_through() {
     let chat = Chat::in_memory();
     let (alice, bob) = (user(&chat, "alice").await, user(&chat, "bob").await);
     let mut stream = chat.stream(bob, None).await.expect("open");
-    chat.typing(alice, bob).await.expect("typing");
+    chat.typing(alice, Recipient::User(bob))
+        .await
+        .expect("typing");
     let typing = next(&mut stream).await;
-    assert_eq!(typing.event, typing_event(alice));
+    assert_eq!(typing.event, typing_event(alice, None));
     assert!(!typing.is_message() && is_source(&typing, false, false));
     assert_eq!(stream.last_seq(), 0);
 
@@ -429,7 +427,7 @@ impl ChatService for Yielding {
         user: UserId,
         since: Seq,
         limit: usize,
-    ) -> Result<Vec<StreamMessage>> {
+    ) -> Result<Vec<StreamEvent>> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         tokio::task::yield_now().await;
         self.chat.events_since(user, since, limit).await
@@ -437,11 +435,48 @@ impl ChatService for Yielding {
     async fn current_seq(&self, user: UserId) -> Result<Seq> {
         self.chat.current_seq(user).await
     }
-    async fn typing(&self, sender: UserId, receiver: UserId) -> Result<()> {
-        self.chat.typing(sender, receiver).await
+    async fn typing(&self, sender: UserId, to: Recipient) -> Result<()> {
+        self.chat.typing(sender, to).await
     }
-    async fn mark_read(&self, reader: UserId, peer: UserId, up_to: MessageId) -> Result<MessageId> {
-        self.chat.mark_read(reader, peer, up_to).await
+    async fn mark_read(
+        &self,
+        reader: UserId,
+        to: Recipient,
+        up_to: MessageId,
+    ) -> Result<MessageId> {
+        self.chat.mark_read(reader, to, up_to).await
+    }
+    async fn create_group(&self, new: NewGroup) -> Result<Conversation> {
+        self.chat.create_group(new).await
+    }
+    async fn conversation(&self, id: ConversationId, user: UserId) -> Result<Conversation> {
+        self.chat.conversation(id, user).await
+    }
+    async fn conversations(
+        &self,
+        user: UserId,
+        skip: i64,
+        limit: i64,
+    ) -> Result<Vec<ConversationSummary>> {
+        self.chat.conversations(user, skip, limit).await
+    }
+    async fn rename_conversation(
+        &self,
+        id: ConversationId,
+        rename: Rename,
+    ) -> Result<Conversation> {
+        self.chat.rename_conversation(id, rename).await
+    }
+    async fn add_members(&self, id: ConversationId, add: NewMembers) -> Result<Conversation> {
+        self.chat.add_members(id, add).await
+    }
+    async fn remove_member(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+        member: UserId,
+    ) -> Result<Conversation> {
+        self.chat.remove_member(id, actor, member).await
     }
     async fn read_state(&self, user: UserId, peer: UserId) -> Result<ReadState> {
         self.chat.read_state(user, peer).await

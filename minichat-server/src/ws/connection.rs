@@ -7,7 +7,7 @@
 //! No sequencing happens here. Frames' content is never logged.
 
 use super::frames::{
-    close_frame, text, AckFrame, ClientFrame, ErrorFrame, PongFrame, SystemFrame,
+    close_frame, text, AckFrame, ClientFrame, ErrorFrame, MessageFrame, PongFrame, SystemFrame,
     CLOSE_INVALID_UTF8, CLOSE_SLOW_CONSUMER, CLOSE_USER_NOT_FOUND,
 };
 use super::read::LazyRead;
@@ -19,7 +19,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
-use minichat_core::event::{presence_event, MessageFrame};
+use minichat_core::event::presence_event;
+use minichat_core::model::Recipient;
 use minichat_core::stream::{self, End as StreamEnd, Item, Source};
 use minichat_core::{Closed, Error as CoreError, EventStream, NewMessage, Seq, UserId};
 use std::sync::Arc;
@@ -244,6 +245,7 @@ impl Connection {
             ClientFrame::Ping => self.send(text(&PongFrame::now())).await,
             ClientFrame::Message {
                 receiver_id,
+                conversation_id,
                 content,
                 client_id,
             } => {
@@ -255,6 +257,7 @@ impl Connection {
                 let new = NewMessage {
                     sender_id: self.user_id,
                     receiver_id,
+                    conversation_id,
                     content,
                     client_id: client_id.clone(),
                 };
@@ -274,19 +277,31 @@ impl Connection {
                     Err(e) => self.core_error(client_id.as_deref(), e).await,
                 }
             }
-            ClientFrame::Typing { receiver_id } => {
-                match self.state.chat.typing(self.user_id, receiver_id).await {
+            ClientFrame::Typing {
+                receiver_id,
+                conversation_id,
+            } => {
+                let to = Recipient::from_fields(receiver_id, conversation_id, "receiver_id");
+                let typed = match to {
+                    Ok(to) => self.state.chat.typing(self.user_id, to).await,
+                    Err(e) => Err(e.into()),
+                };
+                match typed {
                     Ok(()) => Ok(()),
                     Err(e) => self.core_error(None, e).await,
                 }
             }
-            ClientFrame::Read { peer_id, up_to } => {
-                match self
-                    .state
-                    .chat
-                    .mark_read(self.user_id, peer_id, up_to)
-                    .await
-                {
+            ClientFrame::Read {
+                peer_id,
+                conversation_id,
+                up_to,
+            } => {
+                let to = Recipient::from_fields(peer_id, conversation_id, "peer_id");
+                let marked = match to {
+                    Ok(to) => self.state.chat.mark_read(self.user_id, to, up_to).await,
+                    Err(e) => Err(e.into()),
+                };
+                match marked {
                     Ok(_) => Ok(()),
                     Err(e) => self.core_error(None, e).await,
                 }

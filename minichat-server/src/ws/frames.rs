@@ -2,8 +2,7 @@
 //! besides the events of the user's stream (greeting, pong, ack, error), and the close codes.
 //! Serialisation only: what to do with them is the connection's.
 
-use minichat_core::event::MessageFrame;
-use minichat_core::model::timestamp;
+use minichat_core::model::{timestamp, ConversationId, Message, Seq};
 use minichat_core::{MessageId, UserId};
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -22,17 +21,27 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ClientFrame {
     Ping,
+    /// To a user (Part 1's direct form) or to a conversation: exactly one of the two.
     Message {
-        receiver_id: UserId,
+        #[serde(default)]
+        receiver_id: Option<UserId>,
+        #[serde(default)]
+        conversation_id: Option<ConversationId>,
         content: String,
         #[serde(default)]
         client_id: Option<String>,
     },
     Typing {
-        receiver_id: UserId,
+        #[serde(default)]
+        receiver_id: Option<UserId>,
+        #[serde(default)]
+        conversation_id: Option<ConversationId>,
     },
     Read {
-        peer_id: UserId,
+        #[serde(default)]
+        peer_id: Option<UserId>,
+        #[serde(default)]
+        conversation_id: Option<ConversationId>,
         up_to: MessageId,
     },
     Watch {
@@ -121,6 +130,17 @@ impl<'a> ErrorFrame<'a> {
             detail,
         }
     }
+}
+
+/// A message as the sender's stream numbers it, with the send's `client_id`: what the ack
+/// carries (the same JSON as the sender's copy on its other connections).
+#[derive(Serialize)]
+pub struct MessageFrame<'a> {
+    #[serde(flatten)]
+    pub message: &'a Message,
+    pub seq: Seq,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<&'a str>,
 }
 
 /// A client's message, stored: it carries the message as the sender's stream numbers it.

@@ -310,8 +310,8 @@ async fn commit(
         }
         if let Some(client_id) = m.client_id() {
             if let Some(stored) = earlier.get(&(sender, client_id.to_owned())) {
-                let same =
-                    stored.message.receiver_id == Some(receiver) && stored.message.content == m.content();
+                let same = stored.message.receiver_id == Some(receiver)
+                    && stored.message.content == m.content();
                 plans.push(Plan::Done(if same {
                     Ok(stored.clone())
                 } else {
