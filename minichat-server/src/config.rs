@@ -161,6 +161,10 @@ pub struct Options {
     #[arg(long, env = "MINICHAT_BACKEND_TIMEOUT_MS", default_value_t = millis(ChatConfig::default().backend_timeout), value_parser = at_least_one::<u64>, global = true)]
     pub backend_timeout_ms: u64,
 
+    /// Members per group conversation, its creator included.
+    #[arg(long, env = "MINICHAT_MAX_GROUP_MEMBERS", default_value_t = ChatConfig::default().max_group_members, value_parser = at_least_one::<usize>, global = true)]
+    pub max_group_members: usize,
+
     /// Events queued per WebSocket connection before it is closed as a slow consumer.
     #[arg(long, env = "MINICHAT_WS_QUEUE", default_value_t = ChatConfig::default().queue_capacity, value_parser = at_least_one::<usize>, global = true)]
     pub ws_queue: usize,
@@ -442,6 +446,7 @@ impl Options {
                 redis_url: self.redis_url.clone().filter(|s| !s.is_empty()),
                 redis_prefix: self.redis_prefix.clone(),
                 queue_capacity: self.ws_queue,
+                max_group_members: self.max_group_members,
                 backend_timeout: Duration::from_millis(self.backend_timeout_ms),
                 ..ChatConfig::default()
             },
@@ -627,6 +632,7 @@ mod tests {
         assert_eq!(s.chat.database_pool_size, d.chat.database_pool_size);
         assert_eq!(s.chat.redis_prefix, d.chat.redis_prefix);
         assert_eq!(s.chat.queue_capacity, d.chat.queue_capacity);
+        assert_eq!(s.chat.max_group_members, d.chat.max_group_members);
         assert_eq!(s.chat.backend_timeout, d.chat.backend_timeout);
         assert_eq!(
             s.limits.ws_send_buffer_bytes,

@@ -280,18 +280,21 @@ impl Storage for MemoryStorage {
             Recipient::Conversation(id) => state.member_of(id, sender_id)?.conversation.id,
         };
         let idx = state.messages.len();
-        let others: Vec<UserId> = state
-            .conversation_mut(conversation_id)
-            .conversation
+        let conversation = &state.conversation_mut(conversation_id).conversation;
+        let others: Vec<UserId> = conversation
             .member_ids()
             .filter(|&u| u != sender_id)
             .collect();
+        // A direct message has a receiver, also when sent by the conversation's id.
+        let receiver_id = (conversation.kind == ConversationKind::Direct)
+            .then(|| others.first().copied())
+            .flatten();
         state.messages.push(Message {
             id: idx as MessageId + 1,
             conversation_id,
             sender_id,
             sender_username: sender,
-            receiver_id: message.receiver_id(),
+            receiver_id,
             content: message.content().to_owned(),
             timestamp: now(),
             kind: MessageType::Message,
