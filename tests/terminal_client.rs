@@ -454,3 +454,140 @@ async fn existing_user_picks_a_peer_and_flushes_at_the_end_of_input() {
     );
     server.shutdown().await;
 }
+
+/// `[HH:MM:SS] #<title> <sender>: <content>`
+fn is_group_line(line: &str, title: &str, sender: &str, content: &str) -> bool {
+    line.len() > 11
+        && line.starts_with('[')
+        && line[11..] == format!("#{title} {sender}: {content}")
+}
+
+#[tokio::test]
+async fn makes_a_group_talks_in_it_and_switches_back_to_a_peer() {
+    let backends = Backends::new(Backend::Memory).await;
+    let mut server = TestServer::start(backends.settings(minichat::server::AuthMode::Token)).await;
+    let (bob_name, carol_name, me_name) = (name("bob"), name("carol"), name("term"));
+    let (bob, bob_token) = signup(&server, &bob_name).await;
+    let (carol, carol_token) = signup(&server, &carol_name).await;
+    let (me, my_token) = signup(&server, &me_name).await;
+    let mut bob_ws =
+        Ws::connect_ready(&server.ws_url(&format!("/ws/{bob}?token={bob_token}"))).await;
+    let url = format!("http://{}", server.addr);
+    let mut client = Client::spawn(&[
+        "--server",
+        &url,
+        "--user-id",
+        &me.to_string(),
+        "--token",
+        &my_token,
+    ]);
+    client
+        .expect("the connection", |l| {
+            l == format!("* connected as {me_name}")
+        })
+        .await;
+
+    client.type_line("/group").await;
+    client
+        .expect("the usage", |l| l.starts_with("! usage: /group"))
+        .await;
+    client
+        .type_line(&format!("/group team {bob_name} {carol_name}"))
+        .await;
+    let opened = client
+        .expect("the group", |l| l.starts_with("* in group team (#"))
+        .await;
+    let group: i64 = opened
+        .trim_start_matches("* in group team (#")
+        .trim_end_matches(')')
+        .parse()
+        .expect("group id");
+    client
+        .expect("the created event", |l| {
+            l.starts_with(&format!("* {me_name} made the group team (#{group}) with"))
+        })
+        .await;
+    let created = bob_ws.next_json().await;
+    assert_eq!(
+        (created["type"].as_str(), created["event"].as_str()),
+        (Some("conversation"), Some("created"))
+    );
+
+    // A line goes to the group; the others get it as a group message.
+    client.type_line("hello team").await;
+    client
+        .expect("the ack", |l| sent_id(l, "hello team").is_some())
+        .await;
+    let got = next_message_from(&mut bob_ws, me).await;
+    assert_eq!(
+        (got["conversation_id"].as_i64(), got["receiver_id"].clone()),
+        (Some(group), Value::Null)
+    );
+    // What a member sends shows with the group's title, and is marked read.
+    let (status, _) = server
+        .send(
+            server
+                .http
+                .post(server.url("/messages/"))
+                .bearer_auth(&carol_token)
+                .json(&json!({"sender_id": carol, "conversation_id": group, "content": "hi from carol"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    client
+        .expect("carol's message", |l| {
+            is_group_line(l, "team", &carol_name, "hi from carol")
+        })
+        .await;
+    let read = loop {
+        let frame = bob_ws.next_json().await;
+        if frame["type"] == "read" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (read["reader_id"].as_i64(), read["conversation_id"].as_i64()),
+        (Some(me), Some(group))
+    );
+    client.type_line("/history").await;
+    client
+        .expect("the group's history", |l| {
+            is_group_line(l, "team", &carol_name, "hi from carol")
+        })
+        .await;
+
+    // Back to a peer by name: lines go to bob directly.
+    rest_message(&server, &bob_token, bob, me, "direct one").await;
+    client
+        .expect("bob's message", |l| {
+            is_message_line(l, &bob_name, "direct one")
+        })
+        .await;
+    client.type_line(&format!("/open {bob_name}")).await;
+    client
+        .expect("the peer", |l| {
+            l == format!("* chatting with {bob_name} (#{bob})")
+        })
+        .await;
+    client.type_line("just you").await;
+    client
+        .expect("the ack", |l| sent_id(l, "just you").is_some())
+        .await;
+    let direct = next_message_from(&mut bob_ws, me).await;
+    assert_eq!(direct["receiver_id"], bob);
+    client.type_line("/open team").await;
+    client
+        .expect("the group again", |l| {
+            l == format!("* in group team (#{group})")
+        })
+        .await;
+    client.type_line("/open nobody").await;
+    client
+        .expect("no such conversation", |l| {
+            l.starts_with("! no conversation named")
+        })
+        .await;
+    client.close_stdin();
+    assert_eq!(client.exit_code().await, 0, "{:?}", client.transcript);
+    server.shutdown().await;
+}

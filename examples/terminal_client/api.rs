@@ -1,6 +1,7 @@
 //! The REST side of the terminal client: signup, the user directory and history, with the
 //! bearer token; and how server answers (messages, error `detail`s) are read and printed.
 
+use crate::target::To;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -39,9 +40,11 @@ pub fn detail_text(detail: &Value) -> String {
 /// A message as the server sends it (REST and WebSocket), reduced to what is printed.
 pub struct Msg {
     pub id: i64,
+    pub conversation_id: i64,
     pub sender_id: i64,
     pub sender_username: String,
-    pub receiver_id: i64,
+    /// The receiver of a direct message; `None` in a group.
+    pub receiver_id: Option<i64>,
     pub content: String,
     pub timestamp: String,
 }
@@ -50,21 +53,31 @@ impl Msg {
     pub fn parse(v: &Value) -> Option<Msg> {
         Some(Msg {
             id: v.get("id")?.as_i64()?,
+            conversation_id: v.get("conversation_id")?.as_i64()?,
             sender_id: v.get("sender_id")?.as_i64()?,
             sender_username: v.get("sender_username")?.as_str()?.to_owned(),
-            receiver_id: v.get("receiver_id")?.as_i64()?,
+            receiver_id: v.get("receiver_id").and_then(Value::as_i64),
             content: v.get("content")?.as_str()?.to_owned(),
             timestamp: v.get("timestamp")?.as_str().unwrap_or_default().to_owned(),
         })
     }
 
-    pub fn line(&self) -> String {
-        format!(
-            "[{}] {}: {}",
-            clock(&self.timestamp),
-            self.sender_username,
-            self.content
-        )
+    /// `[HH:MM:SS] sender: content`, or in a group `[HH:MM:SS] #title sender: content`.
+    pub fn line(&self, group: Option<&str>) -> String {
+        match group {
+            None => format!(
+                "[{}] {}: {}",
+                clock(&self.timestamp),
+                self.sender_username,
+                self.content
+            ),
+            Some(title) => format!(
+                "[{}] #{title} {}: {}",
+                clock(&self.timestamp),
+                self.sender_username,
+                self.content
+            ),
+        }
     }
 }
 
@@ -183,11 +196,16 @@ impl Api {
         Err(format!("no user named {wanted:?}"))
     }
 
-    /// The last [`HISTORY_LIMIT`] messages between `me` and `peer`, oldest first.
-    pub async fn history(&self, me: i64, peer: i64) -> Result<Vec<Msg>, String> {
+    /// The last [`HISTORY_LIMIT`] messages with `to` (a peer, or a conversation), oldest
+    /// first.
+    pub async fn history(&self, me: i64, to: To) -> Result<Vec<Msg>, String> {
+        let filter = match to {
+            To::User(peer) => format!("chat_with={peer}"),
+            To::Conversation(id) => format!("conversation_id={id}"),
+        };
         let body = self
             .get(&format!(
-                "/messages/?user_id={me}&chat_with={peer}&limit={HISTORY_LIMIT}"
+                "/messages/?user_id={me}&{filter}&limit={HISTORY_LIMIT}"
             ))
             .await?;
         let mut messages: Vec<Msg> = body
@@ -196,5 +214,31 @@ impl Api {
             .unwrap_or_default();
         messages.reverse();
         Ok(messages)
+    }
+
+    /// Creates a group of `me` and `members`: its id and title.
+    pub async fn create_group(
+        &self,
+        me: i64,
+        title: &str,
+        members: &[i64],
+    ) -> Result<(i64, String), String> {
+        let body = self
+            .call(self.request(reqwest::Method::POST, "/conversations/").json(
+                &serde_json::json!({"creator_id": me, "title": title, "member_ids": members}),
+            ))
+            .await?;
+        match (body["id"].as_i64(), body["title"].as_str()) {
+            (Some(id), Some(title)) => Ok((id, title.to_owned())),
+            _ => Err(format!("unexpected conversation answer: {body}")),
+        }
+    }
+
+    /// `me`'s conversations, most recent first: the inbox's summaries as the server sends them.
+    pub async fn inbox(&self, me: i64) -> Result<Vec<Value>, String> {
+        let body = self
+            .get(&format!("/conversations/?user_id={me}&limit=1000"))
+            .await?;
+        Ok(body.as_array().cloned().unwrap_or_default())
     }
 }

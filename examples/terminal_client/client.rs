@@ -4,7 +4,10 @@
 
 use crate::api::{detail_text, Api, Msg};
 use crate::stream::{connect, ws_url, ConnectError, Connecting, Resume, Socket};
+use crate::target::{Target, To};
 use crate::ui::{say, Command, HELP};
+
+mod groups;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -31,18 +34,13 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A line waiting for its `ack`.
 struct Outgoing {
     client_id: String,
-    receiver_id: i64,
+    to: To,
     content: String,
 }
 
 impl Outgoing {
     fn frame(&self) -> Value {
-        json!({
-            "type": "message",
-            "receiver_id": self.receiver_id,
-            "content": self.content,
-            "client_id": self.client_id,
-        })
+        self.to.message(&self.content, &self.client_id)
     }
 }
 
@@ -70,15 +68,18 @@ pub struct Client {
     ws_base: String,
     me: i64,
     my_name: String,
-    peer: Option<(i64, String)>,
+    target: Option<Target>,
     names: HashMap<i64, String>,
+    /// Group titles by conversation id, from the inbox and membership events.
+    groups: HashMap<i64, String>,
     resume: Resume,
     outbox: VecDeque<Outgoing>,
-    /// The highest message id of each peer a read receipt was sent for.
-    read_sent: HashMap<i64, i64>,
-    /// Read receipts not sent yet (the newest id per peer), and when they go out: gathered so
-    /// that a burst of messages (a replay, say) costs one frame, within the server's limit.
-    reads_pending: HashMap<i64, i64>,
+    /// The highest message id a read receipt was sent for, per peer or group.
+    read_sent: HashMap<To, i64>,
+    /// Read receipts not sent yet (the newest id per peer or group), and when they go out:
+    /// gathered so that a burst of messages (a replay, say) costs one frame, within the
+    /// server's limit.
+    reads_pending: HashMap<To, i64>,
     reads_due: Option<Instant>,
     /// Error details without a `client_id` already shown on this connection.
     shown_errors: HashSet<String>,
@@ -114,8 +115,9 @@ impl Client {
             ws_base,
             me,
             my_name,
-            peer: None,
+            target: None,
             names,
+            groups: HashMap::new(),
             // A new user's stream is empty: replay from the start, catching anything sent
             // before the connection is up. An existing user starts live and learns its seq as
             // it goes.
@@ -144,7 +146,10 @@ impl Client {
     /// Chats with `id` from the start (before the first connection).
     pub fn set_peer(&mut self, id: i64, name: String) {
         self.names.insert(id, name.clone());
-        self.peer = Some((id, name));
+        self.target = Some(Target {
+            to: To::User(id),
+            name,
+        });
     }
 
     /// Runs the session until it ends; the exit status.
@@ -274,12 +279,11 @@ impl Client {
             }
             Input::ReadsDue => {
                 self.reads_due = None;
-                let pending: Vec<(i64, i64)> = self.reads_pending.drain().collect();
-                for (peer, up_to) in pending {
-                    if self.read_sent.get(&peer).is_none_or(|&sent| up_to > sent) {
-                        self.read_sent.insert(peer, up_to);
-                        self.send(json!({"type": "read", "peer_id": peer, "up_to": up_to}))
-                            .await;
+                let pending: Vec<(To, i64)> = self.reads_pending.drain().collect();
+                for (to, up_to) in pending {
+                    if self.read_sent.get(&to).is_none_or(|&sent| up_to > sent) {
+                        self.read_sent.insert(to, up_to);
+                        self.send(to.read(up_to)).await;
                     }
                 }
             }
@@ -318,13 +322,16 @@ impl Client {
                 return self.quit(0).await;
             }
             Command::Help => say(HELP),
-            Command::ShowPeer => match &self.peer {
-                Some((id, name)) => say(format!("* chatting with {name} (#{id})")),
+            Command::ShowPeer => match &self.target {
+                Some(target) => say(target.describe()),
                 None => say("! no peer yet: /peer NAME"),
             },
             Command::Peer(wanted) => self.choose_peer(wanted).await,
+            Command::Group(title, members) => self.create_group(title, &members).await,
+            Command::Open(wanted) => self.open(wanted).await,
             Command::History => self.history().await,
             Command::Send(content) => self.send_line(content).await,
+            Command::Usage(usage) => say(format!("! usage: {usage}")),
             Command::Unknown(command) => {
                 say(format!("! unknown command {command} (/help lists them)"));
             }
@@ -337,9 +344,8 @@ impl Client {
         match self.api.find_user(wanted).await {
             Ok((id, _)) if id == self.me => say("! that is you: choose someone else"),
             Ok((id, name)) => {
-                say(format!("* chatting with {name} (#{id})"));
-                self.names.insert(id, name.clone());
-                self.peer = Some((id, name));
+                self.set_peer(id, name);
+                self.describe_target();
                 if self.ready {
                     self.send(json!({"type": "watch", "user_ids": [id]})).await;
                 }
@@ -348,16 +354,26 @@ impl Client {
         }
     }
 
+    fn describe_target(&self) {
+        if let Some(target) = &self.target {
+            say(target.describe());
+        }
+    }
+
     async fn history(&mut self) {
-        let Some((peer, name)) = self.peer.clone() else {
+        let Some(target) = self.target.clone() else {
             say("! no peer yet: /peer NAME");
             return;
         };
-        match self.api.history(self.me, peer).await {
+        match self.api.history(self.me, target.to).await {
             Ok(messages) => {
-                say(format!("* last {} message(s) with {name}:", messages.len()));
+                say(format!(
+                    "* last {} message(s) with {}:",
+                    messages.len(),
+                    target.name
+                ));
                 for m in &messages {
-                    say(m.line());
+                    say(self.line_of(m));
                 }
                 say("* end of history");
             }
@@ -366,7 +382,7 @@ impl Client {
     }
 
     async fn send_line(&mut self, content: &str) {
-        let Some((peer, _)) = self.peer else {
+        let Some(to) = self.target.as_ref().map(|t| t.to) else {
             say("! no peer yet: /peer NAME");
             return;
         };
@@ -382,7 +398,7 @@ impl Client {
                 rand::random::<u64>(),
                 rand::random::<u64>()
             ),
-            receiver_id: peer,
+            to,
             content: content.to_owned(),
         };
         let frame = outgoing.frame();
@@ -437,6 +453,7 @@ impl Client {
             "message" => return self.on_message(&frame).await,
             "ack" => return self.on_ack(&frame).await,
             "error" => return self.on_error(&frame).await,
+            "conversation" => self.on_conversation(&frame).await,
             "pong" if self.settle_on_pong => {
                 self.resume.settle();
                 self.settle_on_pong = false;
@@ -495,7 +512,7 @@ impl Client {
         // The server replays before it reads: its pong marks the end of the replay.
         self.settle_on_pong = true;
         self.send(json!({"type": "ping"})).await;
-        if let Some((peer, _)) = self.peer {
+        if let Some(peer) = self.target.as_ref().and_then(Target::peer) {
             self.send(json!({"type": "watch", "user_ids": [peer]}))
                 .await;
         }
@@ -534,20 +551,26 @@ impl Client {
                 .as_ref()
                 .is_none_or(|before| message.timestamp.as_str() >= before.as_str())
             {
-                say(message.line());
+                say(self.line_of(&message));
                 self.note_unread(&message);
             }
         }
         self.check_flushed().await
     }
 
-    /// Schedules a read receipt for a message the peer sent me.
+    /// Schedules a read receipt for a message of the open conversation from someone else.
     fn note_unread(&mut self, message: &Msg) {
-        let from_peer = self.peer.as_ref().map(|p| p.0) == Some(message.sender_id);
-        if from_peer && message.receiver_id == self.me {
-            let last = self.read_sent.get(&message.sender_id).copied();
+        let Some(to) = self.target.as_ref().map(|t| t.to) else {
+            return;
+        };
+        let here = match to {
+            To::User(peer) => peer == message.sender_id && message.receiver_id == Some(self.me),
+            To::Conversation(id) => id == message.conversation_id && message.sender_id != self.me,
+        };
+        if here {
+            let last = self.read_sent.get(&to).copied();
             if last.is_none_or(|last| message.id > last) {
-                let pending = self.reads_pending.entry(message.sender_id).or_insert(0);
+                let pending = self.reads_pending.entry(to).or_insert(0);
                 *pending = (*pending).max(message.id);
                 self.reads_due
                     .get_or_insert_with(|| Instant::now() + READ_RECEIPT_DELAY);

@@ -20,7 +20,9 @@
 //! | line            | effect                                                                 |
 //! |-----------------|------------------------------------------------------------------------|
 //! | `/peer NAME`    | chat with NAME (a username, or an id), and watch its presence          |
-//! | `/history`      | the last 20 messages with the peer, oldest first                       |
+//! | `/group T U…`   | make the group T (one word) with users U…, and send to it from now on  |
+//! | `/open NAME`    | send to the group titled NAME, or to the peer NAME, of your inbox      |
+//! | `/history`      | the last 20 messages with the peer (or of the group), oldest first     |
 //! | `/help`         | this list                                                              |
 //! | `/quit`         | close the connection and exit (status 0)                               |
 //! | `//text`        | send `/text` as a message                                              |
@@ -30,6 +32,9 @@
 //! ```text
 //! * connected as bob
 //! [10:15:30] alice: hello bob              a message (the time is the server's, in UTC)
+//! [10:15:31] #team carol: hi all           a message in the group "team"
+//! * alice made the group team (#7) with alice, bob, carol
+//!                                          a membership event (also renamed, added, removed)
 //! > hi alice (sent #42)                    a line of yours, stored by the server as message 42
 //! * alice is typing…
 //! * alice read up to #42
@@ -54,12 +59,14 @@
 
 //!
 //! The modules: `api` (REST), `stream` (the socket and resume bookkeeping), `client` (the
-//! session's state machine), `ui` (stdin commands, printing). This file reads the arguments,
+//! session's state machine; `client/groups.rs` its groups), `target` (where lines go: a peer or
+//! a group), `ui` (stdin commands, printing). This file reads the arguments,
 //! signs up or in, and starts the session.
 
 mod api;
 mod client;
 mod stream;
+mod target;
 mod ui;
 
 use api::Api;

@@ -6,7 +6,7 @@ use std::io::{BufRead, Write};
 use tokio::sync::mpsc;
 
 /// What `/help` prints.
-pub const HELP: &str = "* /peer NAME: chat with NAME (username or id) · /history: last 20 messages · /quit: exit · //text: send /text";
+pub const HELP: &str = "* /peer NAME: chat with NAME (username or id) · /group TITLE USER…: make a group and open it · /open NAME: open a group (its title) or a chat (the peer) · /history: last 20 messages · /quit: exit · //text: send /text";
 
 /// Writes one line to stdout and flushes it; a closed stdout ends the program quietly.
 pub fn say(line: impl Display) {
@@ -47,6 +47,12 @@ pub enum Command<'a> {
     ShowPeer,
     /// `/peer NAME`.
     Peer(&'a str),
+    /// `/group TITLE user…` (the title is one word).
+    Group(&'a str, Vec<&'a str>),
+    /// `/open NAME`: a group's title or a peer's username.
+    Open(&'a str),
+    /// A command used wrongly: what it takes.
+    Usage(&'static str),
     History,
     /// A line to send (`//text` sends `/text`).
     Send(&'a str),
@@ -69,6 +75,15 @@ impl Command<'_> {
             "/peer" if rest.is_empty() => Command::ShowPeer,
             "/peer" => Command::Peer(rest),
             "/history" => Command::History,
+            "/group" => {
+                let mut words = rest.split_whitespace();
+                match words.next() {
+                    Some(title) => Command::Group(title, words.collect()),
+                    None => Command::Usage("/group TITLE USER…"),
+                }
+            }
+            "/open" if rest.is_empty() => Command::Usage("/open NAME"),
+            "/open" => Command::Open(rest),
             _ if line.starts_with("//") => Command::Send(&line[1..]),
             _ if line.starts_with('/') => Command::Unknown(command),
             _ if line.trim().is_empty() => Command::Nothing,
