@@ -140,6 +140,26 @@ async fn chat_and_fanout_runs_deliver_every_acked_message_once() {
     )
     .await;
     assert_clean(code, &report, 2);
+
+    // Groups of four: each message is owed to the three other members, and the groups'
+    // `created` events fill each user's first seq.
+    let (code, report) = load(
+        &server,
+        &[
+            "groups",
+            "--groups",
+            "3",
+            "--members",
+            "4",
+            "--rate",
+            "120",
+            "--duration",
+            "1",
+        ],
+    )
+    .await;
+    assert_clean(code, &report, 3);
+    assert_eq!(report["scenario"], "groups");
     server.shutdown().await;
 }
 

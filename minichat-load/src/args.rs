@@ -49,6 +49,9 @@ pub enum Scenario {
     Chat(ChatArgs),
     /// One sender to many receivers (`--direction out`) or many senders to one (`in`).
     Fanout(FanoutArgs),
+    /// Group conversations: `--groups` groups of `--members` users, every member with one
+    /// WebSocket and sending to its group; each message is owed to every other member.
+    Groups(GroupsArgs),
     /// Opens idle WebSockets and reports the server's memory per socket.
     Idle(IdleArgs),
 }
@@ -145,6 +148,22 @@ pub struct FanoutArgs {
     /// server's `MINICHAT_MAX_SOCKETS_PER_USER` per node).
     #[arg(long, default_value_t = 1)]
     pub sockets_per_receiver: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub pace: Pace,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub grace: Grace,
+}
+
+#[derive(Debug, Args, Serialize)]
+pub struct GroupsArgs {
+    /// Groups, each of its own `--members` users.
+    #[arg(long, default_value_t = 10)]
+    pub groups: usize,
+    /// Members per group (the server's `MINICHAT_MAX_GROUP_MEMBERS` at most).
+    #[arg(long, default_value_t = 10)]
+    pub members: usize,
     #[command(flatten)]
     #[serde(flatten)]
     pub pace: Pace,

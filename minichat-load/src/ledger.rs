@@ -43,9 +43,20 @@ impl SocketRecord {
         self.seqs.push(seq);
     }
 
-    /// An ack of this socket's send `key` to `receiver`, with the sender's seq.
-    pub fn acked(&mut self, receiver: usize, key: u64, seq: u64) {
-        self.acked.push((receiver, key));
+    /// An ack of this socket's send `key` to `receivers` (one user, or a group's other
+    /// members), with the sender's seq.
+    pub fn acked(&mut self, receivers: &[usize], key: u64, seq: u64) {
+        self.acked.extend(receivers.iter().map(|&r| (r, key)));
+        self.seqs.push(seq);
+    }
+
+    /// An event of the user's stream that is not a message of the run (a membership event):
+    /// its seq counts for order and gaps.
+    pub fn other_event(&mut self, seq: u64) {
+        if seq <= self.last_event_seq {
+            self.out_of_order += 1;
+        }
+        self.last_event_seq = self.last_event_seq.max(seq);
         self.seqs.push(seq);
     }
 }
@@ -135,13 +146,13 @@ mod tests {
     fn ring() -> Vec<SocketRecord> {
         let mut a = SocketRecord::new(0);
         let mut b = SocketRecord::new(1);
-        a.acked(1, key(0, 0), 1);
+        a.acked(&[1], key(0, 0), 1);
         b.delivered(key(0, 0), 1);
-        b.acked(0, key(1, 0), 2);
+        b.acked(&[0], key(1, 0), 2);
         a.delivered(key(1, 0), 2);
-        a.acked(1, key(0, 1), 3);
+        a.acked(&[1], key(0, 1), 3);
         b.delivered(key(0, 1), 3);
-        a.acked(1, key(0, 2), 4);
+        a.acked(&[1], key(0, 2), 4);
         b.delivered(key(0, 2), 4);
         vec![a, b]
     }
@@ -191,9 +202,27 @@ mod tests {
     }
 
     #[test]
+    fn a_group_message_is_owed_to_every_other_member() {
+        let mut sender = SocketRecord::new(0);
+        sender.other_event(1); // the group's `created`
+        sender.acked(&[1, 2], key(0, 0), 2);
+        let mut one = SocketRecord::new(1);
+        one.other_event(1);
+        one.delivered(key(0, 0), 2);
+        let mut two = SocketRecord::new(2);
+        two.other_event(1);
+        let outcome = check(&mut [sender, one, two], 3);
+        assert_eq!(
+            (outcome.expected, outcome.delivered, outcome.lost),
+            (2, 1, 1)
+        );
+        assert_eq!(outcome.seq_errors, 0, "membership events fill their seqs");
+    }
+
+    #[test]
     fn every_socket_of_a_receiver_must_get_the_message() {
         let mut sender = SocketRecord::new(0);
-        sender.acked(1, key(0, 0), 1);
+        sender.acked(&[1], key(0, 0), 1);
         let mut first = SocketRecord::new(1);
         first.delivered(key(0, 0), 1);
         let second = SocketRecord::new(1);

@@ -78,6 +78,10 @@ async fn run(cli: &Cli) -> error::Result<Report> {
             report.scenario = "fanout";
             scenarios::fanout::run(deployment, args, &mut report).await?;
         }
+        Scenario::Groups(args) => {
+            report.scenario = "groups";
+            scenarios::groups::run(deployment, args, &mut report).await?;
+        }
         Scenario::Idle(args) => {
             report.scenario = "idle";
             scenarios::idle::run(deployment, args, &mut report).await?;

@@ -153,6 +153,42 @@ impl Deployment {
     }
 }
 
+impl Deployment {
+    /// Creates a group of `members` (users of the run) made by `members[0]`, on node `node`:
+    /// its conversation id.
+    pub async fn create_group(&self, node: usize, title: &str, members: &[&User]) -> Result<i64> {
+        let (creator, others) = members
+            .split_first()
+            .ok_or_else(|| LoadError::Usage("a group needs a member".into()))?;
+        let ids: Vec<i64> = others.iter().map(|u| u.id).collect();
+        let body = serde_json::json!({"creator_id": creator.id, "title": title, "member_ids": ids});
+        let mut connection = Connection::open(self.node_of(node)).await?;
+        let (status, bytes) = connection
+            .post_json(
+                "/conversations/",
+                creator.token.as_deref(),
+                body.to_string(),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(LoadError::Protocol(format!(
+                "POST /conversations/ answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )));
+        }
+        #[derive(Deserialize)]
+        struct Created {
+            id: i64,
+        }
+        let created: Created = serde_json::from_slice(&bytes).map_err(|e| {
+            LoadError::Protocol(format!(
+                "POST /conversations/ answered an unexpected body: {e}"
+            ))
+        })?;
+        Ok(created.id)
+    }
+}
+
 /// Sixteen hex digits that differ between runs (clock and process id), so usernames of one
 /// run never collide with an earlier run's on the same deployment.
 fn run_id() -> String {

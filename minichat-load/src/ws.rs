@@ -14,9 +14,14 @@ use tokio_tungstenite::WebSocketStream;
 pub type Socket = WebSocketStream<TcpStream>;
 
 /// Opens `/ws/{user}` on `node` (with the user's token, if any) from `source` (any local
-/// address when `None`) and reads up to the `system` frame: from then on the socket receives
-/// every event for the user.
-pub async fn connect(node: &Node, user: &User, source: Option<IpAddr>) -> Result<Socket> {
+/// address when `None`), replaying the user's stream after `since` when given, and reads up to
+/// the `system` frame: from then on the socket receives every event for the user.
+pub async fn connect(
+    node: &Node,
+    user: &User,
+    source: Option<IpAddr>,
+    since: Option<u64>,
+) -> Result<Socket> {
     let addr = resolve(node).await?;
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -36,10 +41,17 @@ pub async fn connect(node: &Node, user: &User, source: Option<IpAddr>) -> Result
     stream
         .set_nodelay(true)
         .map_err(|e| LoadError::io("TCP_NODELAY", e))?;
-    let url = match &user.token {
-        Some(token) => format!("{}/ws/{}?token={token}", node.ws_base, user.id),
-        None => format!("{}/ws/{}", node.ws_base, user.id),
-    };
+    let mut url = format!("{}/ws/{}", node.ws_base, user.id);
+    let query: Vec<String> = [
+        user.token.as_ref().map(|token| format!("token={token}")),
+        since.map(|seq| format!("since={seq}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !query.is_empty() {
+        url = format!("{url}?{}", query.join("&"));
+    }
     let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), stream)
         .await
         .map_err(|e| LoadError::ws(format!("WebSocket handshake for user {}", user.id), e))?;

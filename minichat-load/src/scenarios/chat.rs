@@ -1,7 +1,7 @@
 //! `chat`: every user has one WebSocket and sends to the next user in a ring, so each socket
 //! both sends (and reads its acks) and receives one other user's messages.
 
-use super::traffic::{self, Topology};
+use super::traffic::{self, Dest, Topology};
 use crate::args::ChatArgs;
 use crate::error::{LoadError, Result};
 use crate::report::Report;
@@ -18,8 +18,9 @@ pub async fn run(deployment: Arc<Deployment>, args: &ChatArgs, report: &mut Repo
     let topology = Topology {
         socket_users: (0..args.users).collect(),
         senders: (0..args.users)
-            .map(|user| (user, vec![(user + 1) % args.users]))
+            .map(|user| (user, vec![Dest::user(&users, (user + 1) % args.users)]))
             .collect(),
+        replay: false,
     };
     traffic::run(
         deployment,

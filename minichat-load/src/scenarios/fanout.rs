@@ -1,7 +1,7 @@
 //! `fanout`: one sender to many receivers in turn (`out`), or many senders to one receiver
 //! (`in`); a receiving user may hold several sockets, each owed every message to that user.
 
-use super::traffic::{self, Topology};
+use super::traffic::{self, Dest, Topology};
 use crate::args::{Direction, FanoutArgs};
 use crate::error::{LoadError, Result};
 use crate::report::Report;
@@ -29,7 +29,8 @@ pub async fn run(
             }
             Topology {
                 socket_users,
-                senders: vec![(0, peers)],
+                senders: vec![(0, peers.iter().map(|&p| Dest::user(&users, p)).collect())],
+                replay: false,
             }
         }
         Direction::In => {
@@ -37,7 +38,10 @@ pub async fn run(
             socket_users.extend(std::iter::repeat_n(0, args.sockets_per_receiver));
             Topology {
                 socket_users,
-                senders: (0..peers.len()).map(|socket| (socket, vec![0])).collect(),
+                senders: (0..peers.len())
+                    .map(|socket| (socket, vec![Dest::user(&users, 0)]))
+                    .collect(),
+                replay: false,
             }
         }
     };

@@ -44,7 +44,7 @@ pub async fn run(deployment: Arc<Deployment>, args: &IdleArgs, report: &mut Repo
             let user = users[index / args.sockets_per_user].clone();
             let source = (!args.source_ips.is_empty())
                 .then(|| args.source_ips[index % args.source_ips.len()]);
-            tokio::spawn(async move { ws::connect(&node, &user, source).await })
+            tokio::spawn(async move { ws::connect(&node, &user, source, None).await })
         });
         for task in futures_util::future::join_all(connecting).await {
             let mut socket =

@@ -29,8 +29,39 @@ use tokio_tungstenite::tungstenite::Message;
 pub struct Topology {
     /// The user (index into the run's users) of each socket.
     pub socket_users: Vec<usize>,
-    /// The sending sockets, each with the users its sends go to in turn (`k % len`).
-    pub senders: Vec<(usize, Vec<usize>)>,
+    /// The sending sockets, each with the destinations its sends go to in turn (`k % len`).
+    pub senders: Vec<(usize, Vec<Dest>)>,
+    /// Sockets replay their user's stream from the start (`since=0`): for users whose stream
+    /// already holds events of the set-up (a group's `created`), so that their seqs count.
+    pub replay: bool,
+}
+
+/// Where a sender's message goes: a user (`receiver_id`) or a conversation
+/// (`conversation_id`), and the users (indexes into the run's users) it is owed to.
+pub struct Dest {
+    field: &'static str,
+    id: i64,
+    receivers: Vec<usize>,
+}
+
+impl Dest {
+    /// The direct conversation with user `index`.
+    pub fn user(users: &[User], index: usize) -> Dest {
+        Dest {
+            field: "receiver_id",
+            id: users[index].id,
+            receivers: vec![index],
+        }
+    }
+
+    /// Conversation `id`, owed to `receivers` (its members but the sender).
+    pub fn conversation(id: i64, receivers: Vec<usize>) -> Dest {
+        Dest {
+            field: "conversation_id",
+            id,
+            receivers,
+        }
+    }
 }
 
 /// Shared by every task of the run.
@@ -49,7 +80,7 @@ struct Run {
 /// The sending side of one socket.
 struct Sender {
     index: u32,
-    targets: Vec<usize>,
+    targets: Vec<Dest>,
     /// With `--max`: the permits of the window, returned by the reader on each answer.
     window: Option<Arc<Semaphore>>,
 }
@@ -77,7 +108,8 @@ pub async fn run(
     report: &mut Report,
 ) -> Result<()> {
     pace.check().map_err(LoadError::Usage)?;
-    let sockets = connect_all(&deployment, &users, &topology.socket_users).await?;
+    let since = topology.replay.then_some(0);
+    let sockets = connect_all(&deployment, &users, &topology.socket_users, since).await?;
     let mut sockets_of_user = vec![0u64; users.len()];
     for &user in &topology.socket_users {
         sockets_of_user[user] += 1;
@@ -207,6 +239,7 @@ async fn connect_all(
     deployment: &Arc<Deployment>,
     users: &[User],
     socket_users: &[usize],
+    since: Option<u64>,
 ) -> Result<Vec<Socket>> {
     let mut sockets = Vec::with_capacity(socket_users.len());
     for chunk in socket_users
@@ -218,7 +251,7 @@ async fn connect_all(
         let connecting = chunk.iter().map(|&(index, &user)| {
             let node = deployment.node_of(index).clone();
             let user = users[user].clone();
-            tokio::spawn(async move { ws::connect(&node, &user, None).await })
+            tokio::spawn(async move { ws::connect(&node, &user, None, since).await })
         });
         for task in futures_util::future::join_all(connecting).await {
             sockets.push(
@@ -266,11 +299,11 @@ async fn write(
         if scheduled >= end {
             break;
         }
-        let receiver = sender.targets[k as usize % sender.targets.len()];
+        let dest = &sender.targets[k as usize % sender.targets.len()];
         let micros = scheduled.saturating_duration_since(run.start).as_micros();
         let frame = format!(
-            r#"{{"type":"message","receiver_id":{},"content":"{k} {micros}","client_id":"{k}"}}"#,
-            run.users[receiver].id
+            r#"{{"type":"message","{}":{},"content":"{k} {micros}","client_id":"{k}"}}"#,
+            dest.field, dest.id
         );
         // A server that stops reading must not hold the run past its end: the frame is then
         // counted as sent (it may be out), and the sender stops.
@@ -358,18 +391,23 @@ async fn read(
                 else {
                     continue;
                 };
-                let receiver = sender.targets[k as usize % sender.targets.len()];
+                let dest = &sender.targets[k as usize % sender.targets.len()];
                 result
                     .record
-                    .acked(receiver, ledger::key(sender.index, k), message.seq);
+                    .acked(&dest.receivers, ledger::key(sender.index, k), message.seq);
                 result
                     .ack
                     .record(now.saturating_duration_since(run.start + scheduled));
                 result.acked += 1;
                 result.last_event = Some(now);
-                run.expected
-                    .fetch_add(run.sockets_of_user[receiver], Ordering::AcqRel);
+                let owed: u64 = dest.receivers.iter().map(|&r| run.sockets_of_user[r]).sum();
+                run.expected.fetch_add(owed, Ordering::AcqRel);
                 answered(&run, sender);
+            }
+            "conversation" => {
+                if let Some(seq) = frame.seq {
+                    result.record.other_event(seq);
+                }
             }
             "error" => {
                 *result.errors.entry(frame.status.unwrap_or(0)).or_default() += 1;
