@@ -5,7 +5,9 @@
 //! outcome inside a mixed batch, and nothing half-written when PostgreSQL goes away mid-batch.
 //! Each test makes its own database (`TestDatabase`).
 
-use minichat_core::model::{NewMessage, NewUser, StoredMessage, UserId, ValidMessage};
+use minichat_core::model::{
+    ConversationId, NewMessage, NewUser, StoredMessage, UserId, ValidMessage,
+};
 use minichat_core::storage::{PostgresConfig, PostgresStorage, Storage};
 use minichat_core::test_support::TestDatabase;
 use minichat_core::{Backend, Error};
@@ -42,14 +44,100 @@ fn message(
     content: &str,
     client_id: Option<&str>,
 ) -> ValidMessage {
-    NewMessage {
-        sender_id: sender,
-        receiver_id: receiver,
-        content: content.into(),
-        client_id: client_id.map(Into::into),
+    let m = NewMessage::to_user(sender, receiver, content);
+    match client_id {
+        Some(c) => m.with_client_id(c),
+        None => m,
     }
     .validate()
     .expect("valid message")
+}
+
+fn to_conversation(
+    sender: UserId,
+    conversation: ConversationId,
+    content: &str,
+    client_id: Option<&str>,
+) -> ValidMessage {
+    let m = NewMessage::to_conversation(sender, conversation, content);
+    match client_id {
+        Some(c) => m.with_client_id(c),
+        None => m,
+    }
+    .validate()
+    .expect("valid message")
+}
+
+/// A group of `members` (the first its owner), written directly: what the batch writer reads
+/// of a group is its `conversations` and `conversation_members` rows.
+async fn group(admin: &tokio_postgres::Client, members: &[UserId]) -> ConversationId {
+    let id: ConversationId = admin
+        .query_one(
+            "INSERT INTO conversations (kind, title, created_by, created_at)
+             VALUES ('group', 'a group', $1, now()) RETURNING id",
+            &[&members[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let roles: Vec<&str> = (0..members.len())
+        .map(|i| if i == 0 { "owner" } else { "member" })
+        .collect();
+    admin
+        .execute(
+            "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+             SELECT $1, u, r, now() FROM unnest($2::bigint[], $3::text[]) AS m(u, r)",
+            &[&id, &members, &roles],
+        )
+        .await
+        .unwrap();
+    id
+}
+
+/// Every seq `user` has in the database (sent, received directly, and stream entries), in id
+/// order of the message each one is in.
+async fn stored_seqs(admin: &tokio_postgres::Client, user: UserId) -> Vec<i64> {
+    admin
+        .query(
+            "SELECT seq FROM (
+                 SELECT id, sender_seq AS seq FROM messages WHERE sender_id = $1
+                 UNION ALL
+                 SELECT id, receiver_seq FROM messages WHERE receiver_id = $1
+                 UNION ALL
+                 SELECT message_id, seq FROM stream_entries WHERE user_id = $1
+             ) AS s ORDER BY id",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Per user, `(message id, seq)` of every message `stored` put in their stream; asserts each
+/// user's seqs are 1..=n in message id order (commit order) and returns n per user.
+fn gapless_in_id_order(stored: &[StoredMessage]) -> HashMap<UserId, i64> {
+    let mut per_user: HashMap<UserId, Vec<(i64, i64)>> = HashMap::new();
+    for s in stored {
+        per_user
+            .entry(s.message.sender_id)
+            .or_default()
+            .push((s.message.id, s.sender_seq));
+        for &(user, seq) in &s.recipients {
+            per_user.entry(user).or_default().push((s.message.id, seq));
+        }
+    }
+    per_user
+        .into_iter()
+        .map(|(user, mut pairs)| {
+            pairs.sort_unstable();
+            let seqs: Vec<i64> = pairs.iter().map(|p| p.1).collect();
+            let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+            assert_eq!(seqs, expected, "user {user}: seqs in id order");
+            (user, seqs.len() as i64)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,25 +173,10 @@ async fn concurrent_sends_from_two_nodes_batch_and_stay_gapless_in_commit_order(
     assert_eq!(all.len(), tasks * per_task);
     assert!(all.iter().all(|s| s.created));
     // Per user: the seqs are 1..=n, and message id order is seq order.
-    let mut per_user: HashMap<UserId, Vec<(i64, i64)>> = HashMap::new();
-    for s in &all {
-        per_user
-            .entry(s.message.sender_id)
-            .or_default()
-            .push((s.message.id, s.sender_seq));
-        per_user
-            .entry(s.message.receiver_id)
-            .or_default()
-            .push((s.message.id, s.receiver_seq));
-    }
-    for (user, mut pairs) in per_user {
-        pairs.sort_unstable();
-        let seqs: Vec<i64> = pairs.iter().map(|p| p.1).collect();
-        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
-        assert_eq!(seqs, expected, "user {user}: seqs in id order");
-        assert_eq!(nodes[1].current_seq(user).await.unwrap(), seqs.len() as i64);
+    for (user, n) in gapless_in_id_order(&all) {
+        assert_eq!(nodes[1].current_seq(user).await.unwrap(), n);
         let replay = nodes[1].events_since(user, 0, 10_000).await.unwrap();
-        assert_eq!(replay.len(), seqs.len());
+        assert_eq!(replay.len() as i64, n);
     }
     let largest = nodes[0].largest_batch().max(nodes[1].largest_batch());
     assert!(largest > 1, "no batch formed under concurrency: {largest}");
@@ -206,7 +279,10 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
 
     let one = got[0].as_ref().expect("first send");
     assert!(one.created);
-    assert_eq!((one.sender_seq, one.receiver_seq), (2, 2));
+    assert_eq!((one.sender_seq, one.seq_of(bob)), (2, Some(2)));
+    assert_eq!(one.recipients, vec![(bob, 2)]);
+    assert_eq!(one.message.conversation_id, earlier.message.conversation_id);
+    assert_eq!(one.message.receiver_id, Some(bob));
     assert!(
         matches!(got[1], Err(Error::ReceiverNotFound)),
         "{:?}",
@@ -216,7 +292,9 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
     let old = got[3].as_ref().expect("retry of an earlier batch");
     assert!(!old.created);
     assert_eq!(old.message.id, earlier.message.id);
-    assert_eq!((old.sender_seq, old.receiver_seq), (1, 1));
+    assert_eq!(old.sender_seq, 1);
+    assert!(old.recipients.is_empty(), "a retry is not delivered again");
+    assert_eq!(old.message, earlier.message);
     assert!(
         matches!(got[4], Err(Error::ClientIdConflict)),
         "{:?}",
@@ -225,7 +303,9 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
     let repeat = got[5].as_ref().expect("retry inside the batch");
     assert!(!repeat.created);
     assert_eq!(repeat.message.id, one.message.id);
-    assert_eq!((repeat.sender_seq, repeat.receiver_seq), (2, 2));
+    assert_eq!(repeat.sender_seq, 2);
+    assert!(repeat.recipients.is_empty());
+    assert_eq!(repeat.message, one.message);
     assert!(
         matches!(got[6], Err(Error::ClientIdConflict)),
         "{:?}",
@@ -233,11 +313,12 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
     );
     let two = got[7].as_ref().expect("another sender's same client_id");
     assert!(two.created);
-    assert_eq!((two.sender_seq, two.receiver_seq), (3, 3));
+    assert_eq!((two.sender_seq, two.seq_of(alice)), (3, Some(3)));
+    assert_eq!(two.message.conversation_id, one.message.conversation_id);
     // "b" was not taken: its send failed.
     let three = got[8].as_ref().expect("client_id of a failed send");
     assert!(three.created);
-    assert_eq!((three.sender_seq, three.receiver_seq), (4, 4));
+    assert_eq!((three.sender_seq, three.seq_of(bob)), (4, Some(4)));
     assert!(one.message.id < two.message.id && two.message.id < three.message.id);
     assert_eq!(storage.current_seq(alice).await.unwrap(), 4);
     assert_eq!(storage.current_seq(bob).await.unwrap(), 4);
@@ -361,5 +442,5 @@ async fn a_cut_mid_batch_fails_every_waiting_send_and_stores_none() {
         tokio::task::yield_now().await;
     };
     assert!(stored.created);
-    assert_eq!((stored.sender_seq, stored.receiver_seq), (2, 2));
+    assert_eq!((stored.sender_seq, stored.seq_of(bob)), (2, Some(2)));
 }
