@@ -12,9 +12,9 @@ use crate::event::{presence_event, read_event, typing_event, Frames, Presence};
 use crate::health::{BackendKind, BackendStatus, Health};
 use crate::hub::{ConnectionId, Hub, Subscription, DEFAULT_QUEUE_CAPACITY};
 use crate::model::{
-    Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryRequest, Message,
-    MessageId, NewGroup, NewMembers, NewMessage, NewUser, Page, ReadMark, ReadState, Recipient,
-    Rename, Seq, StreamEvent, TypingSignal, User, UserId, UserSearchRequest,
+    Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryRequest,
+    Message, MessageId, NewGroup, NewMembers, NewMessage, NewUser, Page, ReadMark, ReadState,
+    Recipient, Rename, Seq, StreamEvent, TypingSignal, User, UserId, UserSearchRequest,
     DEFAULT_MAX_GROUP_MEMBERS, RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
@@ -618,6 +618,7 @@ impl ChatService for Chat {
         Ok(self.announce_change(change).await)
     }
 
+
     async fn recent_messages(&self, user: UserId) -> Result<Vec<Message>> {
         // A list shorter than asked for may be partial (a cache that was flushed, or filled
         // after a restart): only a full one is trusted; storage answers otherwise.
@@ -667,11 +668,7 @@ impl ChatService for Chat {
     }
 
     async fn typing(&self, sender: UserId, to: Recipient) -> Result<()> {
-        let signal = TypingSignal {
-            sender_id: sender,
-            to,
-        }
-        .validate()?;
+        let signal = TypingSignal { sender_id: sender, to }.validate()?;
         let conversation = match to {
             Recipient::User(_) => None,
             Recipient::Conversation(id) => Some(id),

@@ -410,9 +410,7 @@ pub fn authorize_add(
         )));
     }
     if !actor.role.manages() {
-        return Err(Refusal::Denied(
-            "Only the owner or an admin can add members",
-        ));
+        return Err(Refusal::Denied("Only the owner or an admin can add members"));
     }
     check_member_count(conversation.members.len() + new_members, max_members)
         .map_err(Refusal::Invalid)

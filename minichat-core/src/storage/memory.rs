@@ -518,10 +518,7 @@ impl Storage for MemoryStorage {
             .map(|&id| state.summary(&state.conversations[(id - 1) as usize], user))
             .collect();
         summaries.sort_by_key(|s| {
-            let active = s
-                .last_message
-                .as_ref()
-                .map_or(s.created_at, |m| m.timestamp);
+            let active = s.last_message.as_ref().map_or(s.created_at, |m| m.timestamp);
             std::cmp::Reverse((active, s.id))
         });
         Ok(summaries
@@ -574,13 +571,11 @@ impl Storage for MemoryStorage {
         }
         let at = now();
         let conversation = &mut state.conversation_mut(id).conversation;
-        conversation
-            .members
-            .extend(new.iter().map(|&user_id| Member {
-                user_id,
-                role: Role::Member,
-                joined_at: at,
-            }));
+        conversation.members.extend(new.iter().map(|&user_id| Member {
+            user_id,
+            role: Role::Member,
+            joined_at: at,
+        }));
         conversation.members.sort_by_key(|m| m.user_id);
         let conversation = conversation.clone();
         for &user in &new {

@@ -67,12 +67,8 @@ pub trait Storage: Send + Sync + 'static {
     /// `limit`, each with the seq it has in `user`'s stream: messages (with their `client_id`
     /// when `user` sent them with one, never on a message `user` received) and membership
     /// changes.
-    async fn events_since(
-        &self,
-        user: UserId,
-        since: Seq,
-        limit: usize,
-    ) -> Result<Vec<StreamEvent>>;
+    async fn events_since(&self, user: UserId, since: Seq, limit: usize)
+        -> Result<Vec<StreamEvent>>;
 
     /// The seq of `user`'s newest event (0 when none, or no such user).
     async fn current_seq(&self, user: UserId) -> Result<Seq>;
