@@ -325,6 +325,337 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
     assert_eq!(storage.events_since(alice, 0, 100).await.unwrap().len(), 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_group_and_direct_sends_from_two_nodes_stay_gapless_for_every_member() {
+    let db = TestDatabase::create().await;
+    let admin = admin(db.url()).await;
+    let nodes = [
+        Arc::new(connect(db.url()).await),
+        Arc::new(connect(db.url()).await),
+    ];
+    let mut users = Vec::new();
+    for i in 0..8 {
+        users.push(user(&nodes[0], &format!("user{i}")).await);
+    }
+    // Overlapping groups, so one user's stream interleaves several conversations.
+    let groups = [
+        group(&admin, &users[0..5]).await,
+        group(&admin, &users[3..8]).await,
+        group(&admin, &users[..]).await,
+    ];
+    let members = |g: usize| -> Vec<UserId> {
+        match g {
+            0 => users[0..5].to_vec(),
+            1 => users[3..8].to_vec(),
+            _ => users.clone(),
+        }
+    };
+    let (tasks, per_task) = (32, 24);
+    let mut senders = JoinSet::new();
+    for t in 0..tasks {
+        let node = nodes[t % 2].clone();
+        let plan: Vec<(ValidMessage, Option<usize>)> = (0..per_task)
+            .map(|i| {
+                let key = format!("{t}-{i}");
+                let content = format!("{t}/{i}");
+                if i % 3 == 0 {
+                    let from = users[(t + i) % users.len()];
+                    let to = users[(t + 2 * i + 1) % users.len()];
+                    let to = if to == from {
+                        users[(t + i + 1) % users.len()]
+                    } else {
+                        to
+                    };
+                    (message(from, to, &content, Some(&key)), None)
+                } else {
+                    let g = (t + i) % groups.len();
+                    let m = members(g);
+                    let from = m[(t * 7 + i) % m.len()];
+                    (
+                        to_conversation(from, groups[g], &content, Some(&key)),
+                        Some(g),
+                    )
+                }
+            })
+            .collect();
+        senders.spawn(async move {
+            let mut stored = Vec::new();
+            for (m, g) in plan {
+                stored.push((node.store_message(&m).await.expect("send"), g));
+            }
+            stored
+        });
+    }
+    let mut all: Vec<StoredMessage> = Vec::new();
+    while let Some(done) = senders.join_next().await {
+        for (s, g) in done.expect("sender task") {
+            assert!(s.created);
+            let expected: Vec<UserId> = match g {
+                Some(g) => {
+                    assert_eq!(s.message.conversation_id, groups[g]);
+                    assert_eq!(s.message.receiver_id, None);
+                    members(g)
+                        .into_iter()
+                        .filter(|&u| u != s.message.sender_id)
+                        .collect()
+                }
+                None => vec![s.message.receiver_id.expect("a direct receiver")],
+            };
+            let got: Vec<UserId> = s.recipients.iter().map(|r| r.0).collect();
+            assert_eq!(got, expected, "every other member, by id");
+            all.push(s);
+        }
+    }
+    assert_eq!(all.len(), tasks * per_task);
+    let counts = gapless_in_id_order(&all);
+    assert_eq!(counts.len(), users.len());
+    for (user, n) in counts {
+        assert_eq!(nodes[1].current_seq(user).await.unwrap(), n);
+        let expected: Vec<i64> = (1..=n).collect();
+        assert_eq!(
+            stored_seqs(&admin, user).await,
+            expected,
+            "user {user} as stored"
+        );
+    }
+    // One direct conversation per pair, whichever node sent first.
+    let pairs: std::collections::HashSet<(UserId, UserId)> = all
+        .iter()
+        .filter_map(|s| {
+            let r = s.message.receiver_id?;
+            Some((s.message.sender_id.min(r), s.message.sender_id.max(r)))
+        })
+        .collect();
+    let directs: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM conversations WHERE kind = 'direct'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(directs, pairs.len() as i64);
+    let largest = nodes[0].largest_batch().max(nodes[1].largest_batch());
+    assert!(largest > 1, "no batch formed under concurrency: {largest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_users_of_a_pair_sending_first_at_once_from_two_nodes_make_one_conversation() {
+    let db = TestDatabase::create().await;
+    let admin = admin(db.url()).await;
+    let nodes = [
+        Arc::new(connect(db.url()).await),
+        Arc::new(connect(db.url()).await),
+    ];
+    let pairs = 16;
+    let mut users = Vec::new();
+    for i in 0..2 * pairs {
+        users.push(user(&nodes[0], &format!("user{i}")).await);
+    }
+    for round in 0..3 {
+        let start = Arc::new(tokio::sync::Barrier::new(2 * pairs));
+        let mut sends = JoinSet::new();
+        for p in 0..pairs {
+            let (a, b) = (users[2 * p], users[2 * p + 1]);
+            for (node, from, to) in [(0, a, b), (1, b, a)] {
+                let (node, start) = (nodes[node].clone(), start.clone());
+                let m = message(from, to, &format!("first {round}"), None);
+                sends.spawn(async move {
+                    start.wait().await;
+                    (p, node.store_message(&m).await.expect("send"))
+                });
+            }
+        }
+        let mut of_pair: HashMap<usize, Vec<i64>> = HashMap::new();
+        while let Some(done) = sends.join_next().await {
+            let (p, stored) = done.unwrap();
+            of_pair
+                .entry(p)
+                .or_default()
+                .push(stored.message.conversation_id);
+        }
+        let mut ids: Vec<i64> = of_pair
+            .into_values()
+            .map(|c| {
+                assert_eq!(c.len(), 2);
+                assert_eq!(c[0], c[1], "both sends in one conversation");
+                c[0]
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), pairs, "round {round}: one conversation per pair");
+    }
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM conversations WHERE kind = 'direct'),
+                    (SELECT count(*) FROM conversation_members WHERE role = 'member'),
+                    (SELECT count(DISTINCT conversation_id) FROM messages)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(counts, (pairs as i64, 2 * pairs as i64, pairs as i64));
+    // Each conversation's members are its pair, joined when it was made.
+    let wrong: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM conversations c
+             WHERE (SELECT array_agg(user_id ORDER BY user_id) FROM conversation_members m
+                    WHERE m.conversation_id = c.id AND m.joined_at = c.created_at)
+                   IS DISTINCT FROM ARRAY[c.direct_low, c.direct_high]",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0);
+}
+
+// One thread: spawned sends run (and queue) in spawn order, so the batch's order is known.
+#[tokio::test(flavor = "current_thread")]
+async fn a_mixed_group_batch_answers_each_send_as_sequential_sends_would() {
+    let db = TestDatabase::create().await;
+    let storage = Arc::new(connect(db.url()).await);
+    let mut ids = Vec::new();
+    for name in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        ids.push(user(&storage, name).await);
+    }
+    let [alice, bob, carol, dave, erin, frank] = ids[..] else {
+        unreachable!()
+    };
+    let admin = admin(db.url()).await;
+    let g = group(&admin, &[alice, bob, carol]).await;
+    let direct = storage
+        .store_message(&message(alice, bob, "hello", None))
+        .await
+        .unwrap();
+    let d = direct.message.conversation_id;
+    let earlier = storage
+        .store_message(&to_conversation(alice, g, "before", Some("old")))
+        .await
+        .unwrap();
+    assert_eq!(earlier.recipients, vec![(bob, 2), (carol, 1)]);
+
+    // Both writers busy on frank's locked row, so the sends below queue up as one batch.
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM users WHERE id = {frank} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut blockers = Vec::new();
+    for i in 0..2 {
+        let (storage, m) = (
+            storage.clone(),
+            message(erin, frank, &format!("b{i}"), None),
+        );
+        blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
+    }
+    until_waiting(&admin, 2).await;
+
+    let sends = [
+        to_conversation(alice, g, "one", Some("x")), // 0 stored
+        to_conversation(dave, g, "nope", Some("x")), // 1 not a member
+        to_conversation(alice, 999_999, "nope", Some("z")), // 2 no such conversation
+        to_conversation(alice, g, "one", Some("x")), // 3 retry of 0
+        to_conversation(alice, g, "other", Some("x")), // 4 conflict: content
+        message(alice, bob, "one", Some("x")),       // 5 conflict: place
+        to_conversation(alice, d, "dm", Some("y")),  // 6 direct by id
+        message(alice, bob, "dm", Some("y")),        // 7 retry of 6, by receiver
+        to_conversation(alice, g, "before", Some("old")), // 8 retry of an earlier batch
+        to_conversation(alice, d, "before", Some("old")), // 9 conflict with it
+        to_conversation(bob, g, "two", Some("x")),   // 10 another sender's key
+        to_conversation(alice, g, "three", Some("z")), // 11 "z" was not taken
+        to_conversation(dave, d, "nope", None),      // 12 not a member of a direct one
+    ];
+    let mut handles = Vec::new();
+    for m in sends {
+        let storage = storage.clone();
+        handles.push(tokio::spawn(async move { storage.store_message(&m).await }));
+    }
+    for _ in 0..handles.len() {
+        tokio::task::yield_now().await;
+    }
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    for b in blockers {
+        assert!(b.await.unwrap().unwrap().created);
+    }
+    let mut got = Vec::new();
+    for h in handles {
+        got.push(h.await.unwrap());
+    }
+    assert!(storage.largest_batch() >= 13, "{}", storage.largest_batch());
+
+    let one = got[0].as_ref().expect("group send");
+    assert!(one.created);
+    assert_eq!(one.message.conversation_id, g);
+    assert_eq!(one.message.receiver_id, None);
+    assert_eq!(
+        (one.sender_seq, one.recipients.clone()),
+        (3, vec![(bob, 3), (carol, 2)])
+    );
+    for i in [1, 2, 12] {
+        assert!(
+            matches!(got[i], Err(Error::ConversationNotFound)),
+            "{i}: {:?}",
+            got[i]
+        );
+    }
+    let repeat = got[3].as_ref().expect("retry inside the batch");
+    assert!(!repeat.created && repeat.recipients.is_empty());
+    assert_eq!((&repeat.message, repeat.sender_seq), (&one.message, 3));
+    for i in [4, 5, 9] {
+        assert!(
+            matches!(got[i], Err(Error::ClientIdConflict)),
+            "{i}: {:?}",
+            got[i]
+        );
+    }
+    let dm = got[6].as_ref().expect("direct by id");
+    assert!(dm.created);
+    assert_eq!(
+        (dm.message.conversation_id, dm.message.receiver_id),
+        (d, Some(bob))
+    );
+    assert_eq!((dm.sender_seq, dm.recipients.clone()), (4, vec![(bob, 4)]));
+    let dm_again = got[7].as_ref().expect("retry by receiver");
+    assert!(!dm_again.created && dm_again.recipients.is_empty());
+    assert_eq!(dm_again.message, dm.message);
+    let old = got[8].as_ref().expect("retry of an earlier batch");
+    assert!(!old.created && old.recipients.is_empty());
+    assert_eq!((&old.message, old.sender_seq), (&earlier.message, 2));
+    let two = got[10].as_ref().expect("bob's x");
+    assert!(two.created);
+    assert_eq!(
+        (two.sender_seq, two.recipients.clone()),
+        (5, vec![(alice, 5), (carol, 3)])
+    );
+    let three = got[11].as_ref().expect("z");
+    assert!(three.created);
+    assert_eq!(
+        (three.sender_seq, three.recipients.clone()),
+        (6, vec![(bob, 6), (carol, 4)])
+    );
+    assert!(one.message.id < dm.message.id);
+    assert!(dm.message.id < two.message.id && two.message.id < three.message.id);
+    for (user, n) in [(alice, 6), (bob, 6), (carol, 4), (dave, 0)] {
+        assert_eq!(storage.current_seq(user).await.unwrap(), n);
+        let expected: Vec<i64> = (1..=n).collect();
+        assert_eq!(stored_seqs(&admin, user).await, expected, "user {user}");
+    }
+    let messages: i64 = admin
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        messages,
+        2 + 2 + 4,
+        "the two before, the blockers, and four new"
+    );
+}
+
 /// A TCP relay to PostgreSQL that the test can cut (closing every relayed connection).
 struct Relay {
     port: u16,
