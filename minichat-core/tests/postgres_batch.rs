@@ -512,6 +512,63 @@ async fn both_users_of_a_pair_sending_first_at_once_from_two_nodes_make_one_conv
     assert_eq!(wrong, 0);
 }
 
+/// A pair's conversation committed by another transaction after the batch's insert took its
+/// snapshot: the insert skips it (the unique pair), cannot see it, and the writer reads it again.
+/// (A real creator also locks both users through its foreign keys, so it cannot get there; this
+/// one turns its triggers off to.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_made_meanwhile_by_another_transaction_is_read_again() {
+    let db = TestDatabase::create().await;
+    let storage = Arc::new(connect(db.url()).await);
+    let (alice, bob) = (user(&storage, "alice").await, user(&storage, "bob").await);
+    let other = admin(db.url()).await;
+    other
+        .batch_execute("SET session_replication_role = replica; BEGIN")
+        .await
+        .unwrap();
+    let made: ConversationId = other
+        .query_one(
+            "INSERT INTO conversations (kind, created_by, created_at, direct_low, direct_high)
+             VALUES ('direct', $1, now(), $1, $2) RETURNING id",
+            &[&alice, &bob],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    other
+        .execute(
+            "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+             VALUES ($1, $2, 'member', now()), ($1, $3, 'member', now())",
+            &[&made, &alice, &bob],
+        )
+        .await
+        .unwrap();
+    let send = {
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            storage
+                .store_message(&message(alice, bob, "hi", None))
+                .await
+        })
+    };
+    // The batch's insert waits on the uncommitted pair.
+    until_waiting(&other, 1).await;
+    other.batch_execute("COMMIT").await.unwrap();
+    let stored = send.await.unwrap().expect("send");
+    assert_eq!(stored.message.conversation_id, made);
+    let again = storage
+        .store_message(&message(bob, alice, "hello", None))
+        .await
+        .unwrap();
+    assert_eq!(again.message.conversation_id, made);
+    let directs: i64 = other
+        .query_one("SELECT count(*) FROM conversations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(directs, 1);
+}
+
 // One thread: spawned sends run (and queue) in spawn order, so the batch's order is known.
 #[tokio::test(flavor = "current_thread")]
 async fn a_mixed_group_batch_answers_each_send_as_sequential_sends_would() {
