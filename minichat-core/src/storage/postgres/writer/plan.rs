@@ -239,31 +239,35 @@ impl Plan {
 
     /// Each send's answer, once every row has its id (`ids[row]`) and conversation.
     pub(super) fn answers(
-        self,
+        mut self,
         messages: &[&ValidMessage],
         ids: &[i64],
         timestamp: DateTime<Utc>,
     ) -> Vec<Result<StoredMessage>> {
-        let made: Vec<Message> = (0..self.rows.len())
-            .map(|row| self.message(messages, row, ids[row], timestamp))
-            .collect();
-        let mut answers = Vec::with_capacity(self.outcomes.len());
-        for (send, outcome) in self.outcomes.into_iter().enumerate() {
+        let outcomes = std::mem::take(&mut self.outcomes);
+        let mut answers = Vec::with_capacity(outcomes.len());
+        for (send, outcome) in outcomes.into_iter().enumerate() {
             answers.push(match outcome {
                 Outcome::Done(answer) => answer,
                 Outcome::Insert(row) => Ok(StoredMessage {
-                    message: made[row].clone(),
+                    message: self.message(messages, row, ids[row], timestamp),
                     sender_seq: self.rows[row].sender_seq,
-                    recipients: self.rows[row].recipients.clone(),
+                    recipients: std::mem::take(&mut self.rows[row].recipients),
                     created: true,
                 }),
-                Outcome::Repeat(row) if messages[send].same_as(&made[row]) => Ok(StoredMessage {
-                    message: made[row].clone(),
-                    sender_seq: self.rows[row].sender_seq,
-                    recipients: Vec::new(),
-                    created: false,
-                }),
-                Outcome::Repeat(_) => Err(Error::ClientIdConflict),
+                Outcome::Repeat(row) => {
+                    let first = self.message(messages, row, ids[row], timestamp);
+                    if messages[send].same_as(&first) {
+                        Ok(StoredMessage {
+                            message: first,
+                            sender_seq: self.rows[row].sender_seq,
+                            recipients: Vec::new(),
+                            created: false,
+                        })
+                    } else {
+                        Err(Error::ClientIdConflict)
+                    }
+                }
             });
         }
         answers
