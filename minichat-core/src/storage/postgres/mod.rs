@@ -24,6 +24,7 @@
 //! Every statement goes through [`run`]: prepared once per connection (`prepare_cached`), every
 //! value a parameter, every failure mapped by [`db_error`].
 
+mod conversations;
 mod migrations;
 mod pool;
 mod sql;
@@ -33,12 +34,13 @@ use super::{ReadReceipt, Storage};
 use crate::error::{Backend, Error, Result};
 use crate::model::{
     now, Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryQuery,
-    Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage, StreamEvent,
-    StreamMessage, User, UserId, UserSearch, ValidGroup, ValidMessage, ValidNewMembers,
-    ValidReadMark, ValidRename, ValidUser,
+    Message, MessageType, Page, ReadState, Seq, StoredMessage, StreamEvent, StreamMessage, User,
+    UserId, UserSearch, ValidGroup, ValidMessage, ValidNewMembers, ValidReadMark, ValidRename,
+    ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use conversations::Change;
 use deadpool_postgres::GenericClient;
 use pool::{Connections, Lease};
 use sql::*;
@@ -228,19 +230,28 @@ fn user_from(row: &Row) -> Result<User> {
     })
 }
 
-/// A message from the columns `id, sender_id, sender_username, receiver_id, content,
-/// created_at`, starting at column `at`.
+/// A message from the columns `id, conversation_id, sender_id, sender_username, receiver_id,
+/// content, created_at` (`receiver_id` NULL for a group message), starting at column `at`.
 fn message_from(row: &Row, at: usize) -> Result<Message> {
     Ok(Message {
         id: col(row, at)?,
-        conversation_id: 0, // WIP(groups): the helper reads it
-        sender_id: col(row, at + 1)?,
-        sender_username: col(row, at + 2)?,
-        receiver_id: col(row, at + 3)?,
-        content: col(row, at + 4)?,
-        timestamp: col(row, at + 5)?,
+        conversation_id: col(row, at + 1)?,
+        sender_id: col(row, at + 2)?,
+        sender_username: col(row, at + 3)?,
+        receiver_id: col(row, at + 4)?,
+        content: col(row, at + 5)?,
+        timestamp: col(row, at + 6)?,
         kind: MessageType::Message,
     })
+}
+
+/// The message starting at column `at`, or `None` when its id is NULL (an outer join that
+/// found none).
+fn message_if_any(row: &Row, at: usize) -> Result<Option<Message>> {
+    match col::<Option<i64>>(row, at)? {
+        Some(_) => message_from(row, at).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The least text above every text that starts with `prefix`, in byte (= code point) order:
@@ -317,8 +328,17 @@ impl Storage for PostgresStorage {
         let user = query.user_id();
         let before = query.before_id().unwrap_or(i64::MAX);
         let (skip, limit) = (query.page().skip(), query.page().limit());
+        if let Some(id) = query.conversation_id() {
+            let params: [&(dyn ToSql + Sync); 5] = [&id, &user, &before, &skip, &limit];
+            let rows = self.query(HISTORY_CONVERSATION, &params).await?;
+            if rows.is_empty() {
+                return Err(Error::ConversationNotFound);
+            }
+            let page = rows.iter().map(|row| message_if_any(row, 0));
+            return page.filter_map(Result::transpose).collect();
+        }
         let per_half = skip.saturating_add(limit);
-        // Talking "with yourself" matches every message of the user, as in memory.
+        // Talking "with yourself" matches every direct message of the user, as in memory.
         let rows = match query.chat_with().filter(|&peer| peer != user) {
             None => {
                 let params: [&(dyn ToSql + Sync); 5] = [&user, &before, &per_half, &skip, &limit];
@@ -351,11 +371,18 @@ impl Storage for PostgresStorage {
             .await?;
         rows.iter()
             .map(|row| {
-                Ok(StreamEvent::Message(StreamMessage {
-                    seq: col(row, 0)?,
-                    message: message_from(row, 1)?,
-                    client_id: col(row, 7)?,
-                }))
+                let seq = col(row, 0)?;
+                Ok(match message_if_any(row, 1)? {
+                    Some(message) => StreamEvent::Message(StreamMessage {
+                        seq,
+                        message,
+                        client_id: col(row, 8)?,
+                    }),
+                    None => StreamEvent::Conversation {
+                        seq,
+                        event: conversations::event_from(row, 9)?,
+                    },
+                })
             })
             .collect()
     }
@@ -367,60 +394,50 @@ impl Storage for PostgresStorage {
         }
     }
 
-    async fn mark_read(&self, _mark: &ValidReadMark) -> Result<ReadReceipt> {
-        Err(unavailable("WIP(groups)"))
+    async fn mark_read(&self, mark: &ValidReadMark) -> Result<ReadReceipt> {
+        self.mark_read_in(mark).await
     }
 
-    async fn create_group(&self, _group: &ValidGroup) -> Result<ConversationChange> {
-        Err(unavailable("WIP(groups)"))
+    async fn read_marks(&self, user: UserId, peer: UserId) -> Result<ReadState> {
+        self.read_marks_of(user, peer).await
     }
 
-    async fn conversation(&self, _id: ConversationId, _user: UserId) -> Result<Conversation> {
-        Err(unavailable("WIP(groups)"))
+    async fn create_group(&self, group: &ValidGroup) -> Result<ConversationChange> {
+        self.change(Change::Create(group)).await
     }
 
-    async fn conversations(&self, _user: UserId, _page: Page) -> Result<Vec<ConversationSummary>> {
-        Err(unavailable("WIP(groups)"))
+    async fn conversation(&self, id: ConversationId, user: UserId) -> Result<Conversation> {
+        self.conversation_of(id, user).await
+    }
+
+    async fn conversations(&self, user: UserId, page: Page) -> Result<Vec<ConversationSummary>> {
+        self.inbox(user, page).await
     }
 
     async fn rename_conversation(
         &self,
-        _id: ConversationId,
-        _rename: &ValidRename,
+        id: ConversationId,
+        rename: &ValidRename,
     ) -> Result<ConversationChange> {
-        Err(unavailable("WIP(groups)"))
+        self.change(Change::Rename(id, rename)).await
     }
 
     async fn add_members(
         &self,
-        _id: ConversationId,
-        _add: &ValidNewMembers,
-        _max_members: usize,
+        id: ConversationId,
+        add: &ValidNewMembers,
+        max_members: usize,
     ) -> Result<ConversationChange> {
-        Err(unavailable("WIP(groups)"))
+        self.change(Change::Add(id, add, max_members)).await
     }
 
     async fn remove_member(
         &self,
-        _id: ConversationId,
-        _actor: UserId,
-        _member: UserId,
+        id: ConversationId,
+        actor: UserId,
+        member: UserId,
     ) -> Result<ConversationChange> {
-        Err(unavailable("WIP(groups)"))
-    }
-
-    async fn read_marks(&self, user: UserId, peer: UserId) -> Result<ReadState> {
-        let mut state = ReadState::default();
-        for row in self.query(READ_MARKS, &[&user, &peer]).await? {
-            let reader: UserId = col(&row, 0)?;
-            let up_to: MessageId = col(&row, 1)?;
-            if reader == user {
-                state.read_up_to = Some(up_to);
-            } else {
-                state.peer_read_up_to = Some(up_to);
-            }
-        }
-        Ok(state)
+        self.change(Change::Remove { id, actor, member }).await
     }
 
     async fn set_last_seen(&self, user: UserId, at: DateTime<Utc>) -> Result<()> {
