@@ -5,7 +5,9 @@
 //! outcome inside a mixed batch, and nothing half-written when PostgreSQL goes away mid-batch.
 //! Each test makes its own database (`TestDatabase`).
 
-use minichat_core::model::{NewMessage, NewUser, StoredMessage, UserId, ValidMessage};
+use minichat_core::model::{
+    ConversationId, NewMessage, NewUser, StoredMessage, UserId, ValidMessage,
+};
 use minichat_core::storage::{PostgresConfig, PostgresStorage, Storage};
 use minichat_core::test_support::TestDatabase;
 use minichat_core::{Backend, Error};
@@ -42,14 +44,100 @@ fn message(
     content: &str,
     client_id: Option<&str>,
 ) -> ValidMessage {
-    NewMessage {
-        sender_id: sender,
-        receiver_id: receiver,
-        content: content.into(),
-        client_id: client_id.map(Into::into),
+    let m = NewMessage::to_user(sender, receiver, content);
+    match client_id {
+        Some(c) => m.with_client_id(c),
+        None => m,
     }
     .validate()
     .expect("valid message")
+}
+
+fn to_conversation(
+    sender: UserId,
+    conversation: ConversationId,
+    content: &str,
+    client_id: Option<&str>,
+) -> ValidMessage {
+    let m = NewMessage::to_conversation(sender, conversation, content);
+    match client_id {
+        Some(c) => m.with_client_id(c),
+        None => m,
+    }
+    .validate()
+    .expect("valid message")
+}
+
+/// A group of `members` (the first its owner), written directly: what the batch writer reads
+/// of a group is its `conversations` and `conversation_members` rows.
+async fn group(admin: &tokio_postgres::Client, members: &[UserId]) -> ConversationId {
+    let id: ConversationId = admin
+        .query_one(
+            "INSERT INTO conversations (kind, title, created_by, created_at)
+             VALUES ('group', 'a group', $1, now()) RETURNING id",
+            &[&members[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let roles: Vec<&str> = (0..members.len())
+        .map(|i| if i == 0 { "owner" } else { "member" })
+        .collect();
+    admin
+        .execute(
+            "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+             SELECT $1, u, r, now() FROM unnest($2::bigint[], $3::text[]) AS m(u, r)",
+            &[&id, &members, &roles],
+        )
+        .await
+        .unwrap();
+    id
+}
+
+/// Every seq `user` has in the database (sent, received directly, and stream entries), in id
+/// order of the message each one is in.
+async fn stored_seqs(admin: &tokio_postgres::Client, user: UserId) -> Vec<i64> {
+    admin
+        .query(
+            "SELECT seq FROM (
+                 SELECT id, sender_seq AS seq FROM messages WHERE sender_id = $1
+                 UNION ALL
+                 SELECT id, receiver_seq FROM messages WHERE receiver_id = $1
+                 UNION ALL
+                 SELECT message_id, seq FROM stream_entries WHERE user_id = $1
+             ) AS s ORDER BY id",
+            &[&user],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Per user, `(message id, seq)` of every message `stored` put in their stream; asserts each
+/// user's seqs are 1..=n in message id order (commit order) and returns n per user.
+fn gapless_in_id_order(stored: &[StoredMessage]) -> HashMap<UserId, i64> {
+    let mut per_user: HashMap<UserId, Vec<(i64, i64)>> = HashMap::new();
+    for s in stored {
+        per_user
+            .entry(s.message.sender_id)
+            .or_default()
+            .push((s.message.id, s.sender_seq));
+        for &(user, seq) in &s.recipients {
+            per_user.entry(user).or_default().push((s.message.id, seq));
+        }
+    }
+    per_user
+        .into_iter()
+        .map(|(user, mut pairs)| {
+            pairs.sort_unstable();
+            let seqs: Vec<i64> = pairs.iter().map(|p| p.1).collect();
+            let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+            assert_eq!(seqs, expected, "user {user}: seqs in id order");
+            (user, seqs.len() as i64)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,25 +173,10 @@ async fn concurrent_sends_from_two_nodes_batch_and_stay_gapless_in_commit_order(
     assert_eq!(all.len(), tasks * per_task);
     assert!(all.iter().all(|s| s.created));
     // Per user: the seqs are 1..=n, and message id order is seq order.
-    let mut per_user: HashMap<UserId, Vec<(i64, i64)>> = HashMap::new();
-    for s in &all {
-        per_user
-            .entry(s.message.sender_id)
-            .or_default()
-            .push((s.message.id, s.sender_seq));
-        per_user
-            .entry(s.message.receiver_id)
-            .or_default()
-            .push((s.message.id, s.receiver_seq));
-    }
-    for (user, mut pairs) in per_user {
-        pairs.sort_unstable();
-        let seqs: Vec<i64> = pairs.iter().map(|p| p.1).collect();
-        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
-        assert_eq!(seqs, expected, "user {user}: seqs in id order");
-        assert_eq!(nodes[1].current_seq(user).await.unwrap(), seqs.len() as i64);
+    for (user, n) in gapless_in_id_order(&all) {
+        assert_eq!(nodes[1].current_seq(user).await.unwrap(), n);
         let replay = nodes[1].events_since(user, 0, 10_000).await.unwrap();
-        assert_eq!(replay.len(), seqs.len());
+        assert_eq!(replay.len() as i64, n);
     }
     let largest = nodes[0].largest_batch().max(nodes[1].largest_batch());
     assert!(largest > 1, "no batch formed under concurrency: {largest}");
@@ -206,7 +279,10 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
 
     let one = got[0].as_ref().expect("first send");
     assert!(one.created);
-    assert_eq!((one.sender_seq, one.receiver_seq), (2, 2));
+    assert_eq!((one.sender_seq, one.seq_of(bob)), (2, Some(2)));
+    assert_eq!(one.recipients, vec![(bob, 2)]);
+    assert_eq!(one.message.conversation_id, earlier.message.conversation_id);
+    assert_eq!(one.message.receiver_id, Some(bob));
     assert!(
         matches!(got[1], Err(Error::ReceiverNotFound)),
         "{:?}",
@@ -216,7 +292,9 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
     let old = got[3].as_ref().expect("retry of an earlier batch");
     assert!(!old.created);
     assert_eq!(old.message.id, earlier.message.id);
-    assert_eq!((old.sender_seq, old.receiver_seq), (1, 1));
+    assert_eq!(old.sender_seq, 1);
+    assert!(old.recipients.is_empty(), "a retry is not delivered again");
+    assert_eq!(old.message, earlier.message);
     assert!(
         matches!(got[4], Err(Error::ClientIdConflict)),
         "{:?}",
@@ -225,7 +303,9 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
     let repeat = got[5].as_ref().expect("retry inside the batch");
     assert!(!repeat.created);
     assert_eq!(repeat.message.id, one.message.id);
-    assert_eq!((repeat.sender_seq, repeat.receiver_seq), (2, 2));
+    assert_eq!(repeat.sender_seq, 2);
+    assert!(repeat.recipients.is_empty());
+    assert_eq!(repeat.message, one.message);
     assert!(
         matches!(got[6], Err(Error::ClientIdConflict)),
         "{:?}",
@@ -233,15 +313,347 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
     );
     let two = got[7].as_ref().expect("another sender's same client_id");
     assert!(two.created);
-    assert_eq!((two.sender_seq, two.receiver_seq), (3, 3));
+    assert_eq!((two.sender_seq, two.seq_of(alice)), (3, Some(3)));
+    assert_eq!(two.message.conversation_id, one.message.conversation_id);
     // "b" was not taken: its send failed.
     let three = got[8].as_ref().expect("client_id of a failed send");
     assert!(three.created);
-    assert_eq!((three.sender_seq, three.receiver_seq), (4, 4));
+    assert_eq!((three.sender_seq, three.seq_of(bob)), (4, Some(4)));
     assert!(one.message.id < two.message.id && two.message.id < three.message.id);
     assert_eq!(storage.current_seq(alice).await.unwrap(), 4);
     assert_eq!(storage.current_seq(bob).await.unwrap(), 4);
     assert_eq!(storage.events_since(alice, 0, 100).await.unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_group_and_direct_sends_from_two_nodes_stay_gapless_for_every_member() {
+    let db = TestDatabase::create().await;
+    let admin = admin(db.url()).await;
+    let nodes = [
+        Arc::new(connect(db.url()).await),
+        Arc::new(connect(db.url()).await),
+    ];
+    let mut users = Vec::new();
+    for i in 0..8 {
+        users.push(user(&nodes[0], &format!("user{i}")).await);
+    }
+    // Overlapping groups, so one user's stream interleaves several conversations.
+    let groups = [
+        group(&admin, &users[0..5]).await,
+        group(&admin, &users[3..8]).await,
+        group(&admin, &users[..]).await,
+    ];
+    let members = |g: usize| -> Vec<UserId> {
+        match g {
+            0 => users[0..5].to_vec(),
+            1 => users[3..8].to_vec(),
+            _ => users.clone(),
+        }
+    };
+    let (tasks, per_task) = (32, 24);
+    let mut senders = JoinSet::new();
+    for t in 0..tasks {
+        let node = nodes[t % 2].clone();
+        let plan: Vec<(ValidMessage, Option<usize>)> = (0..per_task)
+            .map(|i| {
+                let key = format!("{t}-{i}");
+                let content = format!("{t}/{i}");
+                if i % 3 == 0 {
+                    let from = users[(t + i) % users.len()];
+                    let to = users[(t + 2 * i + 1) % users.len()];
+                    let to = if to == from {
+                        users[(t + i + 1) % users.len()]
+                    } else {
+                        to
+                    };
+                    (message(from, to, &content, Some(&key)), None)
+                } else {
+                    let g = (t + i) % groups.len();
+                    let m = members(g);
+                    let from = m[(t * 7 + i) % m.len()];
+                    (
+                        to_conversation(from, groups[g], &content, Some(&key)),
+                        Some(g),
+                    )
+                }
+            })
+            .collect();
+        senders.spawn(async move {
+            let mut stored = Vec::new();
+            for (m, g) in plan {
+                stored.push((node.store_message(&m).await.expect("send"), g));
+            }
+            stored
+        });
+    }
+    let mut all: Vec<StoredMessage> = Vec::new();
+    while let Some(done) = senders.join_next().await {
+        for (s, g) in done.expect("sender task") {
+            assert!(s.created);
+            let expected: Vec<UserId> = match g {
+                Some(g) => {
+                    assert_eq!(s.message.conversation_id, groups[g]);
+                    assert_eq!(s.message.receiver_id, None);
+                    members(g)
+                        .into_iter()
+                        .filter(|&u| u != s.message.sender_id)
+                        .collect()
+                }
+                None => vec![s.message.receiver_id.expect("a direct receiver")],
+            };
+            let got: Vec<UserId> = s.recipients.iter().map(|r| r.0).collect();
+            assert_eq!(got, expected, "every other member, by id");
+            all.push(s);
+        }
+    }
+    assert_eq!(all.len(), tasks * per_task);
+    let counts = gapless_in_id_order(&all);
+    assert_eq!(counts.len(), users.len());
+    for (user, n) in counts {
+        assert_eq!(nodes[1].current_seq(user).await.unwrap(), n);
+        let expected: Vec<i64> = (1..=n).collect();
+        assert_eq!(
+            stored_seqs(&admin, user).await,
+            expected,
+            "user {user} as stored"
+        );
+    }
+    // One direct conversation per pair, whichever node sent first.
+    let pairs: std::collections::HashSet<(UserId, UserId)> = all
+        .iter()
+        .filter_map(|s| {
+            let r = s.message.receiver_id?;
+            Some((s.message.sender_id.min(r), s.message.sender_id.max(r)))
+        })
+        .collect();
+    let directs: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM conversations WHERE kind = 'direct'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(directs, pairs.len() as i64);
+    let largest = nodes[0].largest_batch().max(nodes[1].largest_batch());
+    assert!(largest > 1, "no batch formed under concurrency: {largest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_users_of_a_pair_sending_first_at_once_from_two_nodes_make_one_conversation() {
+    let db = TestDatabase::create().await;
+    let admin = admin(db.url()).await;
+    let nodes = [
+        Arc::new(connect(db.url()).await),
+        Arc::new(connect(db.url()).await),
+    ];
+    let pairs = 16;
+    let mut users = Vec::new();
+    for i in 0..2 * pairs {
+        users.push(user(&nodes[0], &format!("user{i}")).await);
+    }
+    for round in 0..3 {
+        let start = Arc::new(tokio::sync::Barrier::new(2 * pairs));
+        let mut sends = JoinSet::new();
+        for p in 0..pairs {
+            let (a, b) = (users[2 * p], users[2 * p + 1]);
+            for (node, from, to) in [(0, a, b), (1, b, a)] {
+                let (node, start) = (nodes[node].clone(), start.clone());
+                let m = message(from, to, &format!("first {round}"), None);
+                sends.spawn(async move {
+                    start.wait().await;
+                    (p, node.store_message(&m).await.expect("send"))
+                });
+            }
+        }
+        let mut of_pair: HashMap<usize, Vec<i64>> = HashMap::new();
+        while let Some(done) = sends.join_next().await {
+            let (p, stored) = done.unwrap();
+            of_pair
+                .entry(p)
+                .or_default()
+                .push(stored.message.conversation_id);
+        }
+        let mut ids: Vec<i64> = of_pair
+            .into_values()
+            .map(|c| {
+                assert_eq!(c.len(), 2);
+                assert_eq!(c[0], c[1], "both sends in one conversation");
+                c[0]
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), pairs, "round {round}: one conversation per pair");
+    }
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM conversations WHERE kind = 'direct'),
+                    (SELECT count(*) FROM conversation_members WHERE role = 'member'),
+                    (SELECT count(DISTINCT conversation_id) FROM messages)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(counts, (pairs as i64, 2 * pairs as i64, pairs as i64));
+    // Each conversation's members are its pair, joined when it was made.
+    let wrong: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM conversations c
+             WHERE (SELECT array_agg(user_id ORDER BY user_id) FROM conversation_members m
+                    WHERE m.conversation_id = c.id AND m.joined_at = c.created_at)
+                   IS DISTINCT FROM ARRAY[c.direct_low, c.direct_high]",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0);
+}
+
+// One thread: spawned sends run (and queue) in spawn order, so the batch's order is known.
+#[tokio::test(flavor = "current_thread")]
+async fn a_mixed_group_batch_answers_each_send_as_sequential_sends_would() {
+    let db = TestDatabase::create().await;
+    let storage = Arc::new(connect(db.url()).await);
+    let mut ids = Vec::new();
+    for name in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        ids.push(user(&storage, name).await);
+    }
+    let [alice, bob, carol, dave, erin, frank] = ids[..] else {
+        unreachable!()
+    };
+    let admin = admin(db.url()).await;
+    let g = group(&admin, &[alice, bob, carol]).await;
+    let direct = storage
+        .store_message(&message(alice, bob, "hello", None))
+        .await
+        .unwrap();
+    let d = direct.message.conversation_id;
+    let earlier = storage
+        .store_message(&to_conversation(alice, g, "before", Some("old")))
+        .await
+        .unwrap();
+    assert_eq!(earlier.recipients, vec![(bob, 2), (carol, 1)]);
+
+    // Both writers busy on frank's locked row, so the sends below queue up as one batch.
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM users WHERE id = {frank} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut blockers = Vec::new();
+    for i in 0..2 {
+        let (storage, m) = (
+            storage.clone(),
+            message(erin, frank, &format!("b{i}"), None),
+        );
+        blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
+    }
+    until_waiting(&admin, 2).await;
+
+    let sends = [
+        to_conversation(alice, g, "one", Some("x")), // 0 stored
+        to_conversation(dave, g, "nope", Some("x")), // 1 not a member
+        to_conversation(alice, 999_999, "nope", Some("z")), // 2 no such conversation
+        to_conversation(alice, g, "one", Some("x")), // 3 retry of 0
+        to_conversation(alice, g, "other", Some("x")), // 4 conflict: content
+        message(alice, bob, "one", Some("x")),       // 5 conflict: place
+        to_conversation(alice, d, "dm", Some("y")),  // 6 direct by id
+        message(alice, bob, "dm", Some("y")),        // 7 retry of 6, by receiver
+        to_conversation(alice, g, "before", Some("old")), // 8 retry of an earlier batch
+        to_conversation(alice, d, "before", Some("old")), // 9 conflict with it
+        to_conversation(bob, g, "two", Some("x")),   // 10 another sender's key
+        to_conversation(alice, g, "three", Some("z")), // 11 "z" was not taken
+        to_conversation(dave, d, "nope", None),      // 12 not a member of a direct one
+    ];
+    let mut handles = Vec::new();
+    for m in sends {
+        let storage = storage.clone();
+        handles.push(tokio::spawn(async move { storage.store_message(&m).await }));
+    }
+    for _ in 0..handles.len() {
+        tokio::task::yield_now().await;
+    }
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    for b in blockers {
+        assert!(b.await.unwrap().unwrap().created);
+    }
+    let mut got = Vec::new();
+    for h in handles {
+        got.push(h.await.unwrap());
+    }
+    assert!(storage.largest_batch() >= 13, "{}", storage.largest_batch());
+
+    let one = got[0].as_ref().expect("group send");
+    assert!(one.created);
+    assert_eq!(one.message.conversation_id, g);
+    assert_eq!(one.message.receiver_id, None);
+    assert_eq!(
+        (one.sender_seq, one.recipients.clone()),
+        (3, vec![(bob, 3), (carol, 2)])
+    );
+    for i in [1, 2, 12] {
+        assert!(
+            matches!(got[i], Err(Error::ConversationNotFound)),
+            "{i}: {:?}",
+            got[i]
+        );
+    }
+    let repeat = got[3].as_ref().expect("retry inside the batch");
+    assert!(!repeat.created && repeat.recipients.is_empty());
+    assert_eq!((&repeat.message, repeat.sender_seq), (&one.message, 3));
+    for i in [4, 5, 9] {
+        assert!(
+            matches!(got[i], Err(Error::ClientIdConflict)),
+            "{i}: {:?}",
+            got[i]
+        );
+    }
+    let dm = got[6].as_ref().expect("direct by id");
+    assert!(dm.created);
+    assert_eq!(
+        (dm.message.conversation_id, dm.message.receiver_id),
+        (d, Some(bob))
+    );
+    assert_eq!((dm.sender_seq, dm.recipients.clone()), (4, vec![(bob, 4)]));
+    let dm_again = got[7].as_ref().expect("retry by receiver");
+    assert!(!dm_again.created && dm_again.recipients.is_empty());
+    assert_eq!(dm_again.message, dm.message);
+    let old = got[8].as_ref().expect("retry of an earlier batch");
+    assert!(!old.created && old.recipients.is_empty());
+    assert_eq!((&old.message, old.sender_seq), (&earlier.message, 2));
+    let two = got[10].as_ref().expect("bob's x");
+    assert!(two.created);
+    assert_eq!(
+        (two.sender_seq, two.recipients.clone()),
+        (5, vec![(alice, 5), (carol, 3)])
+    );
+    let three = got[11].as_ref().expect("z");
+    assert!(three.created);
+    assert_eq!(
+        (three.sender_seq, three.recipients.clone()),
+        (6, vec![(bob, 6), (carol, 4)])
+    );
+    assert!(one.message.id < dm.message.id);
+    assert!(dm.message.id < two.message.id && two.message.id < three.message.id);
+    for (user, n) in [(alice, 6), (bob, 6), (carol, 4), (dave, 0)] {
+        assert_eq!(storage.current_seq(user).await.unwrap(), n);
+        let expected: Vec<i64> = (1..=n).collect();
+        assert_eq!(stored_seqs(&admin, user).await, expected, "user {user}");
+    }
+    let messages: i64 = admin
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        messages,
+        2 + 2 + 4,
+        "the two before, the blockers, and four new"
+    );
 }
 
 /// A TCP relay to PostgreSQL that the test can cut (closing every relayed connection).
@@ -361,5 +773,5 @@ async fn a_cut_mid_batch_fails_every_waiting_send_and_stores_none() {
         tokio::task::yield_now().await;
     };
     assert!(stored.created);
-    assert_eq!((stored.sender_seq, stored.receiver_seq), (2, 2));
+    assert_eq!((stored.sender_seq, stored.seq_of(bob)), (2, Some(2)));
 }

@@ -300,6 +300,25 @@ pub(super) const LAST_SEEN: &str = "SELECT id, last_seen FROM users WHERE id = A
 
 pub(super) const CHECK: &str = "SELECT 1";
 
+// ---- The batch writer (`writer/`) ------------------------------------------------------------
+// Everything below is run by the group-commit writer only, in this order within one
+// transaction: conversations, members, users, client ids, direct conversations, messages,
+// stream entries, seqs. The lock order (conversations by id, then users by id) is the global
+// one: membership changes lock their conversation row, then its users, the same way.
+
+/// Locks the conversations a batch sends to by id, in id order, `FOR SHARE` (a membership
+/// change locks its row `FOR UPDATE`, so the members read next stay as read until commit), and
+/// reads what they are. A missing id is simply not returned.
+pub(super) const LOCK_BATCH_CONVERSATIONS: &str =
+    "SELECT id, kind, direct_low, direct_high FROM conversations
+     WHERE id = ANY($1) ORDER BY id FOR SHARE";
+
+/// The members of a batch's group conversations, by the primary key of `conversation_members`;
+/// a separate statement after [`LOCK_BATCH_CONVERSATIONS`], so that its snapshot is taken
+/// after the locks were granted and sees every membership change committed before.
+pub(super) const BATCH_MEMBERS: &str = "SELECT conversation_id, user_id FROM conversation_members
+     WHERE conversation_id = ANY($1) ORDER BY conversation_id, user_id";
+
 /// Locks every user of a batch in one global id order (so batches of any nodes cannot
 /// deadlock) and reads the `last_seq` the batch's seqs continue from.
 pub(super) const LOCK_BATCH_USERS: &str =
@@ -309,20 +328,62 @@ pub(super) const LOCK_BATCH_USERS: &str =
 /// `messages_sender_client_id_key`.
 pub(super) const FIND_BATCH_CLIENT_IDS: &str =
     "SELECT m.sender_id, m.client_id, m.id, m.receiver_id, m.content, m.created_at,
-            m.sender_seq, m.receiver_seq
+            m.sender_seq, m.conversation_id
      FROM unnest($1::bigint[], $2::text[]) AS k(sender_id, client_id)
      JOIN messages m ON m.sender_id = k.sender_id AND m.client_id = k.client_id";
 
+/// The direct conversations of a batch's pairs (`$1` lower ids, `$2` higher ids) that the
+/// writer's in-process map did not know, made now when missing (`$3` creators, `$4` times) with
+/// their two members. A pair that exists is not inserted (so it takes no id); one that a
+/// concurrent transaction commits meanwhile hits `conversations_direct_pair_key` and is
+/// skipped, and then this statement's snapshot cannot see it: the writer reads those pairs
+/// again with [`DIRECT_PAIRS`]. Returns `id, direct_low, direct_high` of every pair found or
+/// made.
+pub(super) const DIRECT_CONVERSATIONS: &str = "WITH pairs AS (
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[])
+             WITH ORDINALITY AS p(lo, hi, creator, made_at, ord)
+     ), made AS (
+         INSERT INTO conversations (kind, title, created_by, created_at, direct_low, direct_high)
+         SELECT 'direct', NULL, p.creator, p.made_at, p.lo, p.hi FROM pairs p
+         WHERE NOT EXISTS (SELECT 1 FROM conversations c
+                           WHERE c.direct_low = p.lo AND c.direct_high = p.hi)
+         ORDER BY p.ord
+         ON CONFLICT ON CONSTRAINT conversations_direct_pair_key DO NOTHING
+         RETURNING id, direct_low, direct_high, created_at
+     ), joined AS (
+         INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+         SELECT id, direct_low, 'member', created_at FROM made
+         UNION ALL
+         SELECT id, direct_high, 'member', created_at FROM made
+     )
+     SELECT id, direct_low, direct_high FROM made
+     UNION ALL
+     SELECT c.id, c.direct_low, c.direct_high
+     FROM pairs p JOIN conversations c ON c.direct_low = p.lo AND c.direct_high = p.hi";
+
+/// The direct conversations of pairs (`$1` lower ids, `$2` higher ids), by
+/// `conversations_direct_pair_key`.
+pub(super) const DIRECT_PAIRS: &str = "SELECT c.id, c.direct_low, c.direct_high
+     FROM unnest($1::bigint[], $2::bigint[]) AS p(lo, hi)
+     JOIN conversations c ON c.direct_low = p.lo AND c.direct_high = p.hi";
+
 /// Inserts a batch's new messages, seqs computed by the writer; ids are taken in the batch's
 /// order (`ORDER BY ord`), which is each user's seq order. `(sender_id, sender_seq)` is unique,
-/// so it maps each returned id back to its message.
+/// so it maps each returned id back to its message. A group message has a NULL receiver and
+/// receiver seq.
 pub(super) const INSERT_BATCH: &str = "INSERT INTO messages
-         (sender_id, receiver_id, content, created_at, sender_seq, receiver_seq, client_id)
-     SELECT s, r, c, t, ss, rs, k
+         (sender_id, receiver_id, content, created_at, sender_seq, receiver_seq, client_id,
+          conversation_id)
+     SELECT s, r, c, t, ss, rs, k, cv
      FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[], $5::bigint[],
-                 $6::bigint[], $7::text[]) WITH ORDINALITY AS b(s, r, c, t, ss, rs, k, ord)
+                 $6::bigint[], $7::text[], $8::bigint[])
+          WITH ORDINALITY AS b(s, r, c, t, ss, rs, k, cv, ord)
      ORDER BY ord
      RETURNING id, sender_id, sender_seq";
+
+/// The stream entries of a batch's group messages: one per member but the sender.
+pub(super) const INSERT_BATCH_STREAM: &str = "INSERT INTO stream_entries (user_id, seq, message_id)
+     SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[])";
 
 /// Moves each user of a batch to the last seq the batch gave it.
 pub(super) const UPDATE_BATCH_SEQS: &str = "UPDATE users SET last_seq = u.seq

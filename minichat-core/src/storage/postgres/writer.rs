@@ -9,13 +9,22 @@
 //! commits forms the next one. [`WRITERS`] tasks, each on its own connection, share the queue, so
 //! one gathers while another waits for its commit's fsync.
 //!
+//! The batch's transaction is `writer/batch.rs` (its statements, in lock order); what each send
+//! turns into is `writer/plan.rs`.
+//!
 //! Invariants (the same as one transaction per message):
-//! - **Gapless seqs in commit order, across nodes.** A batch locks all its users' rows in one
-//!   global id order (so batches cannot deadlock each other), computes seqs from the locked
-//!   `last_seq`, and inserts with ids taken in seq order; rows stay locked until commit.
-//! - **Each send its own outcome.** Unknown users, repeated or conflicting `client_id`s (also
-//!   twice within one batch: the second is the retry of the first) are answered per send and
-//!   never fail a neighbour. Only a database failure fails the batch, then every send in it gets
+//! - **Gapless seqs in commit order, across nodes.** A batch locks the conversations it sends
+//!   to by id (`FOR SHARE`, id order), then all its users' rows (senders, receivers, every
+//!   member sent to) in id order: one global order, conversations then users, which membership
+//!   changes follow too, so batches cannot deadlock each other. It computes seqs from the
+//!   locked `last_seq`, and inserts with ids taken in seq order; rows stay locked until commit,
+//!   and so does every group's membership as the batch read it.
+//! - **One direct conversation per pair**, made by the first batch that needs it (the unique
+//!   pair constraint decides between nodes), remembered in-process ([`DirectMap`]) once
+//!   committed, so a warm pair's send runs no statement for it.
+//! - **Each send its own outcome.** Unknown users, a conversation the sender is not a member
+//!   of, repeated or conflicting `client_id`s (also twice within one batch: the second is the
+//!   retry of the first) are answered per send and never fail a neighbour. Only a database failure fails the batch, then every send in it gets
 //!   [`Error::Unavailable`] and the rollback leaves nothing half-written.
 //! - **Acknowledged means committed**: replies go out after `COMMIT` returned.
 //! - **Bounded waits**: a caller waits for queue space and its reply within the backend budget;
@@ -23,12 +32,14 @@
 //!   its batch started is skipped.
 //! - **Shutdown**: the tasks end when the last sender (the storage) is dropped.
 
+mod batch;
+mod plan;
+
 use super::pool::Connections;
-use super::sql::*;
-use super::{col, unavailable};
+use super::unavailable;
 use crate::error::{Error, Result};
-use crate::model::{now, Message, MessageType, StoredMessage, UserId, ValidMessage};
-use chrono::{DateTime, Utc};
+use crate::model::{ConversationId, StoredMessage, ValidMessage};
+use plan::Pair;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -68,8 +79,10 @@ impl Writer {
         let jobs = Arc::new(Mutex::new(jobs));
         let largest = Arc::new(AtomicUsize::new(0));
         let pool = Arc::new(pool);
+        let directs = Arc::new(DirectMap::default());
         for _ in 0..WRITERS {
-            tokio::spawn(write(jobs.clone(), pool.clone(), largest.clone()));
+            let directs = directs.clone();
+            tokio::spawn(write(jobs.clone(), pool.clone(), directs, largest.clone()));
         }
         Writer {
             queue,
@@ -114,6 +127,7 @@ impl Writer {
 async fn write(
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     pool: Arc<Connections>,
+    directs: Arc<DirectMap>,
     largest: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -139,7 +153,7 @@ async fn write(
         metrics::histogram!(crate::telemetry::STORAGE_BATCH_SIZE).record(batch.len() as f64);
         largest.fetch_max(batch.len(), Ordering::Relaxed);
         let messages: Vec<&ValidMessage> = batch.iter().map(|job| &job.message).collect();
-        let answers = commit_with_retry(&pool, &messages).await;
+        let answers = commit_with_retry(&pool, &directs, &messages).await;
         drop(messages);
         match answers {
             Ok(answers) => {
@@ -195,6 +209,7 @@ impl From<Error> for Failure {
 /// Commits `messages` within the budget, again after a deadlock or serialization failure.
 async fn commit_with_retry(
     pool: &Connections,
+    directs: &DirectMap,
     messages: &[&ValidMessage],
 ) -> std::result::Result<Vec<Result<StoredMessage>>, Error> {
     pool.bounded(async {
@@ -202,7 +217,7 @@ async fn commit_with_retry(
         loop {
             attempt += 1;
             let mut lease = pool.lease().await?;
-            let done = commit(&mut lease, messages).await;
+            let done = batch::commit(&mut lease, messages, directs).await;
             // Completed: committed, or rolled back by dropping the transaction; a connection
             // that broke (or whose server can no longer take writes) is closed, not pooled.
             lease.settle_if(!matches!(
@@ -213,7 +228,10 @@ async fn commit_with_retry(
                 })
             ));
             match done {
-                Ok(answers) => return Ok(answers),
+                Ok((answers, learnt)) => {
+                    directs.remember(learnt);
+                    return Ok(answers);
+                }
                 Err(Failure::Retry(e)) if attempt >= ATTEMPTS => return Err(unavailable(e)),
                 Err(Failure::Retry(_)) => continue,
                 Err(Failure::Other { error, .. }) => return Err(error),
@@ -221,16 +239,6 @@ async fn commit_with_retry(
         }
     })
     .await
-}
-
-/// What a send of the batch turns into before the insert.
-enum Plan {
-    /// Answered already (unknown user, an earlier message, a conflict).
-    Done(Result<StoredMessage>),
-    /// The `i`th row of the insert.
-    Insert(usize),
-    /// A retry of the `i`th row of the insert (same `client_id` earlier in the batch).
-    Repeat(usize),
 }
 
 async fn query(
@@ -242,171 +250,36 @@ async fn query(
     tx.query(&statement, params).await
 }
 
-/// One transaction for the whole batch: four statements whatever its size.
-async fn commit(
-    client: &mut deadpool_postgres::Object,
-    messages: &[&ValidMessage],
-) -> std::result::Result<Vec<Result<StoredMessage>>, Failure> {
-    let tx = client.transaction().await?;
+/// The direct conversation of each pair this writer has seen committed, so that a warm pair's
+/// send costs no statement: a direct conversation never changes nor disappears, so an entry is
+/// never stale. Bounded: cleared when it passes [`DIRECT_MAP`] pairs (a cleared pair costs one
+/// statement in its next batch). Shared by the writer tasks; entries are added only after the
+/// transaction that found or made them committed.
+#[derive(Default)]
+pub(super) struct DirectMap(std::sync::Mutex<HashMap<Pair, ConversationId>>);
 
-    let mut ids: Vec<UserId> = messages
-        .iter()
-        .flat_map(|m| [m.sender_id(), m.receiver_id().unwrap_or(0)])
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    // id -> (username, last seq given)
-    let mut users: HashMap<UserId, (String, i64)> = HashMap::with_capacity(ids.len());
-    for row in query(&tx, LOCK_BATCH_USERS, &[&ids]).await? {
-        users.insert(col(&row, 0)?, (col(&row, 1)?, col(&row, 2)?));
+/// The most pairs [`DirectMap`] holds before it is cleared.
+const DIRECT_MAP: usize = 8192;
+
+impl DirectMap {
+    fn pairs(&self) -> std::sync::MutexGuard<'_, HashMap<Pair, ConversationId>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    // Earlier messages of the batch's client_ids (the senders' rows are locked, so any earlier
-    // send with one has committed and this new snapshot sees it).
-    let (keyed_senders, keyed_ids): (Vec<UserId>, Vec<&str>) = messages
-        .iter()
-        .filter(|m| users.contains_key(&m.sender_id()))
-        .filter_map(|m| m.client_id().map(|c| (m.sender_id(), c)))
-        .unzip();
-    let mut earlier: HashMap<(UserId, String), StoredMessage> = HashMap::new();
-    if !keyed_ids.is_empty() {
-        for row in query(&tx, FIND_BATCH_CLIENT_IDS, &[&keyed_senders, &keyed_ids]).await? {
-            let sender: UserId = col(&row, 0)?;
-            let stored = StoredMessage {
-                message: Message {
-                    id: col(&row, 2)?,
-                    sender_id: sender,
-                    sender_username: users[&sender].0.clone(),
-                    receiver_id: col(&row, 3)?,
-                    conversation_id: 0,
-                    content: col(&row, 4)?,
-                    timestamp: col(&row, 5)?,
-                    kind: MessageType::Message,
-                },
-                sender_seq: col(&row, 6)?,
-                recipients: vec![],
-                created: false,
-            };
-            earlier.insert((sender, col(&row, 1)?), stored);
-        }
+    pub(super) fn get(&self, pair: Pair) -> Option<ConversationId> {
+        self.pairs().get(&pair).copied()
     }
 
-    // Plan each send in queue order, as sequential sends would go.
-    let timestamp: DateTime<Utc> = now();
-    let mut plans = Vec::with_capacity(messages.len());
-    let mut rows: Vec<usize> = Vec::new(); // message index of each insert row
-    let (mut senders, mut receivers, mut contents) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut sender_seqs, mut receiver_seqs, mut client_ids) = (Vec::new(), Vec::new(), Vec::new());
-    let mut in_batch: HashMap<(UserId, &str), usize> = HashMap::new();
-    for (i, m) in messages.iter().enumerate() {
-        let (sender, receiver) = (m.sender_id(), m.receiver_id().unwrap_or(0));
-        if !users.contains_key(&sender) {
-            plans.push(Plan::Done(Err(Error::SenderNotFound)));
-            continue;
+    fn remember(&self, learnt: Vec<(Pair, ConversationId)>) {
+        if learnt.is_empty() {
+            return;
         }
-        if !users.contains_key(&receiver) {
-            plans.push(Plan::Done(Err(Error::ReceiverNotFound)));
-            continue;
+        let mut pairs = self.pairs();
+        if pairs.len() + learnt.len() > DIRECT_MAP {
+            pairs.clear();
         }
-        if let Some(client_id) = m.client_id() {
-            if let Some(stored) = earlier.get(&(sender, client_id.to_owned())) {
-                let same =
-                    stored.message.receiver_id == Some(receiver) && stored.message.content == m.content();
-                plans.push(Plan::Done(if same {
-                    Ok(stored.clone())
-                } else {
-                    Err(Error::ClientIdConflict)
-                }));
-                continue;
-            }
-            if let Some(&row) = in_batch.get(&(sender, client_id)) {
-                let first = messages[rows[row]];
-                let same = first.receiver_id() == Some(receiver) && first.content() == m.content();
-                plans.push(if same {
-                    Plan::Repeat(row)
-                } else {
-                    Plan::Done(Err(Error::ClientIdConflict))
-                });
-                continue;
-            }
-            in_batch.insert((sender, client_id), rows.len());
-        }
-        let mut next = |user: UserId| {
-            let entry = users.get_mut(&user).map(|u| &mut u.1);
-            entry.map_or(0, |seq| {
-                *seq += 1;
-                *seq
-            })
-        };
-        sender_seqs.push(next(sender));
-        receiver_seqs.push(next(receiver));
-        plans.push(Plan::Insert(rows.len()));
-        rows.push(i);
-        senders.push(sender);
-        receivers.push(receiver);
-        contents.push(m.content());
-        client_ids.push(m.client_id());
+        pairs.extend(learnt);
     }
-
-    let mut row_ids = vec![0i64; rows.len()];
-    if !rows.is_empty() {
-        let times = vec![timestamp; rows.len()];
-        let params: [&(dyn ToSql + Sync); 7] = [
-            &senders,
-            &receivers,
-            &contents,
-            &times,
-            &sender_seqs,
-            &receiver_seqs,
-            &client_ids,
-        ];
-        let mut row_of: HashMap<(UserId, i64), usize> = HashMap::with_capacity(rows.len());
-        for (row, key) in senders.iter().zip(&sender_seqs).enumerate() {
-            row_of.insert((*key.0, *key.1), row);
-        }
-        let inserted = query(&tx, INSERT_BATCH, &params).await?;
-        if inserted.len() != rows.len() {
-            return Err(unavailable("the batch insert returned a wrong number of rows").into());
-        }
-        for r in &inserted {
-            let key: (UserId, i64) = (col(r, 1)?, col(r, 2)?);
-            let row = *row_of
-                .get(&key)
-                .ok_or_else(|| unavailable("the batch insert returned an unknown row"))?;
-            row_ids[row] = col(r, 0)?;
-        }
-        let (seq_users, seqs): (Vec<UserId>, Vec<i64>) =
-            users.iter().map(|(id, (_, seq))| (*id, *seq)).unzip();
-        query(&tx, UPDATE_BATCH_SEQS, &[&seq_users, &seqs]).await?;
-    }
-    tx.commit().await?;
-
-    let made = |row: usize, created: bool| {
-        let m = messages[rows[row]];
-        StoredMessage {
-            message: Message {
-                id: row_ids[row],
-                sender_id: m.sender_id(),
-                sender_username: users[&m.sender_id()].0.clone(),
-                receiver_id: m.receiver_id(),
-                conversation_id: 0,
-                content: m.content().to_owned(),
-                timestamp,
-                kind: MessageType::Message,
-            },
-            sender_seq: sender_seqs[row],
-            recipients: vec![(m.receiver_id().unwrap_or(0), receiver_seqs[row])],
-            created,
-        }
-    };
-    Ok(plans
-        .into_iter()
-        .map(|plan| match plan {
-            Plan::Done(answer) => answer,
-            Plan::Insert(row) => Ok(made(row, true)),
-            Plan::Repeat(row) => Ok(made(row, false)),
-        })
-        .collect())
 }
 
 #[cfg(test)]
