@@ -1,0 +1,734 @@
+//! Tests of the PostgreSQL storage of conversations against a real server.
+//!
+//! This file exists to show that `PostgresStorage` keeps the conversation half of the `Storage`
+//! contract exactly as `MemoryStorage` (the reference) does: every operation of one script
+//! (groups made, renamed, joined and left, with the rules' refusals; group and direct messages;
+//! read marks and unread counts; the inbox's order; each user's stream across messages and
+//! membership events) runs on both, and every answer, error and seq must agree (timestamps
+//! aside: the two backends' clocks are read at different moments). Concurrent membership
+//! changes and sends from two nodes must keep every stream gapless. Each test makes its own
+//! database (`TestDatabase`). They need PostgreSQL at 127.0.0.1:5432 (user `postgres`, trust
+//! auth), or `MINICHAT_TEST_PG_ADMIN_URL`.
+
+use chrono::{DateTime, Utc};
+use minichat_core::model::{
+    ChangeKind, Conversation, ConversationChange, ConversationId, ConversationSummary,
+    HistoryRequest, Message, NewGroup, NewMembers, NewMessage, NewUser, Page, ReadMark, ReadState,
+    Recipient, Rename, StoredMessage, StreamEvent, UserId,
+};
+use minichat_core::storage::{
+    MemoryStorage, PostgresConfig, PostgresStorage, ReadReceipt, Storage,
+};
+use minichat_core::test_support::TestDatabase;
+use minichat_core::Error;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+
+/// A generous member limit, for the calls that are not about it.
+const MAX: usize = 100;
+
+async fn connect(url: &str) -> PostgresStorage {
+    PostgresStorage::connect(&PostgresConfig {
+        url: url.into(),
+        pool_size: 8,
+        timeout: minichat_core::DEFAULT_BACKEND_TIMEOUT,
+    })
+    .await
+    .expect("connect")
+}
+
+fn epoch() -> DateTime<Utc> {
+    DateTime::<Utc>::UNIX_EPOCH
+}
+
+// ---- Timestamps blanked, to compare two backends' clocks-apart answers --------------------
+
+fn message(m: &Message) -> Message {
+    Message {
+        timestamp: epoch(),
+        ..m.clone()
+    }
+}
+
+fn conversation(c: &Conversation) -> Conversation {
+    let mut c = c.clone();
+    c.created_at = epoch();
+    for m in &mut c.members {
+        m.joined_at = epoch();
+    }
+    c
+}
+
+fn change(c: &ConversationChange) -> ConversationChange {
+    let mut c = c.clone();
+    c.event.conversation = conversation(&c.event.conversation);
+    c
+}
+
+fn stored(s: &StoredMessage) -> StoredMessage {
+    StoredMessage {
+        message: message(&s.message),
+        ..s.clone()
+    }
+}
+
+fn event(e: &StreamEvent) -> StreamEvent {
+    match e {
+        StreamEvent::Message(m) => {
+            let mut m = m.clone();
+            m.message = message(&m.message);
+            StreamEvent::Message(m)
+        }
+        StreamEvent::Conversation { seq, event } => {
+            let mut event = event.clone();
+            event.conversation = conversation(&event.conversation);
+            StreamEvent::Conversation { seq: *seq, event }
+        }
+    }
+}
+
+fn summary(s: &ConversationSummary) -> ConversationSummary {
+    let mut s = s.clone();
+    s.created_at = epoch();
+    s.last_message = s.last_message.as_ref().map(message);
+    s
+}
+
+fn all<T, U>(f: impl Fn(&T) -> U) -> impl Fn(&Vec<T>) -> Vec<U> {
+    move |v| v.iter().map(&f).collect()
+}
+
+/// The two backends' answers agree (values after `norm`, errors by their Debug text); returns
+/// PostgreSQL's.
+fn agree<T: Debug, U: PartialEq + Debug>(
+    what: &str,
+    pg: Result<T, Error>,
+    mem: Result<T, Error>,
+    norm: impl Fn(&T) -> U,
+) -> Result<T, Error> {
+    match (&pg, &mem) {
+        (Ok(p), Ok(m)) => assert_eq!(norm(p), norm(m), "{what}"),
+        (Err(p), Err(m)) => assert_eq!(format!("{p:?}"), format!("{m:?}"), "{what}"),
+        _ => panic!("{what}: backends disagree: {pg:?} vs {mem:?}"),
+    }
+    pg
+}
+
+fn same<T: Clone>(t: &T) -> T {
+    t.clone()
+}
+
+/// Every operation on PostgreSQL and on the in-memory reference, checked to agree.
+struct Both {
+    pg: PostgresStorage,
+    mem: MemoryStorage,
+}
+
+impl Both {
+    async fn new(db: &TestDatabase) -> Both {
+        Both {
+            pg: connect(db.url()).await,
+            mem: MemoryStorage::new(),
+        }
+    }
+
+    async fn user(&self, name: &str) -> UserId {
+        let user = NewUser {
+            username: name.into(),
+            display_name: None,
+        }
+        .validate()
+        .expect("valid user");
+        let pg = self.pg.create_user(&user).await.expect("pg user");
+        let mem = self.mem.create_user(&user).await.expect("mem user");
+        assert_eq!(pg.id, mem.id);
+        pg.id
+    }
+
+    async fn send(&self, m: NewMessage) -> Result<StoredMessage, Error> {
+        let what = format!("send {m:?}");
+        let m = m.validate().expect("valid message");
+        let pg = self.pg.store_message(&m).await;
+        let mem = self.mem.store_message(&m).await;
+        agree(&what, pg, mem, stored)
+    }
+
+    async fn to_user(&self, from: UserId, to: UserId, text: &str) -> StoredMessage {
+        self.send(NewMessage::to_user(from, to, text))
+            .await
+            .expect("direct send")
+    }
+
+    async fn to_group(&self, from: UserId, to: ConversationId, text: &str) -> StoredMessage {
+        self.send(NewMessage::to_conversation(from, to, text))
+            .await
+            .expect("group send")
+    }
+
+    async fn group(
+        &self,
+        creator: UserId,
+        title: &str,
+        members: &[UserId],
+    ) -> Result<ConversationChange, Error> {
+        let group = NewGroup {
+            creator_id: creator,
+            title: title.into(),
+            member_ids: members.to_vec(),
+        }
+        .validate(MAX)
+        .expect("valid group");
+        let pg = self.pg.create_group(&group).await;
+        let mem = self.mem.create_group(&group).await;
+        agree(&format!("create {group:?}"), pg, mem, change)
+    }
+
+    async fn rename(
+        &self,
+        id: ConversationId,
+        by: UserId,
+        title: &str,
+    ) -> Result<ConversationChange, Error> {
+        let rename = Rename {
+            user_id: by,
+            title: title.into(),
+        }
+        .validate()
+        .expect("valid rename");
+        let pg = self.pg.rename_conversation(id, &rename).await;
+        let mem = self.mem.rename_conversation(id, &rename).await;
+        agree(&format!("rename {id} {rename:?}"), pg, mem, change)
+    }
+
+    async fn add(
+        &self,
+        id: ConversationId,
+        by: UserId,
+        users: &[UserId],
+        max: usize,
+    ) -> Result<ConversationChange, Error> {
+        let add = NewMembers {
+            user_id: by,
+            member_ids: users.to_vec(),
+        }
+        .validate()
+        .expect("valid addition");
+        let pg = self.pg.add_members(id, &add, max).await;
+        let mem = self.mem.add_members(id, &add, max).await;
+        agree(&format!("add {id} {add:?} max {max}"), pg, mem, change)
+    }
+
+    async fn remove(
+        &self,
+        id: ConversationId,
+        actor: UserId,
+        member: UserId,
+    ) -> Result<ConversationChange, Error> {
+        let pg = self.pg.remove_member(id, actor, member).await;
+        let mem = self.mem.remove_member(id, actor, member).await;
+        agree(&format!("remove {id} {actor} {member}"), pg, mem, change)
+    }
+
+    async fn conversation(&self, id: ConversationId, user: UserId) -> Result<Conversation, Error> {
+        let pg = self.pg.conversation(id, user).await;
+        let mem = self.mem.conversation(id, user).await;
+        agree(&format!("conversation {id} {user}"), pg, mem, conversation)
+    }
+
+    async fn inbox(&self, user: UserId, skip: i64, limit: i64) -> Vec<ConversationSummary> {
+        let page = Page::new(skip, limit).expect("valid page");
+        let pg = self.pg.conversations(user, page).await;
+        let mem = self.mem.conversations(user, page).await;
+        agree(&format!("inbox {user} {page:?}"), pg, mem, all(summary)).expect("inbox")
+    }
+
+    async fn mark(&self, reader: UserId, to: Recipient, up_to: i64) -> Result<ReadReceipt, Error> {
+        let mark = ReadMark {
+            reader_id: reader,
+            to,
+            up_to,
+        }
+        .validate()
+        .expect("valid mark");
+        let pg = self.pg.mark_read(&mark).await;
+        let mem = self.mem.mark_read(&mark).await;
+        agree(&format!("mark {mark:?}"), pg, mem, same)
+    }
+
+    async fn marks(&self, user: UserId, peer: UserId) -> ReadState {
+        let pg = self.pg.read_marks(user, peer).await;
+        let mem = self.mem.read_marks(user, peer).await;
+        agree(&format!("marks {user} {peer}"), pg, mem, same).expect("marks")
+    }
+
+    async fn history(&self, request: HistoryRequest) -> Result<Vec<Message>, Error> {
+        let query = request.validate().expect("valid query");
+        let pg = self.pg.history(&query).await;
+        let mem = self.mem.history(&query).await;
+        agree(&format!("history {request:?}"), pg, mem, all(message))
+    }
+
+    async fn recent(&self, user: UserId) -> Vec<Message> {
+        let pg = self.pg.recent_received(user, 100).await;
+        let mem = self.mem.recent_received(user, 100).await;
+        agree(&format!("recent {user}"), pg, mem, all(message)).expect("recent")
+    }
+
+    async fn events(&self, user: UserId, since: i64, limit: usize) -> Vec<StreamEvent> {
+        let pg = self.pg.events_since(user, since, limit).await;
+        let mem = self.mem.events_since(user, since, limit).await;
+        agree(
+            &format!("events {user} {since} {limit}"),
+            pg,
+            mem,
+            all(event),
+        )
+        .expect("events")
+    }
+
+    async fn seq(&self, user: UserId) -> i64 {
+        let pg = self.pg.current_seq(user).await;
+        let mem = self.mem.current_seq(user).await;
+        agree(&format!("seq {user}"), pg, mem, same).expect("seq")
+    }
+
+    /// Every read of every user agrees: each stream whole and in every window, the inbox
+    /// whole and paged, each conversation, each history, the recent messages.
+    async fn check_reads(&self, users: &[UserId], conversations: &[ConversationId]) {
+        for &user in users {
+            let stream = self.events(user, 0, 1000).await;
+            let seqs: Vec<i64> = stream.iter().map(StreamEvent::seq).collect();
+            assert_eq!(
+                seqs,
+                (1..=stream.len() as i64).collect::<Vec<_>>(),
+                "gapless"
+            );
+            assert_eq!(self.seq(user).await, stream.len() as i64);
+            for since in 0..=stream.len() as i64 {
+                for limit in [1, 2, 5] {
+                    self.events(user, since, limit).await;
+                }
+            }
+            let inbox = self.inbox(user, 0, 1000).await;
+            for skip in 0..=inbox.len() as i64 {
+                self.inbox(user, skip, 2).await;
+            }
+            for &id in conversations {
+                let _ = self.conversation(id, user).await;
+                for (skip, limit, before_id) in [(0, 1000, None), (1, 2, None), (0, 3, Some(6))] {
+                    let _ = self
+                        .history(HistoryRequest {
+                            conversation_id: Some(id),
+                            skip,
+                            limit,
+                            before_id,
+                            ..HistoryRequest::new(user)
+                        })
+                        .await;
+                }
+            }
+            let direct = self
+                .history(HistoryRequest {
+                    limit: 1000,
+                    ..HistoryRequest::new(user)
+                })
+                .await
+                .expect("direct history");
+            assert!(
+                direct.iter().all(|m| m.receiver_id.is_some()),
+                "direct only"
+            );
+            assert!(self
+                .recent(user)
+                .await
+                .iter()
+                .all(|m| m.receiver_id == Some(user)));
+        }
+    }
+}
+
+fn assert_forbidden<T: Debug>(r: Result<T, Error>) {
+    assert!(matches!(r, Err(Error::Forbidden(_))), "{r:?}");
+}
+
+fn assert_invalid<T: Debug>(r: Result<T, Error>) {
+    assert!(matches!(r, Err(Error::Invalid(_))), "{r:?}");
+}
+
+fn assert_not_found<T: Debug>(r: Result<T, Error>) {
+    assert!(matches!(r, Err(Error::ConversationNotFound)), "{r:?}");
+}
+
+fn assert_no_user<T: Debug>(r: Result<T, Error>) {
+    assert!(matches!(r, Err(Error::UserNotFound)), "{r:?}");
+}
+
+fn assert_no_message<T: Debug>(r: Result<T, Error>) {
+    assert!(matches!(r, Err(Error::MessageNotFound)), "{r:?}");
+}
+
+fn unread(inbox: &[ConversationSummary], id: ConversationId) -> Option<i64> {
+    inbox.iter().find(|s| s.id == id).map(|s| s.unread)
+}
+
+#[tokio::test]
+async fn conversations_agree_with_memory() {
+    let db = TestDatabase::create().await;
+    let s = Both::new(&db).await;
+    let [alice, bob, carol, dave, erin] = [
+        s.user("alice").await,
+        s.user("bob").await,
+        s.user("carol").await,
+        s.user("dave").await,
+        s.user("erin").await,
+    ];
+
+    // A direct pair first: its conversation is made by the first message.
+    let hi = s.to_user(alice, bob, "hi").await;
+    let hey = s.to_user(bob, alice, "hey").await;
+    let direct = hi.message.conversation_id;
+    assert_eq!(hey.message.conversation_id, direct);
+
+    // A group: the creator owns it; every member gets the `created` event.
+    let team = s
+        .group(alice, "  team ", &[carol, bob, carol])
+        .await
+        .unwrap();
+    let group = team.event.conversation.id;
+    assert_eq!(team.event.event, ChangeKind::Created);
+    assert_eq!(team.event.conversation.title.as_deref(), Some("team"));
+    assert_eq!(
+        team.seqs,
+        [(alice, 3), (bob, 3), (carol, 1)],
+        "after the direct pair's two messages"
+    );
+    assert_no_user(s.group(alice, "ghosts", &[bob, 99]).await);
+    let solo = s.group(dave, "solo", &[]).await.unwrap();
+    let solo = solo.event.conversation.id;
+
+    // Group messages: to every other member; a client id retried, then conflicting.
+    let from_bob = s.to_group(bob, group, "hello team").await;
+    assert_eq!(from_bob.message.receiver_id, None);
+    assert_eq!(from_bob.recipients, [(alice, 4), (carol, 2)]);
+    let from_carol = s.to_group(carol, group, "hi all").await;
+    let keyed = NewMessage::to_conversation(alice, group, "agenda").with_client_id("g1");
+    let first = s.send(keyed.clone()).await.unwrap();
+    let retry = s.send(keyed).await.unwrap();
+    assert!(first.created && !retry.created && retry.recipients.is_empty());
+    let conflict = NewMessage::to_conversation(alice, group, "other").with_client_id("g1");
+    assert!(matches!(
+        s.send(conflict).await,
+        Err(Error::ClientIdConflict)
+    ));
+    assert_not_found(
+        s.send(NewMessage::to_conversation(dave, group, "let me in"))
+            .await,
+    );
+    assert_not_found(
+        s.send(NewMessage::to_conversation(alice, 99, "nowhere"))
+            .await,
+    );
+
+    // Renames: owners and admins only, groups only, members only.
+    assert_forbidden(s.rename(group, carol, "mine").await);
+    assert_not_found(s.rename(group, dave, "outsider").await);
+    assert_not_found(s.rename(99, alice, "nothing").await);
+    assert_invalid(s.rename(direct, alice, "pair").await);
+    let renamed = s.rename(group, alice, "the team").await.unwrap();
+    assert_eq!(renamed.event.user_ids, Vec::<UserId>::new());
+
+    // Additions: refused for members, unknown users and over the limit; existing members skip.
+    assert_forbidden(s.add(group, bob, &[dave], MAX).await);
+    assert_no_user(s.add(group, alice, &[dave, 99], MAX).await);
+    assert_invalid(s.add(group, alice, &[dave, erin], 4).await);
+    assert_invalid(s.add(direct, alice, &[carol], MAX).await);
+    assert_not_found(s.add(group, erin, &[erin], MAX).await);
+    let added = s.add(group, alice, &[dave, bob], 4).await.unwrap();
+    assert_eq!(added.event.user_ids, [dave]);
+    assert_eq!(added.event.conversation.members.len(), 4);
+    let nobody = s.add(group, alice, &[bob], MAX).await.unwrap();
+    assert_eq!(nobody.event.user_ids, Vec::<UserId>::new());
+    let from_dave = s.to_group(dave, group, "thanks").await;
+
+    // Read marks: a message of that conversation from another member, never backwards.
+    assert_no_message(
+        s.mark(bob, Recipient::Conversation(group), from_bob.message.id)
+            .await,
+    );
+    assert_no_message(
+        s.mark(bob, Recipient::Conversation(group), hi.message.id)
+            .await,
+    );
+    assert_no_message(s.mark(bob, Recipient::Conversation(group), 999).await);
+    assert_not_found(
+        s.mark(erin, Recipient::Conversation(group), from_bob.message.id)
+            .await,
+    );
+    assert_not_found(s.mark(bob, Recipient::Conversation(99), 1).await);
+    assert_not_found(
+        s.mark(carol, Recipient::User(dave), from_dave.message.id)
+            .await,
+    );
+    let marked = s
+        .mark(bob, Recipient::Conversation(group), first.message.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (marked.up_to, marked.others.clone()),
+        (first.message.id, vec![alice, carol, dave])
+    );
+    let back = s
+        .mark(bob, Recipient::Conversation(group), from_carol.message.id)
+        .await
+        .unwrap();
+    assert_eq!(back.up_to, first.message.id, "never backwards");
+    // A message from before the reader joined is still theirs to mark.
+    s.mark(dave, Recipient::Conversation(group), from_bob.message.id)
+        .await
+        .unwrap();
+    let pair = s
+        .mark(alice, Recipient::User(bob), hey.message.id)
+        .await
+        .unwrap();
+    assert_eq!((pair.conversation_id, pair.others), (direct, vec![bob]));
+    assert_no_message(s.mark(alice, Recipient::User(bob), hi.message.id).await);
+    assert_eq!(
+        s.marks(bob, alice).await,
+        ReadState {
+            read_up_to: None,
+            peer_read_up_to: Some(hey.message.id)
+        }
+    );
+    assert_eq!(s.marks(carol, dave).await, ReadState::default());
+
+    // Unread counts and the inbox's order (the newest activity first).
+    let inbox = s.inbox(bob, 0, 100).await;
+    assert_eq!(unread(&inbox, group), Some(1), "dave's, after bob's mark");
+    assert_eq!(
+        inbox.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [group, direct]
+    );
+    let inbox = s.inbox(alice, 0, 100).await;
+    assert_eq!(unread(&inbox, direct), Some(0));
+    assert_eq!(unread(&inbox, group), Some(3));
+    assert_eq!(
+        inbox.iter().find(|c| c.id == direct).unwrap().peer_id,
+        Some(bob)
+    );
+    let dave_inbox = s.inbox(dave, 0, 100).await;
+    assert_eq!(
+        dave_inbox.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [group, solo]
+    );
+    s.to_group(dave, solo, "note to self").await;
+    assert_eq!(
+        s.inbox(dave, 0, 1).await[0].id,
+        solo,
+        "activity moves it up"
+    );
+
+    // Removals: the rules, then leaving, then re-adding.
+    assert_forbidden(s.remove(group, carol, bob).await);
+    assert_forbidden(s.remove(group, bob, alice).await);
+    assert_forbidden(s.remove(group, alice, alice).await);
+    assert_no_user(s.remove(group, alice, erin).await);
+    assert_not_found(s.remove(group, erin, bob).await);
+    assert_invalid(s.remove(direct, alice, bob).await);
+    let left = s.remove(group, dave, dave).await.unwrap();
+    assert_eq!(
+        left.seqs.iter().map(|(u, _)| *u).collect::<Vec<_>>(),
+        [alice, bob, carol, dave],
+        "the removed member is told too"
+    );
+    let removed = s.remove(group, alice, bob).await.unwrap();
+    assert_eq!(removed.event.event, ChangeKind::MemberRemoved);
+    assert_not_found(s.conversation(group, bob).await);
+    assert_not_found(
+        s.history(HistoryRequest {
+            conversation_id: Some(group),
+            ..HistoryRequest::new(bob)
+        })
+        .await,
+    );
+    assert_eq!(
+        s.inbox(bob, 0, 100)
+            .await
+            .iter()
+            .map(|c| c.id)
+            .collect::<Vec<_>>(),
+        [direct]
+    );
+    s.to_group(carol, group, "bob is gone").await;
+    s.add(group, alice, &[bob], MAX).await.unwrap();
+    // Back, bob has no read mark: every message of the others is unread.
+    assert_eq!(unread(&s.inbox(bob, 0, 100).await, group), Some(4));
+
+    s.check_reads(
+        &[alice, bob, carol, dave, erin, 99],
+        &[direct, group, solo, 99],
+    )
+    .await;
+
+    // The owner leaves last: the group is then nobody's.
+    s.remove(group, bob, bob).await.unwrap();
+    s.remove(group, carol, carol).await.unwrap();
+    s.remove(group, alice, alice).await.unwrap();
+    for user in [alice, bob, carol, dave] {
+        assert_not_found(s.conversation(group, user).await);
+    }
+    assert_not_found(s.add(group, alice, &[bob], MAX).await);
+    s.check_reads(&[alice, bob, carol, dave], &[group]).await;
+}
+
+/// Two nodes: while one changes a group's members, members send to it through both; every
+/// stream stays gapless, and each group message reached exactly the members of the moment
+/// (as the membership events before it in the sender's stream say).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_changes_and_sends_keep_streams_gapless() {
+    let db = TestDatabase::create().await;
+    let nodes = [
+        Arc::new(connect(db.url()).await),
+        Arc::new(connect(db.url()).await),
+    ];
+    let mut users = Vec::new();
+    for name in ["owner", "mem1", "mem2", "mem3", "mem4", "mem5"] {
+        let user = NewUser {
+            username: name.into(),
+            display_name: None,
+        }
+        .validate()
+        .unwrap();
+        users.push(nodes[0].create_user(&user).await.unwrap().id);
+    }
+    let owner = users[0];
+    let created = NewGroup {
+        creator_id: owner,
+        title: "busy".into(),
+        member_ids: users[1..3].to_vec(),
+    }
+    .validate(MAX)
+    .unwrap();
+    let group = nodes[0]
+        .create_group(&created)
+        .await
+        .unwrap()
+        .event
+        .conversation
+        .id;
+
+    let mut tasks = JoinSet::new();
+    // The owner adds and removes m3..m5, on node 0, while m1 and m2 send on both nodes and m3
+    // sends when it can.
+    {
+        let node = nodes[0].clone();
+        let movers = users[3..].to_vec();
+        tasks.spawn(async move {
+            for round in 0..10 {
+                let who = movers[round % movers.len()];
+                let add = NewMembers {
+                    user_id: owner,
+                    member_ids: vec![who],
+                }
+                .validate()
+                .unwrap();
+                node.add_members(group, &add, MAX).await.expect("add");
+                if round % 2 == 0 {
+                    node.remove_member(group, owner, who).await.expect("remove");
+                }
+            }
+        });
+    }
+    for (i, &sender) in users[1..4].iter().enumerate() {
+        for node in &nodes {
+            let node = node.clone();
+            tasks.spawn(async move {
+                for k in 0..15 {
+                    let m = NewMessage::to_conversation(sender, group, format!("{i} {k}"))
+                        .validate()
+                        .unwrap();
+                    match node.store_message(&m).await {
+                        Ok(_) | Err(Error::ConversationNotFound) => {}
+                        Err(e) => panic!("send: {e:?}"),
+                    }
+                }
+            });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+
+    // Replay the owner's stream (the owner is a member throughout): membership events and
+    // messages in commit order. Then every user's stream: gapless, and each message that
+    // reached them came while they were a member, by the owner's order.
+    let owner_stream = nodes[1].events_since(owner, 0, 10_000).await.unwrap();
+    let mut members_at: HashMap<i64, Vec<UserId>> = HashMap::new();
+    let mut members: Vec<UserId> = Vec::new();
+    for e in &owner_stream {
+        match e {
+            StreamEvent::Conversation { event, .. } => {
+                members = event
+                    .conversation
+                    .members
+                    .iter()
+                    .map(|m| m.user_id)
+                    .collect();
+            }
+            StreamEvent::Message(m) => {
+                members_at.insert(m.message.id, members.clone());
+            }
+        }
+    }
+    let changes = owner_stream.len() - members_at.len();
+    assert_eq!(changes, 1 + 10 + 5, "created, 10 additions, 5 removals");
+    // m1 and m2 always got through, 15 each per node; m3 when it was a member.
+    assert!(members_at.len() >= 60, "{}", members_at.len());
+    for &user in &users {
+        let stream = nodes[user as usize % 2]
+            .events_since(user, 0, 10_000)
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = stream.iter().map(StreamEvent::seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=stream.len() as i64).collect::<Vec<_>>(),
+            "user {user}"
+        );
+        assert_eq!(
+            nodes[0].current_seq(user).await.unwrap(),
+            stream.len() as i64
+        );
+        for e in &stream {
+            if let StreamEvent::Message(m) = e {
+                let at = &members_at[&m.message.id];
+                assert!(
+                    at.contains(&user),
+                    "{user} got {} outside membership",
+                    m.message.id
+                );
+            }
+        }
+        // And every message sent while they were a member reached them.
+        let got: Vec<i64> = stream
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Message(m) => Some(m.message.id),
+                _ => None,
+            })
+            .collect();
+        let due: Vec<i64> = {
+            let mut due: Vec<i64> = members_at
+                .iter()
+                .filter(|(_, at)| at.contains(&user))
+                .map(|(id, _)| *id)
+                .collect();
+            due.sort_unstable();
+            due
+        };
+        let mut got_sorted = got.clone();
+        got_sorted.sort_unstable();
+        assert_eq!(got_sorted, due, "user {user}");
+    }
+}
