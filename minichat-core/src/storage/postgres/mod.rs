@@ -14,8 +14,15 @@
 //!   user's row stays locked from seq assignment to commit, a user's messages also get
 //!   increasing ids in seq order (ids of *different* users' messages may commit out of order).
 //! - **Index-driven reads.** Each read is split into halves ("what the user sent", "what the user
-//!   received") that are each a bounded backward range scan of one index, then merged; see the
-//!   statements in `sql.rs` and the index comments in `migrations/0001_initial.sql`.
+//!   received", and for the stream also "the user's `stream_entries`": group messages of others
+//!   and membership events) that are each a bounded range scan of one index, then merged; a
+//!   conversation's history, last message and unread count are ranges of
+//!   `messages_conversation_idx`. See the statements in `sql.rs`, the index comments in
+//!   `migrations/0001_initial.sql` and `0003_conversations.sql`, and the plan test
+//!   (`plans.rs`).
+//! - **Membership changes** (`conversations.rs`) are one transaction each, locking the
+//!   conversation row before any user row (the order the send path keeps too), so a send and a
+//!   change of the same group never interleave and every recipient's seq stays gapless.
 //! - **Fail fast.** Every call is bounded by the backend budget, and so are the pool's waits and
 //!   the connections' sockets (`pool.rs`), so while PostgreSQL is down or black-holed every call
 //!   returns [`Error::Unavailable`] within the budget instead of hanging, and a call that timed

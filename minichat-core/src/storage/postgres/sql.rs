@@ -1,14 +1,15 @@
-//! The SQL text of every statement PostgreSQL storage runs on users and messages, as named
-//! constants.
+//! The SQL text of every statement PostgreSQL storage runs on users, messages and conversations,
+//! as named constants.
 //!
 //! This file exists so that the queries, and the index each one is meant to use, can be read
 //! and reviewed apart from the Rust that runs them (`mod.rs`), and so that the plan test there
 //! checks exactly the text that runs. Every value is a parameter; none is ever formatted in.
 //! (The migration runner's own statements live with it in `migrations.rs`.)
 //!
-//! Plans were checked with EXPLAIN on 4,000 messages between 100 users (one user in half of
-//! them) after ANALYZE, with custom and with generic plans; the `plans_are_index_driven` test
-//! in `mod.rs` repeats that check. No read scans `messages` sequentially: each half is an Index
+//! Plans were checked with EXPLAIN on 4,000 direct messages between 100 users (one user in half
+//! of them) and 1,000 group messages in 20 groups, after ANALYZE, with custom and with generic
+//! plans; the `plans_are_index_driven` test in `plans.rs` repeats that check. No read scans
+//! `messages` or `stream_entries` sequentially: each half is an Index
 //! Scan (Backward, for newest first) of the index named in its comment under a Limit, or, for a
 //! user with few rows, a Bitmap Index Scan of it followed by a small sort; for a user in half of
 //! all messages the planner may instead walk the primary key backward until the page is full.
