@@ -9,8 +9,8 @@
 
 use chrono::{DateTime, Utc};
 use minichat_core::model::{
-    HistoryRequest, Message, NewMessage, NewUser, Page, StoredMessage, StreamEvent, StreamMessage,
-    User, UserId, UserSearchRequest, ValidMessage, ValidUser,
+    HistoryRequest, Message, NewGroup, NewMessage, NewUser, Page, StoredMessage, StreamEvent,
+    StreamMessage, User, UserId, UserSearchRequest, ValidMessage, ValidUser,
 };
 use minichat_core::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
 use minichat_core::test_support::{free_port, TestDatabase};
@@ -881,6 +881,13 @@ async fn calls_fail_fast_while_the_database_is_away_and_recover() {
     let bob = storage.create_user(&new_user("bob", None)).await.unwrap();
     storage.check().await.unwrap();
 
+    let lost_group = NewGroup {
+        creator_id: alice.id,
+        title: "lost".into(),
+        member_ids: vec![bob.id],
+    }
+    .validate(10)
+    .unwrap();
     relay.cut().await;
     let started = Instant::now();
     let unavailable = |r: &Result<(), Error>| {
@@ -900,6 +907,11 @@ async fn calls_fail_fast_while_the_database_is_away_and_recover() {
             .await
             .map(drop),
         storage.events_since(bob.id, 0, 10).await.map(drop),
+        storage.create_group(&lost_group).await.map(drop),
+        storage
+            .conversations(alice.id, Page::new(0, 10).unwrap())
+            .await
+            .map(drop),
         storage.check().await,
     ];
     for r in &results {
@@ -921,6 +933,15 @@ async fn calls_fail_fast_while_the_database_is_away_and_recover() {
     assert_eq!(
         (sent.message.id, sent.sender_seq),
         (1, 1),
-        "the failed send stored nothing"
+        "the failed send and group stored nothing"
+    );
+    assert_eq!(
+        storage
+            .conversations(alice.id, Page::new(0, 10).unwrap())
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the direct conversation only"
     );
 }
