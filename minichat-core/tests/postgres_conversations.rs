@@ -14,7 +14,7 @@ mod reference;
 
 use minichat_core::model::{
     ChangeKind, ConversationId, ConversationSummary, HistoryRequest, NewGroup, NewMembers,
-    NewMessage, NewUser, ReadState, Recipient, StreamEvent, UserId,
+    NewMessage, NewUser, ReadState, Recipient, Role, StreamEvent, UserId,
 };
 use minichat_core::storage::Storage;
 use minichat_core::test_support::TestDatabase;
@@ -406,5 +406,149 @@ async fn concurrent_changes_and_sends_keep_streams_gapless() {
         let mut got_sorted = got.clone();
         got_sorted.sort_unstable();
         assert_eq!(got_sorted, due, "user {user}");
+    }
+}
+
+/// A fixed pseudo-random script of 800 operations of every kind (many of them refused or
+/// pointless, as a client's can be) on both backends: every answer agrees, and so does every
+/// read at the end.
+#[tokio::test]
+async fn a_random_script_agrees_with_memory() {
+    let db = TestDatabase::create().await;
+    let s = Both::new(&db).await;
+    let mut users = Vec::new();
+    for name in ["ann", "ben", "cat", "dan", "eve", "fay"] {
+        users.push(s.user(name).await);
+    }
+    let mut state: u64 = 0x5eed;
+    let mut next = move |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % n as u64) as usize
+    };
+    let mut conversations: Vec<ConversationId> = vec![99];
+    // Sends by id go to groups only: to a direct conversation by its id, memory stores the
+    // message without its receiver and the writer with it (reported; not this file's).
+    let mut groups: Vec<ConversationId> = vec![99];
+    let mut messages: Vec<i64> = vec![999];
+    // How many of each kind succeeded: the script must reach every success path too.
+    let mut ok: HashMap<&str, usize> = HashMap::new();
+    for step in 0..800 {
+        let id = conversations[next(conversations.len())];
+        // Mostly members (the owner often) act on it, so that the script reaches the success
+        // paths too; the reference says who the members are.
+        let mut members = Vec::new();
+        for &u in &users {
+            if let Ok(c) = s.mem.conversation(id, u).await {
+                members = c.members;
+                break;
+            }
+        }
+        let anyone = users[next(users.len())];
+        let actor = match (members.is_empty(), next(3)) {
+            (false, 0) => members
+                .iter()
+                .find(|m| m.role == Role::Owner)
+                .map_or(anyone, |m| m.user_id),
+            (false, 1) => members[next(members.len())].user_id,
+            _ => anyone,
+        };
+        let other = match (members.is_empty(), next(2)) {
+            (false, 0) => members[next(members.len())].user_id,
+            _ => users[next(users.len())],
+        };
+        let group = if groups.contains(&id) {
+            id
+        } else {
+            groups[next(groups.len())]
+        };
+        match next(9) {
+            0 if next(3) == 0 => {
+                let mut members: Vec<UserId> = (0..next(4)).map(|_| users[next(6)]).collect();
+                if next(10) == 0 {
+                    members.push(77);
+                }
+                if let Ok(c) = s.group(actor, &format!("g{step}"), &members).await {
+                    conversations.push(c.event.conversation.id);
+                    groups.push(c.event.conversation.id);
+                    *ok.entry("create").or_default() += 1;
+                }
+            }
+            1 | 2 => {
+                if actor != other {
+                    let sent = s
+                        .send(NewMessage::to_user(actor, other, format!("d{step}")))
+                        .await
+                        .expect("direct send");
+                    messages.push(sent.message.id);
+                    conversations.push(sent.message.conversation_id);
+                }
+            }
+            0 | 3 | 4 => {
+                let m = NewMessage::to_conversation(actor, group, format!("m{step}"))
+                    .with_client_id(format!("k{}", next(20)));
+                if let Ok(sent) = s.send(m).await {
+                    messages.push(sent.message.id);
+                    *ok.entry("group send").or_default() += 1;
+                }
+            }
+            5 => {
+                if s.rename(id, actor, &format!("r{step}")).await.is_ok() {
+                    *ok.entry("rename").or_default() += 1;
+                }
+            }
+            6 => {
+                let more = [other, users[next(6)]];
+                if s.add(id, actor, &more, 2 + next(5)).await.is_ok() {
+                    *ok.entry("add").or_default() += 1;
+                }
+            }
+            7 => {
+                if s.remove(id, actor, other).await.is_ok() {
+                    *ok.entry("remove").or_default() += 1;
+                }
+            }
+            _ => {
+                // Mostly one of the conversation's own messages.
+                let own = s
+                    .mem
+                    .history(
+                        &HistoryRequest {
+                            conversation_id: Some(id),
+                            ..HistoryRequest::new(actor)
+                        }
+                        .validate()
+                        .expect("valid query"),
+                    )
+                    .await
+                    .unwrap_or_default();
+                let up_to = match (own.is_empty(), next(4)) {
+                    (false, 0..=2) => own[next(own.len())].id,
+                    _ => messages[next(messages.len())],
+                };
+                let to = if next(2) == 0 {
+                    Recipient::Conversation(id)
+                } else {
+                    Recipient::User(other)
+                };
+                if to != Recipient::User(actor) && s.mark(actor, to, up_to).await.is_ok() {
+                    *ok.entry("mark").or_default() += 1;
+                }
+            }
+        }
+    }
+    for kind in ["create", "group send", "rename", "add", "remove", "mark"] {
+        assert!(ok.get(kind).is_some_and(|&n| n >= 3), "{kind}: {ok:?}");
+    }
+    conversations.sort_unstable();
+    conversations.dedup();
+    s.check_reads(&users, &conversations).await;
+    for &a in &users {
+        for &b in &users {
+            if a != b {
+                s.marks(a, b).await;
+            }
+        }
     }
 }
