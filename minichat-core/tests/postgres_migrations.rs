@@ -574,9 +574,15 @@ async fn a_database_with_data_is_upgraded_to_conversations_without_loss() {
     }
     .validate(10)
     .unwrap();
+    let (a, b) = (
+        pg.create_group(&group).await.unwrap(),
+        mem.create_group(&group).await.unwrap(),
+    );
+    assert_eq!(a.seqs, b.seqs);
+    assert_eq!(a.event.conversation.id, b.event.conversation.id);
     assert_eq!(
-        pg.create_group(&group).await.unwrap().seqs,
-        mem.create_group(&group).await.unwrap().seqs
+        a.event.conversation.id, 8,
+        "six old pairs, one new pair, then this"
     );
     assert_eq!(
         timeless_events(&pg.events_since(ids[0], 0, 1000).await.unwrap())
