@@ -54,7 +54,8 @@ pub(super) const GET_USER: &str =
 ///
 /// Everything `user` ($1) sent or received directly with `id < $2` (group messages are read
 /// by conversation, as in memory): the newest `$3` (= skip + limit) of each half
-/// (`messages_sender_idx`, whose rows of group messages are filtered out on the way, and
+/// (`messages_direct_sender_idx` of migration 0003, partial on `receiver_id IS NOT NULL`, which
+/// this half repeats word for word so that generic plans can use it too, and
 /// `messages_receiver_idx`, which holds direct messages only), merged, then paged
 /// (OFFSET $4 LIMIT $5); the sender's name is joined only for the rows of the page.
 pub(super) const HISTORY_ALL: &str =
