@@ -80,6 +80,18 @@ async fn conversations_agree_with_memory() {
         [(alice, 3), (bob, 3), (carol, 1)],
         "after the direct pair's two messages"
     );
+    // What PostgreSQL returned is exactly what it reads back, timestamps included.
+    assert_eq!(
+        s.pg.conversation(group, carol).await.unwrap(),
+        team.event.conversation
+    );
+    assert_eq!(
+        s.pg.events_since(carol, 0, 10).await.unwrap(),
+        [StreamEvent::Conversation {
+            seq: 1,
+            event: team.event.clone()
+        }]
+    );
     assert_no_user(s.group(alice, "ghosts", &[bob, 99]).await);
     let solo = s.group(dave, "solo", &[]).await.unwrap();
     let solo = solo.event.conversation.id;
@@ -122,6 +134,10 @@ async fn conversations_agree_with_memory() {
     assert_invalid(s.add(direct, alice, &[carol], MAX).await);
     assert_not_found(s.add(group, erin, &[erin], MAX).await);
     let added = s.add(group, alice, &[dave, bob], 4).await.unwrap();
+    assert_eq!(
+        s.pg.conversation(group, dave).await.unwrap(),
+        added.event.conversation
+    );
     assert_eq!(added.event.user_ids, [dave]);
     assert_eq!(added.event.conversation.members.len(), 4);
     let nobody = s.add(group, alice, &[bob], MAX).await.unwrap();
