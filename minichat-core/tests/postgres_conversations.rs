@@ -444,8 +444,9 @@ async fn a_random_script_agrees_with_memory() {
         ((state >> 33) % n as u64) as usize
     };
     let mut conversations: Vec<ConversationId> = vec![99];
-    // Sends by id go to groups only: to a direct conversation by its id, memory stores the
-    // message without its receiver and the writer with it (reported; not this file's).
+    // Sends by id go to groups only, for now: sent to a direct conversation by its id, this
+    // branch's memory stores the message without its receiver and the writer with it (memory
+    // on `groups` gives it its receiver too; once merged, send by any conversation id here).
     let mut groups: Vec<ConversationId> = vec![99];
     let mut messages: Vec<i64> = vec![999];
     // How many of each kind succeeded: the script must reach every success path too.
