@@ -117,3 +117,11 @@ DROP TABLE read_receipts;
 ALTER TABLE messages ALTER COLUMN conversation_id SET NOT NULL;
 -- A conversation's history, its last message and its unread count: ranges of this index.
 CREATE INDEX messages_conversation_idx ON messages (conversation_id, id);
+
+-- Part 1's history (`GET /messages/?user_id=`) is of direct messages only. Its "what the user
+-- sent" half reads this partial index, so that a user's group messages are never scanned only
+-- to be filtered out (a busy group member with few direct messages would otherwise read all of
+-- them for every page). It replaces 0001's messages_sender_idx (sender_id, id), which only that
+-- half used; the foreign key on sender_id keeps messages_pair_idx and messages_sender_seq_key.
+DROP INDEX messages_sender_idx;
+CREATE INDEX messages_direct_sender_idx ON messages (sender_id, id) WHERE receiver_id IS NOT NULL;

@@ -9,8 +9,8 @@
 
 use chrono::{DateTime, Utc};
 use minichat_core::model::{
-    HistoryRequest, Message, NewMessage, NewUser, Page, StoredMessage, StreamMessage, User, UserId,
-    UserSearchRequest, ValidMessage, ValidUser,
+    HistoryRequest, Message, NewGroup, NewMessage, NewUser, Page, StoredMessage, StreamEvent,
+    StreamMessage, User, UserId, UserSearchRequest, ValidMessage, ValidUser,
 };
 use minichat_core::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
 use minichat_core::test_support::{free_port, TestDatabase};
@@ -53,7 +53,8 @@ fn with_client_id(
 ) -> ValidMessage {
     NewMessage {
         sender_id: sender,
-        receiver_id: receiver,
+        receiver_id: Some(receiver),
+        conversation_id: None,
         content: content.into(),
         client_id: client_id.map(Into::into),
     }
@@ -65,10 +66,28 @@ fn history(user: UserId, chat_with: Option<UserId>, skip: i64, limit: i64) -> Hi
     HistoryRequest {
         user_id: user,
         chat_with,
+        conversation_id: None,
         skip,
         limit,
         before_id: None,
     }
+}
+
+/// The receiver's seq of a direct message just stored (0 for a retry, which is not delivered
+/// again and so has no recipients).
+fn receiver_seq(m: &StoredMessage) -> i64 {
+    m.recipients.first().map_or(0, |&(_, seq)| seq)
+}
+
+/// The messages of a stream with direct messages only (what every test here sends).
+fn messages_of(events: Vec<StreamEvent>) -> Vec<StreamMessage> {
+    events
+        .into_iter()
+        .map(|e| match e {
+            StreamEvent::Message(m) => m,
+            other => panic!("a membership event in a stream of direct messages: {other:?}"),
+        })
+        .collect()
 }
 
 fn ids(messages: &[Message]) -> Vec<i64> {
@@ -112,8 +131,8 @@ impl Both {
             (Ok(pg), Ok(mem)) => {
                 assert_eq!(timeless(&pg.message), timeless(&mem.message));
                 assert_eq!(
-                    (pg.sender_seq, pg.receiver_seq, pg.created),
-                    (mem.sender_seq, mem.receiver_seq, mem.created)
+                    (&pg.recipients, pg.sender_seq, pg.created),
+                    (&mem.recipients, mem.sender_seq, mem.created)
                 );
                 Ok(pg)
             }
@@ -173,16 +192,18 @@ impl Both {
     }
 
     async fn events(&self, user: UserId, since: i64, limit: usize) -> Vec<StreamMessage> {
-        let pg = self
-            .pg
-            .events_since(user, since, limit)
-            .await
-            .expect("pg events");
-        let mem = self
-            .mem
-            .events_since(user, since, limit)
-            .await
-            .expect("mem events");
+        let pg = messages_of(
+            self.pg
+                .events_since(user, since, limit)
+                .await
+                .expect("pg events"),
+        );
+        let mem = messages_of(
+            self.mem
+                .events_since(user, since, limit)
+                .await
+                .expect("mem events"),
+        );
         let strip = |v: &[StreamMessage]| -> Vec<StreamMessage> {
             v.iter()
                 .map(|e| StreamMessage {
@@ -347,7 +368,7 @@ async fn seqs_count_every_message_a_user_sent_or_received() {
     let a = s.create_user("alice", None).await.id;
     let b = s.create_user("bob", None).await.id;
     let c = s.create_user("carol", None).await.id;
-    let seqs = |m: StoredMessage| (m.message.id, m.sender_seq, m.receiver_seq, m.created);
+    let seqs = |m: StoredMessage| (m.message.id, m.sender_seq, receiver_seq(&m), m.created);
     assert_eq!(
         seqs(s.send(new_message(a, b, "1")).await.unwrap()),
         (1, 1, 1, true)
@@ -374,7 +395,7 @@ async fn seqs_count_every_message_a_user_sent_or_received() {
     // Content is stored stripped, as validated.
     let padded = s.send(new_message(b, c, "  padded \n")).await.unwrap();
     assert_eq!(padded.message.content, "padded");
-    assert_eq!((padded.sender_seq, padded.receiver_seq), (3, 3));
+    assert_eq!((padded.sender_seq, receiver_seq(&padded)), (3, 3));
 }
 
 #[tokio::test]
@@ -396,7 +417,7 @@ async fn a_retried_client_id_returns_the_stored_message() {
         .unwrap();
     assert!(!retry.created);
     assert_eq!(retry.message, first.message, "same message, same timestamp");
-    assert_eq!((retry.sender_seq, retry.receiver_seq), (1, 1));
+    assert_eq!((retry.sender_seq, retry.recipients.is_empty()), (1, true));
 
     // A different message under the same key is a conflict; nothing is stored.
     for conflicting in [
@@ -413,13 +434,13 @@ async fn a_retried_client_id_returns_the_stored_message() {
         .unwrap();
     assert!(bobs.created);
     assert_eq!(
-        (bobs.message.id, bobs.sender_seq, bobs.receiver_seq),
+        (bobs.message.id, bobs.sender_seq, receiver_seq(&bobs)),
         (2, 2, 2)
     );
     // No retry took a seq.
     let next = s.send(new_message(a, b, "next")).await.unwrap();
     assert_eq!(
-        (next.message.id, next.sender_seq, next.receiver_seq),
+        (next.message.id, next.sender_seq, receiver_seq(&next)),
         (3, 3, 3)
     );
     assert_eq!(s.events(a, 0, 100).await.len(), 3);
@@ -470,7 +491,7 @@ async fn unknown_sender_or_receiver_stores_nothing() {
     // Nothing was stored and no seq or id was used up.
     let after = s.send(new_message(b, a, "after")).await.unwrap();
     assert_eq!(
-        (after.message.id, after.sender_seq, after.receiver_seq),
+        (after.message.id, after.sender_seq, receiver_seq(&after)),
         (2, 2, 2)
     );
     assert_eq!(s.history(history(a, None, 0, 100)).await.len(), 2);
@@ -507,7 +528,7 @@ async fn history_recent_and_replay_agree_with_memory() {
     assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
     assert!(all
         .iter()
-        .all(|m| m.sender_id == alice || m.receiver_id == alice));
+        .all(|m| m.sender_id == alice || m.receiver_id == Some(alice)));
     let page = s.history(history(alice, None, 3, 5)).await;
     assert_eq!(ids(&page), ids(&all[3..8]));
     assert!(s.history(history(alice, None, 1000, 5)).await.is_empty());
@@ -517,7 +538,7 @@ async fn history_recent_and_replay_agree_with_memory() {
     assert!(pair.iter().any(|m| m.sender_id == alice) && pair.iter().any(|m| m.sender_id == bob));
     let expected: Vec<i64> = all
         .iter()
-        .filter(|m| m.sender_id == bob || m.receiver_id == bob)
+        .filter(|m| m.sender_id == bob || m.receiver_id == Some(bob))
         .map(|m| m.id)
         .collect();
     assert_eq!(ids(&pair), expected);
@@ -565,7 +586,7 @@ async fn history_recent_and_replay_agree_with_memory() {
     for user in &u {
         let recent = s.recent(*user, 5).await;
         assert!(recent.len() <= 5);
-        assert!(recent.iter().all(|m| m.receiver_id == *user));
+        assert!(recent.iter().all(|m| m.receiver_id == Some(*user)));
         assert!(recent.windows(2).all(|w| w[0].id > w[1].id));
         assert_eq!(
             s.recent(*user, 1000).await.len(),
@@ -597,7 +618,7 @@ async fn history_recent_and_replay_agree_with_memory() {
 
 async fn all_received(s: &Both, user: UserId) -> usize {
     let all = s.history(history(user, None, 0, 1000)).await;
-    all.iter().filter(|m| m.receiver_id == user).count()
+    all.iter().filter(|m| m.receiver_id == Some(user)).count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -644,9 +665,9 @@ async fn concurrent_sends_keep_every_stream_gapless() {
             sent.entry(m.message.sender_id)
                 .or_default()
                 .push((m.sender_seq, m.message.id));
-            sent.entry(m.message.receiver_id)
+            sent.entry(m.message.receiver_id.expect("a direct message"))
                 .or_default()
-                .push((m.receiver_seq, m.message.id));
+                .push((receiver_seq(&m), m.message.id));
             total += 1;
         }
     }
@@ -662,7 +683,7 @@ async fn concurrent_sends_keep_every_stream_gapless() {
             (1..=n).collect::<Vec<_>>()
         );
         // What is stored agrees, and replays in seq order.
-        let stream = storage.events_since(*user, 0, 1000).await.unwrap();
+        let stream = messages_of(storage.events_since(*user, 0, 1000).await.unwrap());
         let replayed: Vec<(i64, i64)> = stream.iter().map(|e| (e.seq, e.message.id)).collect();
         assert_eq!(replayed, told);
         // A user's row is locked from seq to commit, so within one user's stream ids increase
@@ -711,19 +732,19 @@ async fn data_survives_a_reconnect() {
     );
     assert_eq!(
         second.events_since(alice.id, 0, 10).await.unwrap(),
-        [StreamMessage {
+        [StreamEvent::Message(StreamMessage {
             seq: 1,
             message: sent.message.clone(),
             client_id: Some("k".into()),
-        }]
+        })]
     );
     assert_eq!(
         second.events_since(bob.id, 0, 10).await.unwrap(),
-        [StreamMessage {
+        [StreamEvent::Message(StreamMessage {
             seq: 1,
             message: sent.message.clone(),
             client_id: None,
-        }],
+        })],
         "the receiver never gets the sender's client id"
     );
     // Seqs and client ids carry over too.
@@ -736,7 +757,7 @@ async fn data_survives_a_reconnect() {
         .store_message(&new_message(bob.id, alice.id, "next"))
         .await
         .unwrap();
-    assert_eq!((next.sender_seq, next.receiver_seq), (2, 2));
+    assert_eq!((next.sender_seq, receiver_seq(&next)), (2, 2));
 }
 
 fn assert_config_error(result: Result<PostgresStorage, Error>, needle: &str) {
@@ -860,6 +881,13 @@ async fn calls_fail_fast_while_the_database_is_away_and_recover() {
     let bob = storage.create_user(&new_user("bob", None)).await.unwrap();
     storage.check().await.unwrap();
 
+    let lost_group = NewGroup {
+        creator_id: alice.id,
+        title: "lost".into(),
+        member_ids: vec![bob.id],
+    }
+    .validate(10)
+    .unwrap();
     relay.cut().await;
     let started = Instant::now();
     let unavailable = |r: &Result<(), Error>| {
@@ -879,6 +907,11 @@ async fn calls_fail_fast_while_the_database_is_away_and_recover() {
             .await
             .map(drop),
         storage.events_since(bob.id, 0, 10).await.map(drop),
+        storage.create_group(&lost_group).await.map(drop),
+        storage
+            .conversations(alice.id, Page::new(0, 10).unwrap())
+            .await
+            .map(drop),
         storage.check().await,
     ];
     for r in &results {
@@ -900,6 +933,15 @@ async fn calls_fail_fast_while_the_database_is_away_and_recover() {
     assert_eq!(
         (sent.message.id, sent.sender_seq),
         (1, 1),
-        "the failed send stored nothing"
+        "the failed send and group stored nothing"
+    );
+    assert_eq!(
+        storage
+            .conversations(alice.id, Page::new(0, 10).unwrap())
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the direct conversation only"
     );
 }

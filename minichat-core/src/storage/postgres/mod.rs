@@ -14,8 +14,15 @@
 //!   user's row stays locked from seq assignment to commit, a user's messages also get
 //!   increasing ids in seq order (ids of *different* users' messages may commit out of order).
 //! - **Index-driven reads.** Each read is split into halves ("what the user sent", "what the user
-//!   received") that are each a bounded backward range scan of one index, then merged; see the
-//!   statements in `sql.rs` and the index comments in `migrations/0001_initial.sql`.
+//!   received", and for the stream also "the user's `stream_entries`": group messages of others
+//!   and membership events) that are each a bounded range scan of one index, then merged; a
+//!   conversation's history, last message and unread count are ranges of
+//!   `messages_conversation_idx`. See the statements in `sql.rs`, the index comments in
+//!   `migrations/0001_initial.sql` and `0003_conversations.sql`, and the plan test
+//!   (`plans.rs`).
+//! - **Membership changes** (`conversations.rs`) are one transaction each, locking the
+//!   conversation row before any user row (the order the send path keeps too), so a send and a
+//!   change of the same group never interleave and every recipient's seq stays gapless.
 //! - **Fail fast.** Every call is bounded by the backend budget, and so are the pool's waits and
 //!   the connections' sockets (`pool.rs`), so while PostgreSQL is down or black-holed every call
 //!   returns [`Error::Unavailable`] within the budget instead of hanging, and a call that timed
@@ -24,7 +31,10 @@
 //! Every statement goes through [`run`]: prepared once per connection (`prepare_cached`), every
 //! value a parameter, every failure mapped by [`db_error`].
 
+mod conversations;
 mod migrations;
+#[cfg(test)]
+mod plans;
 mod pool;
 mod sql;
 mod writer;
@@ -33,12 +43,13 @@ use super::{ReadReceipt, Storage};
 use crate::error::{Backend, Error, Result};
 use crate::model::{
     now, Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryQuery,
-    Message, MessageId, MessageType, Page, ReadState, Seq, StoredMessage, StreamEvent,
-    StreamMessage, User, UserId, UserSearch, ValidGroup, ValidMessage, ValidNewMembers,
-    ValidReadMark, ValidRename, ValidUser,
+    Message, MessageType, Page, ReadState, Seq, StoredMessage, StreamEvent, StreamMessage, User,
+    UserId, UserSearch, ValidGroup, ValidMessage, ValidNewMembers, ValidReadMark, ValidRename,
+    ValidUser,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use conversations::Change;
 use deadpool_postgres::GenericClient;
 use pool::{Connections, Lease};
 use sql::*;
@@ -228,19 +239,28 @@ fn user_from(row: &Row) -> Result<User> {
     })
 }
 
-/// A message from the columns `id, sender_id, sender_username, receiver_id, content,
-/// created_at`, starting at column `at`.
+/// A message from the columns `id, conversation_id, sender_id, sender_username, receiver_id,
+/// content, created_at` (`receiver_id` NULL for a group message), starting at column `at`.
 fn message_from(row: &Row, at: usize) -> Result<Message> {
     Ok(Message {
         id: col(row, at)?,
-        conversation_id: 0, // WIP(groups): the helper reads it
-        sender_id: col(row, at + 1)?,
-        sender_username: col(row, at + 2)?,
-        receiver_id: col(row, at + 3)?,
-        content: col(row, at + 4)?,
-        timestamp: col(row, at + 5)?,
+        conversation_id: col(row, at + 1)?,
+        sender_id: col(row, at + 2)?,
+        sender_username: col(row, at + 3)?,
+        receiver_id: col(row, at + 4)?,
+        content: col(row, at + 5)?,
+        timestamp: col(row, at + 6)?,
         kind: MessageType::Message,
     })
+}
+
+/// The message starting at column `at`, or `None` when its id is NULL (an outer join that
+/// found none).
+fn message_if_any(row: &Row, at: usize) -> Result<Option<Message>> {
+    match col::<Option<i64>>(row, at)? {
+        Some(_) => message_from(row, at).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The least text above every text that starts with `prefix`, in byte (= code point) order:
@@ -317,8 +337,17 @@ impl Storage for PostgresStorage {
         let user = query.user_id();
         let before = query.before_id().unwrap_or(i64::MAX);
         let (skip, limit) = (query.page().skip(), query.page().limit());
+        if let Some(id) = query.conversation_id() {
+            let params: [&(dyn ToSql + Sync); 5] = [&id, &user, &before, &skip, &limit];
+            let rows = self.query(HISTORY_CONVERSATION, &params).await?;
+            if rows.is_empty() {
+                return Err(Error::ConversationNotFound);
+            }
+            let page = rows.iter().map(|row| message_if_any(row, 0));
+            return page.filter_map(Result::transpose).collect();
+        }
         let per_half = skip.saturating_add(limit);
-        // Talking "with yourself" matches every message of the user, as in memory.
+        // Talking "with yourself" matches every direct message of the user, as in memory.
         let rows = match query.chat_with().filter(|&peer| peer != user) {
             None => {
                 let params: [&(dyn ToSql + Sync); 5] = [&user, &before, &per_half, &skip, &limit];
@@ -351,11 +380,18 @@ impl Storage for PostgresStorage {
             .await?;
         rows.iter()
             .map(|row| {
-                Ok(StreamEvent::Message(StreamMessage {
-                    seq: col(row, 0)?,
-                    message: message_from(row, 1)?,
-                    client_id: col(row, 7)?,
-                }))
+                let seq = col(row, 0)?;
+                Ok(match message_if_any(row, 1)? {
+                    Some(message) => StreamEvent::Message(StreamMessage {
+                        seq,
+                        message,
+                        client_id: col(row, 8)?,
+                    }),
+                    None => StreamEvent::Conversation {
+                        seq,
+                        event: conversations::event_from(row, 9)?,
+                    },
+                })
             })
             .collect()
     }
@@ -367,60 +403,50 @@ impl Storage for PostgresStorage {
         }
     }
 
-    async fn mark_read(&self, _mark: &ValidReadMark) -> Result<ReadReceipt> {
-        Err(unavailable("WIP(groups)"))
+    async fn mark_read(&self, mark: &ValidReadMark) -> Result<ReadReceipt> {
+        self.mark_read_in(mark).await
     }
 
-    async fn create_group(&self, _group: &ValidGroup) -> Result<ConversationChange> {
-        Err(unavailable("WIP(groups)"))
+    async fn read_marks(&self, user: UserId, peer: UserId) -> Result<ReadState> {
+        self.read_marks_of(user, peer).await
     }
 
-    async fn conversation(&self, _id: ConversationId, _user: UserId) -> Result<Conversation> {
-        Err(unavailable("WIP(groups)"))
+    async fn create_group(&self, group: &ValidGroup) -> Result<ConversationChange> {
+        self.change(Change::Create(group)).await
     }
 
-    async fn conversations(&self, _user: UserId, _page: Page) -> Result<Vec<ConversationSummary>> {
-        Err(unavailable("WIP(groups)"))
+    async fn conversation(&self, id: ConversationId, user: UserId) -> Result<Conversation> {
+        self.conversation_of(id, user).await
+    }
+
+    async fn conversations(&self, user: UserId, page: Page) -> Result<Vec<ConversationSummary>> {
+        self.inbox(user, page).await
     }
 
     async fn rename_conversation(
         &self,
-        _id: ConversationId,
-        _rename: &ValidRename,
+        id: ConversationId,
+        rename: &ValidRename,
     ) -> Result<ConversationChange> {
-        Err(unavailable("WIP(groups)"))
+        self.change(Change::Rename(id, rename)).await
     }
 
     async fn add_members(
         &self,
-        _id: ConversationId,
-        _add: &ValidNewMembers,
-        _max_members: usize,
+        id: ConversationId,
+        add: &ValidNewMembers,
+        max_members: usize,
     ) -> Result<ConversationChange> {
-        Err(unavailable("WIP(groups)"))
+        self.change(Change::Add(id, add, max_members)).await
     }
 
     async fn remove_member(
         &self,
-        _id: ConversationId,
-        _actor: UserId,
-        _member: UserId,
+        id: ConversationId,
+        actor: UserId,
+        member: UserId,
     ) -> Result<ConversationChange> {
-        Err(unavailable("WIP(groups)"))
-    }
-
-    async fn read_marks(&self, user: UserId, peer: UserId) -> Result<ReadState> {
-        let mut state = ReadState::default();
-        for row in self.query(READ_MARKS, &[&user, &peer]).await? {
-            let reader: UserId = col(&row, 0)?;
-            let up_to: MessageId = col(&row, 1)?;
-            if reader == user {
-                state.read_up_to = Some(up_to);
-            } else {
-                state.peer_read_up_to = Some(up_to);
-            }
-        }
-        Ok(state)
+        self.change(Change::Remove { id, actor, member }).await
     }
 
     async fn set_last_seen(&self, user: UserId, at: DateTime<Utc>) -> Result<()> {
@@ -454,89 +480,7 @@ impl Storage for PostgresStorage {
 
 #[cfg(test)]
 mod tests {
-    use super::migrations::{connect_one, migrate};
-    use super::sql::*;
     use super::*;
-    use crate::test_support::TestDatabase;
-
-    /// EXPLAINs every read on 4,000 messages between 100 users, user 1 being in half of them,
-    /// and checks that none reads `messages` by a sequential scan, both with the plans made
-    /// for the actual values and with the generic plans a cached statement may switch to
-    /// after a few executions. 20,000 more users (who sent nothing) let the directory search
-    /// show that it reads `users` by its indexes (or, for a prefix most users share, by the
-    /// primary key until the page is full), never sequentially.
-    #[tokio::test]
-    async fn plans_are_index_driven() {
-        let db = TestDatabase::create().await;
-        let pg = parse_url(db.url()).unwrap();
-        migrate(&pg).await.unwrap();
-        let client = connect_one(&pg).await.unwrap();
-        client
-            .batch_execute(
-                "INSERT INTO users (username, display_name, created_at)
-                     SELECT 'u' || i, 'u' || i, now() FROM generate_series(1, 100) AS i;
-                 INSERT INTO messages
-                     (sender_id, receiver_id, content, created_at, sender_seq, receiver_seq)
-                     SELECT CASE WHEN i % 2 = 0 THEN 1 ELSE 2 + i % 99 END,
-                            CASE WHEN i % 2 = 0 THEN 2 + i % 99 ELSE 2 + (7 * i + 1) % 99 END,
-                            'm', now(), i, i
-                     FROM generate_series(1, 4000) AS i;
-                 INSERT INTO users (username, display_name, created_at)
-                     SELECT 'p' || i, 'Person ' || i, now() FROM generate_series(1, 20000) AS i;
-                 ANALYZE users;
-                 ANALYZE messages;",
-            )
-            .await
-            .unwrap();
-        // (name, statement, arguments): for the busy user 1 and a quieter user 50.
-        let queries = [
-            ("history", HISTORY_ALL, "1, 9223372036854775807, 50, 0, 50"),
-            ("history", HISTORY_ALL, "50, 3000, 60, 10, 50"),
-            (
-                "pair",
-                HISTORY_PAIR,
-                "1, 9223372036854775807, 50, 0, 50, 40",
-            ),
-            ("pair", HISTORY_PAIR, "50, 3000, 60, 10, 50, 40"),
-            ("recent", RECENT_RECEIVED, "1, 50"),
-            ("recent", RECENT_RECEIVED, "50, 50"),
-            ("events", EVENTS_SINCE, "1, 0, 1000"),
-            ("events", EVENTS_SINCE, "50, 3, 50"),
-            // 111 usernames, then 1,111 display names; the end a prefix of nobody.
-            ("search", SEARCH_USERS, "'p123', 'p124', 0, 50"),
-            ("search", SEARCH_USERS, "'person 19', 'person 1:', 100, 50"),
-            ("search", SEARCH_USERS_FROM, "'\u{10FFFF}', 0, 50"),
-        ];
-        for mode in ["force_custom_plan", "force_generic_plan"] {
-            for (name, sql, args) in queries {
-                // Test-only SQL text: the arguments are the constants above.
-                client
-                    .batch_execute(&format!(
-                        "SET plan_cache_mode = {mode}; DEALLOCATE ALL; PREPARE q AS {sql}"
-                    ))
-                    .await
-                    .unwrap();
-                let plan: Vec<String> = client
-                    .query(&format!("EXPLAIN EXECUTE q({args})"), &[])
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                let plan = plan.join("\n");
-                eprintln!("---- {name}({args}) {mode}\n{plan}");
-                let table = if name == "search" {
-                    "users"
-                } else {
-                    "messages"
-                };
-                assert!(
-                    !plan.contains(&format!("Seq Scan on {table}")),
-                    "{name} {mode}:\n{plan}"
-                );
-            }
-        }
-    }
 
     #[test]
     fn several_hosts_are_accepted_with_one_port_each() {

@@ -1,14 +1,15 @@
-//! The SQL text of every statement PostgreSQL storage runs on users and messages, as named
-//! constants.
+//! The SQL text of every statement PostgreSQL storage runs on users, messages and conversations,
+//! as named constants.
 //!
 //! This file exists so that the queries, and the index each one is meant to use, can be read
 //! and reviewed apart from the Rust that runs them (`mod.rs`), and so that the plan test there
 //! checks exactly the text that runs. Every value is a parameter; none is ever formatted in.
 //! (The migration runner's own statements live with it in `migrations.rs`.)
 //!
-//! Plans were checked with EXPLAIN on 4,000 messages between 100 users (one user in half of
-//! them) after ANALYZE, with custom and with generic plans; the `plans_are_index_driven` test
-//! in `mod.rs` repeats that check. No read scans `messages` sequentially: each half is an Index
+//! Plans were checked with EXPLAIN on 4,000 direct messages between 100 users (one user in half
+//! of them) and 1,000 group messages in 20 groups, after ANALYZE, with custom and with generic
+//! plans; the `plans_are_index_driven` test in `plans.rs` repeats that check. No read scans
+//! `messages` or `stream_entries` sequentially: each half is an Index
 //! Scan (Backward, for newest first) of the index named in its comment under a Limit, or, for a
 //! user with few rows, a Bitmap Index Scan of it followed by a small sort; for a user in half of
 //! all messages the planner may instead walk the primary key backward until the page is full.
@@ -48,17 +49,27 @@ pub(super) const SEARCH_USERS_FROM: &str =
 pub(super) const GET_USER: &str =
     "SELECT id, username, display_name, created_at FROM users WHERE id = $1";
 
-/// Everything `user` ($1) sent or received with `id < $2`: the newest `$3` (= skip + limit) of
-/// each half (`messages_sender_idx`, `messages_receiver_idx`), merged, then paged
+/// The columns every read of a message returns, in the order `message_from` (`mod.rs`) reads
+/// them: `id, conversation_id, sender_id, sender_username, receiver_id, content, created_at`.
+///
+/// Everything `user` ($1) sent or received directly with `id < $2` (group messages are read
+/// by conversation, as in memory): the newest `$3` (= skip + limit) of each half
+/// (`messages_direct_sender_idx` of migration 0003, partial on `receiver_id IS NOT NULL`, which
+/// this half repeats word for word so that generic plans can use it too, and
+/// `messages_receiver_idx`, which holds direct messages only), merged, then paged
 /// (OFFSET $4 LIMIT $5); the sender's name is joined only for the rows of the page.
 pub(super) const HISTORY_ALL: &str =
-    "SELECT h.id, h.sender_id, u.username, h.receiver_id, h.content, h.created_at
+    "SELECT h.id, h.conversation_id, h.sender_id, u.username, h.receiver_id, h.content,
+            h.created_at
      FROM (
          SELECT * FROM (
-             (SELECT id, sender_id, receiver_id, content, created_at FROM messages
-              WHERE sender_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3)
+             (SELECT id, conversation_id, sender_id, receiver_id, content, created_at
+              FROM messages
+              WHERE sender_id = $1 AND receiver_id IS NOT NULL AND id < $2
+              ORDER BY id DESC LIMIT $3)
              UNION ALL
-             (SELECT id, sender_id, receiver_id, content, created_at FROM messages
+             (SELECT id, conversation_id, sender_id, receiver_id, content, created_at
+              FROM messages
               WHERE receiver_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3)
          ) AS halves
          ORDER BY id DESC OFFSET $4 LIMIT $5
@@ -67,15 +78,18 @@ pub(super) const HISTORY_ALL: &str =
      ORDER BY h.id DESC";
 
 /// As [`HISTORY_ALL`], between `user` ($1) and `peer` ($6): both halves use
-/// `messages_pair_idx` (`$1 -> $6` and `$6 -> $1`).
+/// `messages_pair_idx` (`$1 -> $6` and `$6 -> $1`), direct messages by construction.
 pub(super) const HISTORY_PAIR: &str =
-    "SELECT h.id, h.sender_id, u.username, h.receiver_id, h.content, h.created_at
+    "SELECT h.id, h.conversation_id, h.sender_id, u.username, h.receiver_id, h.content,
+            h.created_at
      FROM (
          SELECT * FROM (
-             (SELECT id, sender_id, receiver_id, content, created_at FROM messages
+             (SELECT id, conversation_id, sender_id, receiver_id, content, created_at
+              FROM messages
               WHERE sender_id = $1 AND receiver_id = $6 AND id < $2 ORDER BY id DESC LIMIT $3)
              UNION ALL
-             (SELECT id, sender_id, receiver_id, content, created_at FROM messages
+             (SELECT id, conversation_id, sender_id, receiver_id, content, created_at
+              FROM messages
               WHERE sender_id = $6 AND receiver_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3)
          ) AS halves
          ORDER BY id DESC OFFSET $4 LIMIT $5
@@ -83,49 +97,203 @@ pub(super) const HISTORY_PAIR: &str =
      JOIN users u ON u.id = h.sender_id
      ORDER BY h.id DESC";
 
-/// The newest `$2` messages `$1` received, by `messages_receiver_idx`.
+/// The messages of conversation `$1` with `id < $3`, newest first, OFFSET $4 LIMIT $5, if
+/// `$2` is a member: a backward range of `messages_conversation_idx`. One row per message,
+/// or, for a member of a conversation with none on this page, one row of NULLs; no row at all
+/// when `$2` is not a member (the caller's `ConversationNotFound`).
+pub(super) const HISTORY_CONVERSATION: &str =
+    "SELECT h.id, h.conversation_id, h.sender_id, u.username, h.receiver_id, h.content,
+            h.created_at
+     FROM conversation_members me
+     LEFT JOIN LATERAL (
+         SELECT id, conversation_id, sender_id, receiver_id, content, created_at FROM messages
+         WHERE conversation_id = me.conversation_id AND id < $3
+         ORDER BY id DESC OFFSET $4 LIMIT $5
+     ) AS h ON true
+     LEFT JOIN users u ON u.id = h.sender_id
+     WHERE me.conversation_id = $1 AND me.user_id = $2
+     ORDER BY h.id DESC";
+
+/// The newest `$2` direct messages `$1` received, by `messages_receiver_idx` (a group message
+/// has no receiver).
 pub(super) const RECENT_RECEIVED: &str =
-    "SELECT m.id, m.sender_id, u.username, m.receiver_id, m.content, m.created_at
+    "SELECT m.id, m.conversation_id, m.sender_id, u.username, m.receiver_id, m.content,
+            m.created_at
      FROM messages m JOIN users u ON u.id = m.sender_id
      WHERE m.receiver_id = $1
      ORDER BY m.id DESC LIMIT $2";
 
-/// The first `$3` messages of `$1`'s stream with a seq above `$2`: the first `$3` of each half
-/// (`messages_sender_seq_key`, `messages_receiver_seq_key`), merged by seq. The client id comes
-/// from the sent half only: the receiver never learns the sender's client ids.
+/// The first `$3` events of `$1`'s stream with a seq above `$2`: the first `$3` of each of
+/// three halves, merged by seq:
+/// - what `$1` sent (`messages_sender_seq_key`), with its client id: only here, since the
+///   receivers never learn the sender's client ids;
+/// - the direct messages `$1` received (`messages_receiver_seq_key`);
+/// - `$1`'s `stream_entries` (its primary key): group messages of others, each joined to its
+///   message by primary key, and membership events, joined to `conversation_events` only for
+///   the rows that are returned.
+///
+/// Columns: `seq`, the message columns (NULL for an event), `client_id`, then the event's
+/// `event, by_user, user_ids, conversation` (NULL for a message; the conversation as JSON
+/// text).
 pub(super) const EVENTS_SINCE: &str =
-    "SELECT e.seq, e.id, e.sender_id, u.username, e.receiver_id, e.content, e.created_at,
-            e.client_id
+    "SELECT e.seq, e.id, e.conversation_id, e.sender_id, u.username, e.receiver_id, e.content,
+            e.created_at, e.client_id, ev.event, ev.by_user, ev.user_ids, ev.conversation::text
      FROM (
          SELECT * FROM (
-             (SELECT sender_seq AS seq, id, sender_id, receiver_id, content, created_at,
-                     client_id
+             (SELECT sender_seq AS seq, id, conversation_id, sender_id, receiver_id, content,
+                     created_at, client_id, NULL::bigint AS event_id
               FROM messages WHERE sender_id = $1 AND sender_seq > $2
               ORDER BY sender_seq LIMIT $3)
              UNION ALL
-             (SELECT receiver_seq AS seq, id, sender_id, receiver_id, content, created_at,
-                     NULL::text AS client_id
+             (SELECT receiver_seq AS seq, id, conversation_id, sender_id, receiver_id, content,
+                     created_at, NULL::text AS client_id, NULL::bigint AS event_id
               FROM messages WHERE receiver_id = $1 AND receiver_seq > $2
               ORDER BY receiver_seq LIMIT $3)
+             UNION ALL
+             (SELECT s.seq, m.id, m.conversation_id, m.sender_id, m.receiver_id, m.content,
+                     m.created_at, NULL::text AS client_id, s.event_id
+              FROM stream_entries s LEFT JOIN messages m ON m.id = s.message_id
+              WHERE s.user_id = $1 AND s.seq > $2
+              ORDER BY s.seq LIMIT $3)
          ) AS halves
          ORDER BY seq LIMIT $3
      ) AS e
-     JOIN users u ON u.id = e.sender_id
+     LEFT JOIN users u ON u.id = e.sender_id
+     LEFT JOIN conversation_events ev ON ev.id = e.event_id
      ORDER BY e.seq";
 
-/// Only a message of the peer's to the reader can be marked; the mark never moves back.
-pub(super) const MARK_READ: &str =
-    "INSERT INTO read_receipts (user_id, peer_id, up_to_message_id, updated_at)
-     SELECT $1, $2, id, now() FROM messages WHERE id = $3 AND sender_id = $2 AND receiver_id = $1
-     ON CONFLICT (user_id, peer_id) DO UPDATE
-         SET up_to_message_id = GREATEST(read_receipts.up_to_message_id, EXCLUDED.up_to_message_id),
-             updated_at = EXCLUDED.updated_at
-     RETURNING up_to_message_id";
+/// Reader `$1` marks conversation `$2` (or, when `$2` is NULL, the direct conversation with
+/// peer `$3`) read up to message `$4`, never moving back. No row: `$1` is not a member (or has
+/// no direct conversation with `$3`). Otherwise one row: the conversation, the stored mark
+/// (NULL when `$4` is not a message of that conversation from another member, and nothing
+/// changed), and the other members by id.
+pub(super) const MARK_READ: &str = "WITH conv AS (
+         SELECT me.conversation_id AS id FROM conversation_members me
+         WHERE me.user_id = $1
+           AND me.conversation_id = COALESCE($2::bigint, (
+               SELECT id FROM conversations
+               WHERE direct_low = LEAST($1, $3::bigint)
+                 AND direct_high = GREATEST($1, $3::bigint)))
+     ), readable AS (
+         SELECT m.id FROM messages m JOIN conv ON m.conversation_id = conv.id
+         WHERE m.id = $4 AND m.sender_id <> $1
+     ), marked AS (
+         UPDATE conversation_members me SET read_up_to = GREATEST(me.read_up_to, readable.id)
+         FROM readable, conv
+         WHERE me.conversation_id = conv.id AND me.user_id = $1
+         RETURNING me.read_up_to
+     )
+     SELECT conv.id, (SELECT read_up_to FROM marked),
+            ARRAY(SELECT user_id FROM conversation_members
+                  WHERE conversation_id = conv.id AND user_id <> $1 ORDER BY user_id)
+     FROM conv";
+
+/// The read marks of `$1` and `$2` in their direct conversation (none without one).
+pub(super) const READ_MARKS: &str = "SELECT me.user_id, me.read_up_to
+     FROM conversations c JOIN conversation_members me ON me.conversation_id = c.id
+     WHERE c.direct_low = LEAST($1::bigint, $2::bigint)
+       AND c.direct_high = GREATEST($1::bigint, $2::bigint)";
+
+// ---- Conversations --------------------------------------------------------------------------
+
+/// Conversation `$1` with its members by user id (columns `id, kind, title, created_by,
+/// created_at, user_id, role, joined_at`), if `$2` is one of them; no row otherwise.
+pub(super) const CONVERSATION: &str =
+    "SELECT c.id, c.kind, c.title, c.created_by, c.created_at, cm.user_id, cm.role, cm.joined_at
+     FROM conversations c JOIN conversation_members cm ON cm.conversation_id = c.id
+     WHERE c.id = $1
+       AND EXISTS (SELECT 1 FROM conversation_members me
+                   WHERE me.conversation_id = $1 AND me.user_id = $2)
+     ORDER BY cm.user_id";
+
+/// `$1`'s inbox, OFFSET $2 LIMIT $3: per membership (`conversation_members_user_idx`), the
+/// conversation and its newest message (one row of a backward `messages_conversation_idx`
+/// range); sorted by the newest message's time (the conversation's creation when it has none),
+/// then the higher id; then, for the rows of the page only, the member count (a range of the
+/// members' primary key), the unread count (the range of `messages_conversation_idx` above
+/// the read mark, less `$1`'s own) and the last message's sender name. `peer` is the other
+/// member of a direct conversation.
+///
+/// Columns: `id, kind, title, created_by, created_at, member_count, unread, peer`, then the
+/// last message's columns (NULL when none).
+pub(super) const CONVERSATIONS: &str = "SELECT p.id, p.kind, p.title, p.created_by, p.created_at,
+            (SELECT count(*) FROM conversation_members cm WHERE cm.conversation_id = p.id),
+            (SELECT count(*) FROM messages m
+             WHERE m.conversation_id = p.id AND m.id > COALESCE(p.read_up_to, 0)
+               AND m.sender_id <> $1),
+            p.peer,
+            p.last_id, p.id, p.last_sender, u.username, p.last_receiver, p.last_content,
+            p.last_at
+     FROM (
+         SELECT c.id, c.kind, c.title, c.created_by, c.created_at, me.read_up_to,
+                CASE WHEN c.kind = 'direct' THEN
+                    CASE WHEN c.direct_low = $1 THEN c.direct_high ELSE c.direct_low END
+                END AS peer,
+                last.id AS last_id, last.sender_id AS last_sender,
+                last.receiver_id AS last_receiver, last.content AS last_content,
+                last.created_at AS last_at
+         FROM conversation_members me
+         JOIN conversations c ON c.id = me.conversation_id
+         LEFT JOIN LATERAL (
+             SELECT id, sender_id, receiver_id, content, created_at FROM messages
+             WHERE conversation_id = me.conversation_id ORDER BY id DESC LIMIT 1
+         ) AS last ON true
+         WHERE me.user_id = $1
+         ORDER BY COALESCE(last.created_at, c.created_at) DESC, c.id DESC
+         OFFSET $2 LIMIT $3
+     ) AS p
+     LEFT JOIN users u ON u.id = p.last_sender
+     ORDER BY COALESCE(p.last_at, p.created_at) DESC, p.id DESC";
+
+/// Locks conversation `$1` for a membership change (before any user row: the global lock
+/// order) and reads it; the members are read by the next statement, whose snapshot sees every
+/// change committed before the lock was granted.
+pub(super) const LOCK_CONVERSATION: &str =
+    "SELECT id, kind, title, created_by, created_at FROM conversations WHERE id = $1 FOR UPDATE";
+
+/// The members of conversation `$1` by user id.
+pub(super) const MEMBERS: &str = "SELECT user_id, role, joined_at FROM conversation_members
+     WHERE conversation_id = $1 ORDER BY user_id";
+
+/// Locks the users `$1` in id order (after any conversation row) and reads the last seq each
+/// was given; an unknown id has no row.
+pub(super) const LOCK_USERS: &str =
+    "SELECT id, last_seq FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+
+/// A new group: kind, title `$1`, creator `$2`, time `$3`.
+pub(super) const INSERT_GROUP: &str =
+    "INSERT INTO conversations (kind, title, created_by, created_at)
+     VALUES ('group', $1, $2, $3) RETURNING id";
+
+/// Members `$2` with roles `$3` joining conversation `$1` at `$4`.
+pub(super) const INSERT_MEMBERS: &str =
+    "INSERT INTO conversation_members (conversation_id, user_id, role, joined_at)
+     SELECT $1, u, r, $4 FROM unnest($2::bigint[], $3::text[]) AS m(u, r)";
+
+pub(super) const REMOVE_MEMBER: &str =
+    "DELETE FROM conversation_members WHERE conversation_id = $1 AND user_id = $2";
+
+pub(super) const RENAME: &str = "UPDATE conversations SET title = $2 WHERE id = $1";
+
+/// Records a membership event of conversation `$1` (`event` $2, `by_user` $3, `user_ids` $4,
+/// the conversation after it as JSON text $5, at $6) and puts it in the stream of each user of
+/// `$7` at the seq of `$8` (computed from the locked `last_seq`s), moving their `last_seq`
+/// there: one statement whatever the number of recipients.
+pub(super) const RECORD_EVENT: &str = "WITH ev AS (
+         INSERT INTO conversation_events
+             (conversation_id, event, by_user, user_ids, conversation, created_at)
+         VALUES ($1, $2, $3, $4, $5::text::jsonb, $6)
+         RETURNING id
+     ), entries AS (
+         INSERT INTO stream_entries (user_id, seq, event_id)
+         SELECT r.u, r.s, ev.id FROM unnest($7::bigint[], $8::bigint[]) AS r(u, s), ev
+     ), seqs AS (
+         UPDATE users SET last_seq = r.s
+         FROM unnest($7::bigint[], $8::bigint[]) AS r(u, s) WHERE users.id = r.u
+     )
+     SELECT id FROM ev";
 
 pub(super) const CURRENT_SEQ: &str = "SELECT last_seq FROM users WHERE id = $1";
-
-pub(super) const READ_MARKS: &str = "SELECT user_id, up_to_message_id FROM read_receipts
-     WHERE (user_id = $1 AND peer_id = $2) OR (user_id = $2 AND peer_id = $1)";
 
 pub(super) const SET_LAST_SEEN: &str =
     "UPDATE users SET last_seen = GREATEST(last_seen, $2) WHERE id = $1";
