@@ -272,7 +272,7 @@ async fn typing_receipts_and_presence_cross_nodes() {
         .await;
     assert_eq!(
         alice_ws.next_json().await,
-        json!({"type": "read", "reader_id": bob, "up_to": m["id"]})
+        json!({"type": "read", "reader_id": bob, "conversation_id": m["conversation_id"], "up_to": m["id"]})
     );
     // A receipt never moves back, and only covers the peer's messages to the reader.
     let older = a.message(alice, bob, "older?").await;

@@ -47,7 +47,7 @@ fn send_of(message: &Message) -> (Bytes, [Delivery; 2]) {
     let frame = receiver.payload.clone();
     let deliveries = [
         Delivery {
-            user: message.receiver_id,
+            user: message.receiver_id.expect("a direct message"),
             exclude: None,
             event: receiver,
         },
