@@ -10,7 +10,7 @@ use crate::config::Signup;
 use crate::docs::ApiDoc;
 use minichat_core::model::{
     CLIENT_ID_MAX_CHARS, CONTENT_MAX_CHARS, DEFAULT_HISTORY_LIMIT, DEFAULT_USERS_LIMIT,
-    DISPLAY_NAME_MAX_CHARS, MAX_PAGE_LIMIT, SEARCH_MAX_CHARS, USERNAME_MAX_CHARS,
+    DISPLAY_NAME_MAX_CHARS, MAX_PAGE_LIMIT, SEARCH_MAX_CHARS, TITLE_MAX_CHARS, USERNAME_MAX_CHARS,
     USERNAME_MIN_CHARS,
 };
 use utoipa::openapi::path::{Operation, PathItem};
@@ -100,7 +100,8 @@ fn set_length(o: &mut Object, min: Option<usize>, max: usize, pattern: &str) {
     o.pattern = Some(pattern.into());
 }
 
-/// `NewUser::validate` and `NewMessage::validate`, as schema constraints.
+/// `NewUser::validate`, `NewMessage::validate` and the group titles' rule, as schema
+/// constraints.
 fn constrain_bodies(doc: &mut OpenApi) {
     if let Some(o) = property(doc, "NewUser", "username") {
         set_length(
@@ -127,6 +128,14 @@ fn constrain_bodies(doc: &mut OpenApi) {
     }
     if let Some(o) = property(doc, "NewMessage", "client_id") {
         set_length(o, Some(1), CLIENT_ID_MAX_CHARS, NO_NUL_PATTERN);
+    }
+    for schema in ["NewGroup", "Rename"] {
+        if let Some(o) = property(doc, schema, "title") {
+            set_length(o, Some(1), TITLE_MAX_CHARS, CONTENT_PATTERN);
+            o.description = Some(format!(
+                "1–{TITLE_MAX_CHARS} characters once stripped of surrounding white space; no NUL"
+            ));
+        }
     }
 }
 
