@@ -157,9 +157,14 @@ pub(super) const BATCH_MEMBERS: &str = "SELECT conversation_id, user_id FROM con
      WHERE conversation_id = ANY($1) ORDER BY conversation_id, user_id";
 
 /// Locks every user of a batch in one global id order (so batches of any nodes cannot
-/// deadlock) and reads the `last_seq` the batch's seqs continue from.
+/// deadlock) and reads the `last_seq` the batch's seqs continue from. `FOR NO KEY UPDATE`: the
+/// batch changes no key of the row, only `last_seq`; the lock excludes every other seq-taker
+/// (batches, membership events: `FOR UPDATE` or `FOR NO KEY UPDATE`) but not the `FOR KEY SHARE`
+/// a foreign-key check takes, so another transaction's insert that references a user (a member
+/// row, a conversation's creator) neither waits for a batch nor makes one wait, whatever order
+/// it takes those in.
 pub(super) const LOCK_BATCH_USERS: &str =
-    "SELECT id, username, last_seq FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+    "SELECT id, username, last_seq FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
 
 /// The earlier messages of a batch's `(sender, client_id)` pairs, by
 /// `messages_sender_client_id_key`.
