@@ -710,6 +710,91 @@ async fn a_mixed_group_batch_answers_each_send_as_sequential_sends_would() {
     );
 }
 
+/// A send's answer without its timestamp (which differs between backends), for comparing them.
+fn comparable(answer: minichat_core::Result<StoredMessage>) -> String {
+    match answer {
+        Ok(mut stored) => {
+            stored.message.timestamp = chrono::DateTime::UNIX_EPOCH;
+            format!("{stored:?}")
+        }
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+/// The same sends, one at a time, through the reference (`MemoryStorage`) and PostgreSQL: the
+/// same answers (ids, conversations, seqs, recipients, retries, errors) and the same seqs after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_sends_answer_as_the_memory_reference_does() {
+    let db = TestDatabase::create().await;
+    let pg = connect(db.url()).await;
+    let memory = minichat_core::storage::MemoryStorage::new();
+    let mut ids = Vec::new();
+    for name in ["alice", "bob", "carol", "dave"] {
+        let u = user(&pg, name).await;
+        let m = NewUser {
+            username: name.into(),
+            display_name: None,
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(memory.create_user(&m).await.unwrap().id, u);
+        ids.push(u);
+    }
+    let [alice, bob, carol, dave] = ids[..] else {
+        unreachable!()
+    };
+    let new_group = minichat_core::model::NewGroup {
+        creator_id: alice,
+        title: "a group".into(),
+        member_ids: vec![bob, carol],
+    }
+    .validate(10)
+    .unwrap();
+    let made = memory.create_group(&new_group).await.unwrap();
+    let admin = admin(db.url()).await;
+    let g = group(&admin, &[alice, bob, carol]).await;
+    assert_eq!(made.event.conversation.id, g);
+    // The `created` event took seq 1 of each member in the reference; here too.
+    admin
+        .execute(
+            "UPDATE users SET last_seq = last_seq + 1 WHERE id = ANY($1)",
+            &[&vec![alice, bob, carol]],
+        )
+        .await
+        .unwrap();
+    let missing = 999_999;
+    let sends = [
+        message(alice, bob, "hi", None),
+        message(bob, alice, "yo", Some("k1")),
+        to_conversation(alice, g, "g1", Some("k1")),
+        to_conversation(carol, g, "g2", None),
+        to_conversation(dave, g, "nope", Some("k2")),
+        to_conversation(alice, g, "g1", Some("k1")),
+        to_conversation(alice, g, "g1x", Some("k1")),
+        message(alice, bob, "g1", Some("k1")),
+        message(bob, alice, "yo", Some("k1")),
+        message(bob, carol, "a new pair", None),
+        to_conversation(carol, missing, "nope", None),
+        message(dave, alice, "x", Some("k2")),
+        message(missing, alice, "x", None),
+        message(alice, missing, "x", None),
+        to_conversation(bob, g, "g3", Some("k9")),
+    ];
+    for (i, m) in sends.iter().enumerate() {
+        let (want, got) = (
+            comparable(memory.store_message(m).await),
+            comparable(pg.store_message(m).await),
+        );
+        assert_eq!(got, want, "send {i}");
+    }
+    for user in [alice, bob, carol, dave] {
+        assert_eq!(
+            pg.current_seq(user).await.unwrap(),
+            memory.current_seq(user).await.unwrap()
+        );
+    }
+}
+
 /// A TCP relay to PostgreSQL that the test can cut (closing every relayed connection).
 struct Relay {
     port: u16,
