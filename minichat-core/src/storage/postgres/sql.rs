@@ -307,24 +307,32 @@ pub(super) const CHECK: &str = "SELECT 1";
 // transaction: conversations, members, users, client ids, direct conversations, messages,
 // stream entries, seqs. The lock order (conversations by id, then users by id) is the global
 // one: membership changes lock their conversation row, then its users, the same way.
+// Plans checked with EXPLAIN of the generic plans on 100,000 direct conversations and 100 groups
+// of 500: every statement reads by the index its comment names (the unnest joins are nested
+// loops over it), none scans a table sequentially.
 
 /// Locks the conversations a batch sends to by id, in id order, `FOR SHARE` (a membership
 /// change locks its row `FOR UPDATE`, so the members read next stay as read until commit), and
-/// reads what they are. A missing id is simply not returned.
+/// reads what they are, by `conversations_pkey`. A missing id is simply not returned.
 pub(super) const LOCK_BATCH_CONVERSATIONS: &str =
     "SELECT id, kind, direct_low, direct_high FROM conversations
      WHERE id = ANY($1) ORDER BY id FOR SHARE";
 
-/// The members of a batch's group conversations, by the primary key of `conversation_members`;
+/// The members of a batch's group conversations, by `conversation_members_pkey` (index only);
 /// a separate statement after [`LOCK_BATCH_CONVERSATIONS`], so that its snapshot is taken
 /// after the locks were granted and sees every membership change committed before.
 pub(super) const BATCH_MEMBERS: &str = "SELECT conversation_id, user_id FROM conversation_members
      WHERE conversation_id = ANY($1) ORDER BY conversation_id, user_id";
 
 /// Locks every user of a batch in one global id order (so batches of any nodes cannot
-/// deadlock) and reads the `last_seq` the batch's seqs continue from.
+/// deadlock) and reads the `last_seq` the batch's seqs continue from. `FOR NO KEY UPDATE`: the
+/// batch changes no key of the row, only `last_seq`; the lock excludes every other seq-taker
+/// (batches, membership events: `FOR UPDATE` or `FOR NO KEY UPDATE`) but not the `FOR KEY SHARE`
+/// a foreign-key check takes, so another transaction's insert that references a user (a member
+/// row, a conversation's creator) neither waits for a batch nor makes one wait, whatever order
+/// it takes those in.
 pub(super) const LOCK_BATCH_USERS: &str =
-    "SELECT id, username, last_seq FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE";
+    "SELECT id, username, last_seq FROM users WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE";
 
 /// The earlier messages of a batch's `(sender, client_id)` pairs, by
 /// `messages_sender_client_id_key`.
@@ -340,7 +348,7 @@ pub(super) const FIND_BATCH_CLIENT_IDS: &str =
 /// concurrent transaction commits meanwhile hits `conversations_direct_pair_key` and is
 /// skipped, and then this statement's snapshot cannot see it: the writer reads those pairs
 /// again with [`DIRECT_PAIRS`]. Returns `id, direct_low, direct_high` of every pair found or
-/// made.
+/// made; both lookups use `conversations_direct_pair_key`.
 pub(super) const DIRECT_CONVERSATIONS: &str = "WITH pairs AS (
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[])
              WITH ORDINALITY AS p(lo, hi, creator, made_at, ord)

@@ -24,8 +24,9 @@
 //!   committed, so a warm pair's send runs no statement for it.
 //! - **Each send its own outcome.** Unknown users, a conversation the sender is not a member
 //!   of, repeated or conflicting `client_id`s (also twice within one batch: the second is the
-//!   retry of the first) are answered per send and never fail a neighbour. Only a database failure fails the batch, then every send in it gets
-//!   [`Error::Unavailable`] and the rollback leaves nothing half-written.
+//!   retry of the first) are answered per send and never fail a neighbour. Only a database
+//!   failure fails the batch, then every send in it gets [`Error::Unavailable`] and the
+//!   rollback leaves nothing half-written (nor remembered: see [`DirectMap`]).
 //! - **Acknowledged means committed**: replies go out after `COMMIT` returned.
 //! - **Bounded waits**: a caller waits for queue space and its reply within the backend budget;
 //!   a batch runs within it too (`Connections::bounded`), and a send whose caller gave up before
@@ -241,6 +242,7 @@ async fn commit_with_retry(
     .await
 }
 
+/// Runs `sql` (prepared once per connection) in the batch's transaction.
 async fn query(
     tx: &deadpool_postgres::Transaction<'_>,
     sql: &str,
