@@ -42,7 +42,7 @@ fn sample_message() -> Message {
         sender_username: "alice1984".into(),
         receiver_id: Some(4242),
         conversation_id: 1,
-        content: "Hi Bob! Are we still on for lunch at noon tomorrow? ☕".into(),
+        content: "Hi Bob! Lunch at noon tomorrow? ☕".into(),
         timestamp: now(),
         kind: MessageType::Message,
     }
