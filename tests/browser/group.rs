@@ -2,7 +2,8 @@
 //! Alice creates a group with Bob and Carol in the page (people picked from the directory
 //! search), and each sees it appear in their inbox. Messages in the group reach the others with
 //! the sender's name, an unread badge counts them until the group is opened, typing and "read
-//! by" come live, and the member list follows a removal, an addition and a leave in every page.
+//! by" come live, and the title and member list follow a rename, a removal, an addition and a
+//! leave in every page.
 //! The steps share the two-person scenario's `Chat`; each waits for what it expects, never a
 //! fixed time.
 
@@ -15,6 +16,7 @@ use serde_json::{json, Value};
 const TITLE: &str = "Tea <i>party</i> & co";
 const GROUP_HELLO: &str = "Hello both of you";
 const CAROL_REPLY: &str = "Hi all, Carol here";
+const RENAMED: &str = "Tea party (renamed)";
 
 /// Runs the group steps after the two-person ones.
 pub async fn run(chat: &Chat, carol: &Browser, page: &str) {
@@ -28,7 +30,7 @@ pub async fn run(chat: &Chat, carol: &Browser, page: &str) {
     let group = Group { chat, carol, c };
     let id = step("alice_creates_a_group", group.create()).await;
     step("group_messages_show_the_sender", group.messages(id)).await;
-    step("members_are_removed_added_and_leave", group.members(id)).await;
+    step("rename_remove_add_and_leave", group.members(id)).await;
 }
 
 struct Group<'a> {
@@ -248,7 +250,7 @@ impl Group<'_> {
         carol.shot("08-carol-group").await;
     }
 
-    /// Alice removes Bob and adds him back, Carol leaves: every page follows.
+    /// Alice renames the group, removes Bob and adds him back, Carol leaves: every page follows.
     async fn members(&self, id: i64) {
         let Chat {
             alice, bob, a, b, ..
@@ -272,6 +274,20 @@ impl Group<'_> {
             "the owner can remove the others, not herself"
         );
         alice.shot("09-alice-members").await;
+
+        alice.clear("rename-title").await;
+        alice.type_into("rename-title", RENAMED).await;
+        alice.click("rename-submit").await;
+        for browser in [alice, bob, carol] {
+            browser
+                .wait_css_text(
+                    "the new title in the inbox",
+                    &format!("{} [data-testid=conversation-title]", item(id)),
+                    RENAMED,
+                )
+                .await;
+            browser.wait_text("peer-name", RENAMED).await;
+        }
 
         alice
             .click_css(

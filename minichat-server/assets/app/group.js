@@ -1,11 +1,12 @@
 // Groups: the "New group" dialog (a title and people picked from the directory search,
-// POST /conversations/), the open group's header and member list (add and remove for its owner
-// and admins, leave for anyone), and the membership events of the stream (created, renamed,
+// POST /conversations/), the open group's header and member list (rename, add and remove for
+// its owner and admins, leave for anyone), and the membership events of the stream (created, renamed,
 // member_added, member_removed), which keep the inbox, the header and the list current.
 
 import { api } from './api.js';
 import { openChat, renderMembership } from './conversation.js';
 import { convTitle, fetchConversation, markLeft, renderInbox, upsertConv } from './inbox.js';
+import { mergeUsers } from './people.js';
 import { renderTyping } from './receipts.js';
 import { displayName, myId, nameOf, openConv, state } from './state.js';
 import { $, h, paintAvatar, showError } from './view.js';
@@ -53,7 +54,7 @@ function picker({ input, results, testid, exclude, pick }) {
     try {
       const found = await api('GET', `users/?q=${encodeURIComponent(q)}&limit=${SEARCH_LIMIT}`);
       if (mine !== generation) return;
-      for (const u of found) if (!state.users.has(u.id)) state.users.set(u.id, u);
+      mergeUsers(found);
       render(found);
     } catch (e) {
       if (e.status !== 401) showError(`Could not search people: ${e.message}`);
@@ -175,9 +176,11 @@ const canManage = (entry) => ['owner', 'admin'].includes(myRole(entry));
 
 export function toggleMembers() {
   const panel = $('members-panel');
-  if (panel.hidden && openConv()) {
+  const entry = openConv();
+  if (panel.hidden && entry) {
     panel.hidden = false;
     memberPicker.reset();
+    $('rename-title').value = entry.title || '';
     renderMembers();
   } else {
     closeMembers();
@@ -202,7 +205,7 @@ export function renderMembers() {
         { class: 'member', dataset: { testid: 'member-item', userId: String(m.user_id), role: m.role } },
         h('span', { class: 'avatar small' }),
         h('span', { class: 'member-name', text: m.user_id === me ? `${nameOf(me)} (you)` : nameOf(m.user_id) }),
-        h('span', { class: 'member-role muted', text: ROLE_LABEL[m.role] || m.role }),
+        h('span', { class: 'member-role muted', text: ROLE_LABEL[m.role] ?? m.role }),
         manage && m.user_id !== me && m.role !== 'owner'
           ? h('button', { type: 'button', class: 'link danger', dataset: { testid: 'member-remove' }, text: 'Remove', onclick: () => removeMember(entry.id, m.user_id) })
           : null,
@@ -212,6 +215,7 @@ export function renderMembers() {
     }),
   );
   $('member-add').hidden = !manage;
+  $('rename-form').hidden = !manage;
   $('leave-group').hidden = entry.left;
 }
 
@@ -236,6 +240,19 @@ async function removeMember(convId, memberId) {
     refreshOpenGroup();
   } catch (e) {
     showError(memberId === myId() ? `Could not leave the group: ${e.message}` : `Could not remove ${nameOf(memberId)}: ${e.message}`);
+  }
+}
+
+async function onRename(event) {
+  event.preventDefault();
+  const entry = openConv();
+  const title = $('rename-title').value.trim();
+  if (!entry || !title || title === entry.title) return;
+  try {
+    upsertConv(await api('PATCH', `conversations/${entry.id}`, { user_id: myId(), title }));
+    refreshOpenGroup();
+  } catch (e) {
+    showError(`Could not rename the group: ${e.message}`);
   }
 }
 
@@ -294,4 +311,5 @@ export function initGroups() {
   $('members-button').addEventListener('click', toggleMembers);
   $('members-close').addEventListener('click', closeMembers);
   $('leave-group').addEventListener('click', leaveGroup);
+  $('rename-form').addEventListener('submit', onRename);
 }

@@ -50,10 +50,11 @@ function isOpenEntry(entry) {
 
 export function renderPending(entry) {
   if (!isOpenEntry(entry) || state.pendingEls.has(entry.client_id)) return;
+  const conv = entry.conversation_id ? state.convs.get(entry.conversation_id) : null;
   const node = buildMessage({
     id: undefined,
     sender_id: myId(),
-    receiver_id: entry.receiver_id || null,
+    receiver_id: entry.receiver_id || (conv && conv.kind === 'direct' ? conv.peer_id : null),
     conversation_id: entry.conversation_id,
     content: entry.content,
     timestamp: entry.created,

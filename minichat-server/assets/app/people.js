@@ -25,7 +25,7 @@ let searchGeneration = 0;
 export async function loadUsers() {
   if (!state.session) return;
   try {
-    merge(await api('GET', 'users/'));
+    mergeUsers(await api('GET', 'users/'));
   } catch (e) {
     if (e.status !== 401) showError(`Could not load people: ${e.message}`);
   }
@@ -45,14 +45,14 @@ async function searchUsers(q) {
   const generation = ++searchGeneration;
   try {
     const found = await api('GET', `users/?q=${encodeURIComponent(q)}&limit=${SEARCH_LIMIT}`);
-    if (generation === searchGeneration) merge(found);
+    if (generation === searchGeneration) mergeUsers(found);
   } catch (e) {
     if (e.status !== 401) showError(`Could not search people: ${e.message}`);
   }
 }
 
 /** Adds users the page did not know (or refreshes those it did), then lists and watches them. */
-function merge(list) {
+export function mergeUsers(list) {
   if (!state.session) return;
   const before = new Set(state.users.keys());
   let added = false;
