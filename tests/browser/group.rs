@@ -216,6 +216,39 @@ impl Group<'_> {
             .await;
         bob.wait_css_text("two unread in the group", &badge, "2")
             .await;
+        // The badge survives a reload that replays Bob's whole stream (his stored seq is
+        // forgotten, so `since=0`): the server's count, not that plus the replayed messages.
+        let seq_key = format!("minichat.seq.{}", b.id);
+        let last_seq = bob
+            .js(
+                "const seq = Number(localStorage.getItem(arguments[0]));
+                 localStorage.removeItem(arguments[0]);
+                 return seq;",
+                vec![json!(seq_key)],
+            )
+            .await;
+        assert!(last_seq.as_i64().unwrap_or(0) > 0, "Bob's seq: {last_seq}");
+        bob.client.refresh().await.expect("reload");
+        bob.wait_online().await;
+        bob.wait_until(
+            "the replay and the inbox to be in",
+            "const badge = document.querySelector(arguments[0]);
+             return Number(localStorage.getItem(arguments[1])) >= arguments[2]
+                 && document.getElementById('inbox').dataset.state === 'ready'
+                 && !!badge && !badge.hidden;",
+            vec![json!(badge), json!(seq_key), last_seq],
+            |v| v == &json!(true),
+        )
+        .await;
+        assert_eq!(
+            bob.js(
+                "return document.querySelector(arguments[0]).textContent",
+                vec![json!(badge)]
+            )
+            .await,
+            "2",
+            "the unread count after a full replay"
+        );
         bob.open_inbox_item(id, TITLE).await;
         bob.wait_gone("Bob's badge to clear on opening", &badge)
             .await;

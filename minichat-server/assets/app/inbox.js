@@ -31,6 +31,7 @@ export async function loadInbox() {
       }
     }
     state.inboxLoaded = true;
+    $('inbox').dataset.state = 'ready';
     renderInbox();
   } catch (e) {
     if (e.status !== 401) showError(`Could not load your conversations: ${e.message}`);

@@ -133,6 +133,7 @@ function resetChatState() {
   resumePoint.reset();
   $('users').replaceChildren();
   $('inbox').replaceChildren();
+  delete $('inbox').dataset.state;
   closeMembers();
   const dialog = $('group-dialog');
   if (dialog.open) dialog.close();
