@@ -17,6 +17,7 @@ const TITLE: &str = "Tea <i>party</i> & co";
 const GROUP_HELLO: &str = "Hello both of you";
 const CAROL_REPLY: &str = "Hi all, Carol here";
 const RENAMED: &str = "Tea party (renamed)";
+const QUEUED_IN_GROUP: &str = "Written to the group while offline";
 
 /// Runs the group steps after the two-person ones.
 pub async fn run(chat: &Chat, carol: &Browser, page: &str) {
@@ -30,6 +31,7 @@ pub async fn run(chat: &Chat, carol: &Browser, page: &str) {
     let group = Group { chat, carol, c };
     let id = step("alice_creates_a_group", group.create()).await;
     step("group_messages_show_the_sender", group.messages(id)).await;
+    step("a_group_message_queued_during_a_drop", group.queued(id)).await;
     step("rename_remove_add_and_leave", group.members(id)).await;
 }
 
@@ -283,6 +285,63 @@ impl Group<'_> {
         carol.shot("08-carol-group").await;
     }
 
+    /// The connection drops while Alice writes to the group: the page keeps the message (with
+    /// its conversation) and sends it once when the socket is back.
+    async fn queued(&self, id: i64) {
+        let Chat {
+            alice,
+            bob,
+            a,
+            proxy,
+            ..
+        } = self.chat;
+        proxy.cut();
+        alice
+            .wait_until(
+                "Alice's page to show it is reconnecting",
+                "return document.querySelector('[data-testid=connection-status]').dataset.status === 'reconnecting';",
+                vec![],
+                |v| v == &json!(true),
+            )
+            .await;
+        alice.type_message(QUEUED_IN_GROUP).await;
+        alice.press_enter().await;
+        alice
+            .wait_messages(
+                QUEUED_IN_GROUP,
+                "the group message to show as pending",
+                |m| m.len() == 1 && m[0]["status"] == "pending",
+            )
+            .await;
+        let outbox = alice
+            .js(
+                "return JSON.parse(localStorage.getItem(`minichat.outbox.${arguments[0]}`))",
+                vec![json!(a.id)],
+            )
+            .await;
+        assert_eq!(
+            (outbox[0]["conversation_id"].as_i64(), &outbox[0]["content"]),
+            (Some(id), &json!(QUEUED_IN_GROUP)),
+            "the stored outbox entry remembers its conversation: {outbox}"
+        );
+        proxy.restore();
+        alice.wait_online().await;
+        alice
+            .wait_messages(
+                QUEUED_IN_GROUP,
+                "the queued group message to be sent",
+                |m| m.len() == 1 && m[0]["status"] != "pending" && m[0]["id"].is_string(),
+            )
+            .await;
+        for browser in [bob, self.carol] {
+            browser
+                .wait_messages(QUEUED_IN_GROUP, "the queued group message, once", |m| {
+                    m.len() == 1 && m[0]["sender"] == "Alice Liddell"
+                })
+                .await;
+        }
+    }
+
     /// Alice renames the group, removes Bob and adds him back, Carol leaves: every page follows.
     async fn members(&self, id: i64) {
         let Chat {
@@ -373,6 +432,15 @@ impl Group<'_> {
         let mut expected = vec![a.id, b.id];
         expected.sort_unstable();
         assert_eq!(members, expected, "the members on the server");
+        for browser in [alice, bob, carol] {
+            let shown = browser.messages(QUEUED_IN_GROUP).await;
+            assert_eq!(
+                shown.len(),
+                1,
+                "{}: the queued group message is shown once",
+                browser.label
+            );
+        }
         alice.shot("10-alice-after-leave").await;
         carol.shot("10-carol-left").await;
     }

@@ -8,7 +8,7 @@ import { describeDetail } from './api.js';
 import { buildMessage, insertMessage, isOpenMessage, placeById, regroup, setStatus } from './conversation.js';
 import { noteMessage, renderInbox } from './inbox.js';
 import { applyReceipt, noteTyping } from './receipts.js';
-import { keyOutbox, myId, newClientId, state, store } from './state.js';
+import { isOpen, keyOutbox, myId, newClientId, state, store } from './state.js';
 import { sendFrame } from './stream.js';
 import { $, autosize, fullFmt, isNearBottom, scrollToBottom, setHint, showError, timeFmt } from './view.js';
 
@@ -88,7 +88,7 @@ export function onSend(event) {
   event.preventDefault();
   const input = $('composer-input');
   const content = input.value.trim();
-  if (!content || (state.convId === null && state.peerId === null)) return;
+  if (!content || !isOpen()) return;
   const open = state.convId !== null ? state.convs.get(state.convId) : null;
   if (open && open.left) return;
   if (content.length > MAX_CONTENT) {

@@ -7,7 +7,7 @@
 import { api } from './api.js';
 import { setStatus } from './conversation.js';
 import { clearUnread, typingText, updateConvItem, updatePeerConv } from './inbox.js';
-import { myId, nameOf, openConv, state } from './state.js';
+import { isOpen, myId, nameOf, openConv, state } from './state.js';
 import { isReady, sendFrame } from './stream.js';
 import { $, isNearBottom } from './view.js';
 
@@ -20,7 +20,7 @@ const READ_THROTTLE_MS = 300;
 
 /** Something was typed in the open conversation: tell the others, at most every TYPING_SEND_EVERY_MS. */
 export function noteTyping() {
-  if ((state.convId === null && state.peerId === null) || !isReady()) return;
+  if (!isOpen() || !isReady()) return;
   const now = Date.now();
   if (now - state.lastTypingSent >= TYPING_SEND_EVERY_MS) {
     state.lastTypingSent = now;
