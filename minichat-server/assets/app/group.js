@@ -179,6 +179,7 @@ export function toggleMembers() {
   const entry = openConv();
   if (panel.hidden && entry) {
     panel.hidden = false;
+    $('conversation').classList.add('members-open');
     memberPicker.reset();
     $('rename-title').value = entry.title || '';
     renderMembers();
@@ -189,6 +190,7 @@ export function toggleMembers() {
 
 export function closeMembers() {
   $('members-panel').hidden = true;
+  $('conversation').classList.remove('members-open');
 }
 
 export function renderMembers() {
@@ -216,7 +218,8 @@ export function renderMembers() {
   );
   $('member-add').hidden = !manage;
   $('rename-form').hidden = !manage;
-  $('leave-group').hidden = entry.left;
+  // The owner cannot leave while others remain (the server's rule): no button for it.
+  $('leave-group').hidden = entry.left || (myRole(entry) === 'owner' && members.length > 1);
 }
 
 async function addMember(user) {
