@@ -7,7 +7,11 @@
 //! through a drop: the page shows that it is reconnecting, two identical messages queued in the
 //! page meanwhile are each sent once after it resumes (matched to their acks and replays by
 //! `client_id`), and messages sent over REST during the drop (one of them Alice's own, from
-//! "another device", with the same text) are shown exactly once. Screenshots of both sessions go to `artifacts/browser/` under the workspace root.
+//! "another device", with the same text) are shown exactly once. Then a third session, Carol,
+//! joins for a group of three (`browser/group.rs`): Alice creates it in the page, messages show
+//! their sender, unread badges come and clear, and the member list follows a removal, an
+//! addition and a leave. Screenshots of every session go to `artifacts/browser/` under the
+//! workspace root.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`, `/usr/bin/chromedriver`;
 //! `scripts/test` installs them). Without them the test is skipped with a message, so developers
@@ -20,6 +24,8 @@
 
 #[path = "browser/driver.rs"]
 mod driver;
+#[path = "browser/group.rs"]
+mod group;
 mod support;
 
 use driver::{Account, Browser, Chromedriver, CHROMEDRIVER, CHROMIUM, WAIT};
@@ -64,16 +70,18 @@ async fn two_people_chat_in_the_browser_and_survive_a_dropped_connection() {
     let driver = Chromedriver::start(&artifacts.join("chromedriver.log")).await;
     let alice_browser = Browser::open(&driver, "alice", &artifacts).await;
     let bob_browser = Browser::open(&driver, "bob", &artifacts).await;
+    let carol_browser = Browser::open(&driver, "carol", &artifacts).await;
 
-    // The scenario runs in its own task so that, pass or fail, both browsers are closed
+    // The scenario runs in its own task so that, pass or fail, the browsers are closed
     // properly below (a panic would otherwise leave Chromium running).
     let scenario = tokio::spawn(scenario(
         alice_browser.clone_handle(),
         bob_browser.clone_handle(),
+        carol_browser.clone_handle(),
     ));
     let outcome = scenario.await;
 
-    for browser in [alice_browser, bob_browser] {
+    for browser in [alice_browser, bob_browser, carol_browser] {
         browser.close().await;
     }
     drop(driver);
@@ -105,7 +113,7 @@ async fn step<T>(name: &str, work: impl Future<Output = T>) -> T {
     }
 }
 
-async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
+async fn scenario(alice: Browser, bob: Browser, carol: Browser) -> Vec<PathBuf> {
     let backends = Backends::new(Backend::Memory).await;
     let server = TestServer::start(backends.settings(AuthMode::Token)).await;
     let proxy = TcpProxy::start(server.addr).await;
@@ -131,10 +139,12 @@ async fn scenario(alice: Browser, bob: Browser) -> Vec<PathBuf> {
     let away_id = step("drop_the_connection", chat.drop_the_connection()).await;
     let back_id = step("resume_without_loss_or_duplicate", chat.resume(away_id)).await;
     step("log_out_and_back_in", chat.log_out_and_back_in(back_id)).await;
+    group::run(&chat, &carol, &page).await;
     step("phone_layout", chat.phone_layout()).await;
 
     let mut shots = chat.alice.shots();
     shots.extend(chat.bob.shots());
+    shots.extend(carol.shots());
     shots
 }
 

@@ -72,6 +72,16 @@ const FILES: &[(&str, &str, &[u8])] = &[
         JAVASCRIPT,
         include_bytes!("../assets/app/receipts.js"),
     ),
+    (
+        "inbox.js",
+        JAVASCRIPT,
+        include_bytes!("../assets/app/inbox.js"),
+    ),
+    (
+        "group.js",
+        JAVASCRIPT,
+        include_bytes!("../assets/app/group.js"),
+    ),
 ];
 
 /// `/app` redirects to `/app/`, so the page's relative URLs resolve under it.

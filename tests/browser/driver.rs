@@ -226,6 +226,51 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{}: click {testid}: {e}", self.label));
     }
 
+    /// Clicks the first element matching `css`, once there is one.
+    pub async fn click_css(&self, what: &str, css: &str) {
+        self.wait_css(what, css).await;
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("{}: click {css}: {e}", self.label));
+    }
+
+    /// Waits until an element matching `css` is shown.
+    pub async fn wait_css(&self, what: &str, css: &str) {
+        self.wait_until(
+            what,
+            "const el = document.querySelector(arguments[0]);
+             return !!el && el.offsetParent !== null && !el.hidden;",
+            vec![json!(css)],
+            |v| v == &json!(true),
+        )
+        .await;
+    }
+
+    /// Waits until no element matching `css` is shown.
+    pub async fn wait_gone(&self, what: &str, css: &str) {
+        self.wait_until(
+            what,
+            "return [...document.querySelectorAll(arguments[0])].every(el => el.hidden || el.offsetParent === null);",
+            vec![json!(css)],
+            |v| v == &json!(true),
+        )
+        .await;
+    }
+
+    /// Waits until the text of the first element matching `css` is exactly `text`.
+    pub async fn wait_css_text(&self, what: &str, css: &str, text: &str) {
+        self.wait_until(
+            what,
+            "const el = document.querySelector(arguments[0]);
+             return !!el && el.textContent === arguments[1];",
+            vec![json!(css), json!(text)],
+            |v| v == &json!(true),
+        )
+        .await;
+    }
+
     /// Waits until the element shows exactly `text`.
     pub async fn wait_text(&self, testid: &str, text: &str) {
         self.wait_until(
@@ -273,6 +318,16 @@ impl Browser {
         .await;
         self.find(&item).await.click().await.expect("open the chat");
         self.wait_conversation(peer_name).await;
+    }
+
+    /// Opens a conversation of the inbox by its id.
+    pub async fn open_inbox_item(&self, conversation: i64, title: &str) {
+        self.click_css(
+            "the conversation in the inbox",
+            &format!("[data-testid=conversation-item][data-conversation-id=\"{conversation}\"]"),
+        )
+        .await;
+        self.wait_conversation(title).await;
     }
 
     /// Waits until the conversation with `peer_name` is open and its history loaded.
@@ -342,11 +397,15 @@ const MESSAGES_JS: &str = "
         .filter(m => m.querySelector('[data-testid=message-text]').textContent === arguments[0])
         .map(m => {
             const tick = m.querySelector('[data-testid=message-status]');
+            const sender = m.querySelector('[data-testid=message-sender]');
+            const readers = m.querySelector('[data-testid=message-readers]');
             return {
                 id: m.dataset.id || null,
                 status: m.dataset.status || null,
                 mine: m.classList.contains('mine'),
                 tick: tick ? tick.textContent : null,
+                sender: sender ? sender.textContent : null,
+                readers: readers ? readers.textContent : null,
             };
         });";
 

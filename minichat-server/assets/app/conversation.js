@@ -1,30 +1,55 @@
-// The open conversation: its history (pages of 50, oldest loaded on demand), messages placed
-// in id order and each shown once whatever path it came by (history, replay, live, ack), day
-// separators and runs, and the message frames that feed it and the sidebar's previews.
+// The open conversation, a direct chat or a group: its history by conversation_id (pages of
+// 50, oldest loaded on demand; a direct chat not started yet is read by chat_with), messages
+// placed in id order and each shown once whatever path it came by (history, replay, live,
+// ack), day separators and runs, the sender's name on others' messages in a group, and the
+// message frames that feed it and the inbox.
 
 import { api } from './api.js';
+import { closeMembers, loadMembers, renderGroupHeader } from './group.js';
+import { addUnread, clearUnread, noteMessage, renderInbox, updateAllConvItems } from './inbox.js';
 import { adoptPending, discardPending, renderPending, retryPending } from './outbox.js';
-import { ensureUser, renderPeerHeader, renderUsers, updateAllUserItems, updateTitle } from './people.js';
-import { loadReadState, maybeSendRead, renderTyping, stopTyping } from './receipts.js';
-import { keyPeer, myId, nameOf, state, store } from './state.js';
+import { ensureUser, renderPeerHeader, updateAllUserItems } from './people.js';
+import { applyReceipt, loadReadState, maybeSendRead, renderTyping, stopTyping } from './receipts.js';
+import { keyOpen, myId, nameOf, openConv, state, store } from './state.js';
 import { $, autosize, dayLabel, fullFmt, h, isNearBottom, scrollToBottom, showError, timeFmt } from './view.js';
 
 const HISTORY_PAGE = 50;
 
-export async function openConversation(id) {
-  if (!state.session || id === myId()) return;
-  const switching = state.peerId !== id;
-  state.peerId = id;
-  store.set(keyPeer(myId()), id);
-  state.unread.delete(id);
+/** The history query of the open conversation: by its id, or (not started yet) by the peer. */
+function historyQuery() {
+  return state.convId !== null ? `conversation_id=${state.convId}` : `chat_with=${state.peerId}`;
+}
+
+/**
+ * Opens a conversation: `{conversationId}` (from the inbox) or `{peerId}` (the direct chat with
+ * someone from the directory, which may not exist yet: it is made by the first message).
+ */
+export async function openChat({ conversationId = null, peerId = null }) {
+  if (!state.session) return;
+  if (conversationId !== null) {
+    const entry = state.convs.get(conversationId);
+    peerId = entry && entry.kind === 'direct' ? entry.peer_id : null;
+  } else if (peerId !== null) {
+    if (peerId === myId()) return;
+    conversationId = state.directByPeer.has(peerId) ? state.directByPeer.get(peerId) : null;
+  } else {
+    return;
+  }
+  const switching = state.convId !== conversationId || state.peerId !== peerId;
+  state.convId = conversationId;
+  state.peerId = peerId;
+  store.set(keyOpen(myId()), { conversation_id: conversationId, peer_id: peerId });
+  if (conversationId !== null) clearUnread(conversationId);
   $('chat').classList.add('has-peer');
   $('empty-state').hidden = true;
   $('conversation').hidden = false;
+  $('conversation').dataset.kind = peerId === null ? 'group' : 'direct';
   updateAllUserItems();
-  updateTitle();
-  renderPeerHeader();
+  renderHeader();
   renderTyping();
+  renderMembership();
   if (!switching && state.shown.size) return;
+  closeMembers();
   state.shown.clear();
   state.pendingEls.clear();
   state.oldestId = null;
@@ -42,40 +67,80 @@ export async function openConversation(id) {
   autosize();
   if (window.innerWidth > 760) input.focus();
   const token = ++state.historyToken;
-  loadReadState(id);
+  if (peerId !== null) loadReadState(peerId);
+  else loadMembers(conversationId);
   try {
-    const page = await api('GET', `messages/?user_id=${myId()}&chat_with=${id}&limit=${HISTORY_PAGE}`);
+    const page = await api('GET', `messages/?user_id=${myId()}&${historyQuery()}&limit=${HISTORY_PAGE}`);
     if (token !== state.historyToken) return;
+    if (page.length && state.convId === null) learnConversation(page[0].conversation_id);
     for (const m of page.slice().reverse()) insertMessage(m);
     state.hasOlder = page.length === HISTORY_PAGE;
     note.hidden = true;
     note.textContent = '';
     $('conversation').dataset.state = 'ready';
     if (page.length === 0) {
-      note.textContent = `This is the beginning of your conversation with ${nameOf(id)}. Say hi!`;
+      const whom = peerId !== null ? `your conversation with ${nameOf(peerId)}` : `${$('peer-name').textContent}`;
+      note.textContent = `This is the beginning of ${whom}. Say hi!`;
       note.hidden = false;
     }
-    if (page.length) notePreview(id, page[0]);
+    if (page.length) noteMessage(page[0]);
   } catch (e) {
     if (token !== state.historyToken) return;
     note.textContent = `Could not load messages: ${e.message}`;
     note.hidden = false;
     $('conversation').dataset.state = 'error';
   }
-  for (const entry of state.outbox) if (entry.receiver_id === id) renderPending(entry);
+  for (const entry of state.outbox) renderPending(entry);
   $('load-older').hidden = !state.hasOlder;
   regroup();
   scrollToBottom();
+  renderInbox();
   maybeSendRead();
 }
 
+/** The open direct chat turned out to have (or now has) conversation `id`. */
+function learnConversation(id) {
+  if (typeof id !== 'number' || state.convId !== null) return;
+  state.convId = id;
+  if (state.peerId !== null) state.directByPeer.set(state.peerId, id);
+  store.set(keyOpen(myId()), { conversation_id: id, peer_id: state.peerId });
+}
+
+/** Whether message `m` belongs to the open conversation (learning the id of a new direct one). */
+export function isOpenMessage(m) {
+  if (state.convId !== null) return m.conversation_id === state.convId;
+  if (state.peerId === null || m.receiver_id === null || m.receiver_id === undefined) return false;
+  const me = myId();
+  const peer = m.sender_id === me ? m.receiver_id : m.sender_id;
+  if (peer !== state.peerId || (m.sender_id !== me && m.receiver_id !== me)) return false;
+  learnConversation(m.conversation_id);
+  return true;
+}
+
+export function renderHeader() {
+  if (state.peerId !== null) renderPeerHeader();
+  else if (state.convId !== null) renderGroupHeader();
+}
+
+/** A group the user was removed from (or left) stays on screen, read-only, until another is opened. */
+export function renderMembership() {
+  const entry = openConv();
+  const left = Boolean(entry && entry.left);
+  $('composer-input').disabled = left;
+  $('send').disabled = left;
+  $('left-note').hidden = !left;
+}
+
 export function closeConversation() {
+  state.convId = null;
   state.peerId = null;
   state.historyToken += 1;
+  closeMembers();
   $('chat').classList.remove('has-peer');
   $('conversation').hidden = true;
   $('empty-state').hidden = false;
   updateAllUserItems();
+  updateAllConvItems();
 }
 
 export async function loadOlder() {
@@ -84,13 +149,12 @@ export async function loadOlder() {
   const button = $('load-older');
   button.disabled = true;
   button.textContent = 'Loading…';
-  const peer = state.peerId;
   const token = state.historyToken;
   const pane = $('messages');
   try {
     const page = await api(
       'GET',
-      `messages/?user_id=${myId()}&chat_with=${peer}&limit=${HISTORY_PAGE}&before_id=${state.oldestId}`,
+      `messages/?user_id=${myId()}&${historyQuery()}&limit=${HISTORY_PAGE}&before_id=${state.oldestId}`,
     );
     if (token !== state.historyToken) return;
     const before = pane.scrollHeight;
@@ -110,6 +174,7 @@ export async function loadOlder() {
 
 export function buildMessage(m) {
   const mine = m.sender_id === myId();
+  const group = m.receiver_id === null;
   const when = new Date(m.timestamp);
   const node = h(
     'div',
@@ -120,17 +185,24 @@ export function buildMessage(m) {
     h(
       'div',
       { class: 'bubble' },
+      group && !mine ? h('div', { class: 'sender', dataset: { testid: 'message-sender', senderId: String(m.sender_id) }, text: nameOf(m.sender_id) }) : null,
       h('div', { class: 'text', dataset: { testid: 'message-text' }, text: m.content }),
       h(
         'div',
         { class: 'meta' },
+        mine && group ? h('span', { class: 'readers', dataset: { testid: 'message-readers' } }) : null,
         h('time', { datetime: m.timestamp, title: Number.isNaN(when.getTime()) ? '' : fullFmt.format(when), text: Number.isNaN(when.getTime()) ? '' : timeFmt.format(when) }),
         mine ? h('span', { class: 'tick', dataset: { testid: 'message-status' } }) : null,
       ),
     ),
   );
-  if (mine) setStatus(node, (state.readUpTo.get(m.receiver_id) || 0) >= m.id ? 'read' : 'sent');
+  if (mine) applyReceipt(node, m);
   return node;
+}
+
+/** A user's name was learned: the group messages they sent say it. */
+export function refreshSenderNames(id) {
+  for (const el of $('message-list').querySelectorAll(`.sender[data-sender-id="${id}"]`)) el.textContent = nameOf(id);
 }
 
 /** pending (a CSS clock), sent ✓, read ✓✓ or failed (with the error, Retry and Remove). */
@@ -196,22 +268,17 @@ export function regroup() {
   }
 }
 
-export function notePreview(peer, m) {
-  const current = state.preview.get(peer);
-  if (current && Date.parse(current.timestamp) > Date.parse(m.timestamp)) return;
-  state.preview.set(peer, { text: m.content, timestamp: m.timestamp, mine: m.sender_id === myId() });
-}
-
 /** A message frame (live or replayed after `since`). */
 export function onMessage(m) {
   const me = myId();
-  if (m.sender_id !== me && m.receiver_id !== me) return;
-  const peer = m.sender_id === me ? m.receiver_id : m.sender_id;
-  ensureUser(peer, m.sender_id === me ? null : m.sender_username);
-  notePreview(peer, m);
+  const direct = m.receiver_id !== null && m.receiver_id !== undefined;
+  if (direct && m.sender_id !== me && m.receiver_id !== me) return;
+  if (m.sender_id !== me) ensureUser(m.sender_id, m.sender_username);
+  if (direct) ensureUser(m.sender_id === me ? m.receiver_id : m.sender_id);
+  const fresh = noteMessage(m);
   if (m.sender_id === me) adoptPending(m);
-  if (m.sender_id === peer) stopTyping(peer);
-  if (peer === state.peerId) {
+  stopTyping(m.sender_id, m.conversation_id);
+  if (isOpenMessage(m)) {
     const stick = isNearBottom();
     if (insertMessage(m)) {
       regroup();
@@ -219,14 +286,8 @@ export function onMessage(m) {
       else $('jump').hidden = false;
     }
     maybeSendRead();
-  } else if (m.sender_id !== me && isAfterLogin(m)) {
-    state.unread.set(peer, (state.unread.get(peer) || 0) + 1);
+  } else if (m.sender_id !== me && fresh) {
+    addUnread(m.conversation_id);
   }
-  renderUsers();
-}
-
-function isAfterLogin(m) {
-  const login = Date.parse(state.session.loginAt);
-  const ts = Date.parse(m.timestamp);
-  return Number.isNaN(login) || Number.isNaN(ts) || ts >= login - 60000;
+  renderInbox();
 }

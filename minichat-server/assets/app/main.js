@@ -6,14 +6,16 @@
 // page together: the socket's frames to the modules that handle them, and the page's controls.
 //
 // The modules: state.js (shared state, localStorage), view.js (DOM helpers), session.js (sign
-// up, sign in, log out), people.js (directory, presence), conversation.js (history, messages),
-// outbox.js (sending, acks, errors), receipts.js (typing, read receipts).
+// up, sign in, log out), inbox.js (the conversations, unread badges), people.js (directory,
+// presence), conversation.js (history, messages), group.js (new group, members, membership
+// events), outbox.js (sending, acks, errors), receipts.js (typing, read receipts).
 
 import { api, onUnauthorized } from './api.js';
-import { closeConversation, loadOlder, onMessage } from './conversation.js';
+import { closeConversation, loadOlder, onMessage, refreshSenderNames, renderHeader } from './conversation.js';
+import { initGroups, onConversationEvent, renderMembers } from './group.js';
 import { flushOutbox, onAck, onComposerInput, onErrorFrame, onSend } from './outbox.js';
-import { forgetPresence, onPresence, onSearchInput, renderPeerHeader, updateAllUserItems, watchAfresh } from './people.js';
-import { loadReadState, maybeSendRead, onRead, onTyping } from './receipts.js';
+import { forgetPresence, onPresence, onSearchInput, onUserLearnedDo, updateAllUserItems, watchAfresh } from './people.js';
+import { loadReadState, maybeSendRead, onRead, onTyping, renderTyping } from './receipts.js';
 import {
   ACCOUNT_GONE,
   copyToken,
@@ -30,6 +32,11 @@ import { heartbeat, onStream, reconnectNow } from './stream.js';
 import { $, hideError, isNearBottom, scrollToBottom } from './view.js';
 
 onUnauthorized(signOut);
+onUserLearnedDo((id) => {
+  refreshSenderNames(id);
+  renderMembers();
+  renderTyping();
+});
 
 onStream({
   frame(frame) {
@@ -51,6 +58,9 @@ onStream({
         break;
       case 'presence':
         onPresence(frame);
+        break;
+      case 'conversation':
+        onConversationEvent(frame);
         break;
       default:
         break; // pong and anything newer than this page
@@ -109,6 +119,7 @@ function init() {
   $('reconnect-now').addEventListener('click', reconnectNow);
   $('device-button').addEventListener('click', openDeviceDialog);
   $('device-copy').addEventListener('click', copyToken);
+  initGroups();
   document.addEventListener('visibilitychange', maybeSendRead);
   window.addEventListener('online', reconnectNow);
   window.addEventListener('focus', maybeSendRead);
@@ -118,7 +129,7 @@ function init() {
   setInterval(() => {
     if (!state.session) return;
     updateAllUserItems();
-    renderPeerHeader();
+    renderHeader();
   }, 30000);
 
   const saved = store.get(KEY_SESSION);

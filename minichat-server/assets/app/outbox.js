@@ -1,13 +1,14 @@
-// Sending: the composer, and the outbox of messages not yet acknowledged. Each has a client_id,
-// is kept in localStorage until its ack (so a reload or a drop loses nothing), is sent again
-// with the same client_id after a reconnect (the server stores it once), and on an error
-// frame shows the server's `detail` with Retry and Remove.
+// Sending: the composer, and the outbox of messages not yet acknowledged. Each has a client_id
+// and remembers its conversation (its conversation_id, or for a direct chat not started yet
+// the receiver_id), is kept in localStorage until its ack (so a reload or a drop loses
+// nothing), is sent again with the same client_id after a reconnect (the server stores it
+// once), and on an error frame shows the server's `detail` with Retry and Remove.
 
 import { describeDetail } from './api.js';
-import { buildMessage, insertMessage, notePreview, placeById, regroup, setStatus } from './conversation.js';
-import { renderUsers } from './people.js';
-import { noteTyping } from './receipts.js';
-import { keyOutbox, myId, newClientId, state, store } from './state.js';
+import { buildMessage, insertMessage, isOpenMessage, placeById, regroup, setStatus } from './conversation.js';
+import { noteMessage, renderInbox } from './inbox.js';
+import { applyReceipt, noteTyping } from './receipts.js';
+import { isOpen, keyOutbox, myId, newClientId, state, store } from './state.js';
 import { sendFrame } from './stream.js';
 import { $, autosize, fullFmt, isNearBottom, scrollToBottom, setHint, showError, timeFmt } from './view.js';
 
@@ -17,7 +18,7 @@ const OFFLINE_HINT = 'You are offline: the message will be sent when the connect
 
 /** The unsent messages stored for `uid`: all may have reached the server before the page closed. */
 export function restoreOutbox(uid) {
-  state.outbox = (store.get(keyOutbox(uid)) || []).filter((m) => m && m.client_id && m.receiver_id);
+  state.outbox = (store.get(keyOutbox(uid)) || []).filter((m) => m && m.client_id && (m.conversation_id || m.receiver_id));
   state.outbox.forEach((m) => {
     m.transmitted = true;
     if (m.status !== 'failed') m.status = 'pending';
@@ -29,16 +30,32 @@ function saveOutbox() {
   if (uid === null) return;
   store.set(
     keyOutbox(uid),
-    state.outbox.map(({ client_id, receiver_id, content, created, status, error }) => ({ client_id, receiver_id, content, created, status, error })),
+    state.outbox.map(({ client_id, conversation_id, receiver_id, content, created, status, error }) => ({
+      client_id,
+      conversation_id,
+      receiver_id,
+      content,
+      created,
+      status,
+      error,
+    })),
   );
 }
 
+/** Whether the unsent `entry` belongs to the open conversation. */
+function isOpenEntry(entry) {
+  if (entry.conversation_id) return entry.conversation_id === state.convId;
+  return entry.receiver_id === state.peerId && state.peerId !== null;
+}
+
 export function renderPending(entry) {
-  if (entry.receiver_id !== state.peerId || state.pendingEls.has(entry.client_id)) return;
+  if (!isOpenEntry(entry) || state.pendingEls.has(entry.client_id)) return;
+  const conv = entry.conversation_id ? state.convs.get(entry.conversation_id) : null;
   const node = buildMessage({
     id: undefined,
     sender_id: myId(),
-    receiver_id: entry.receiver_id,
+    receiver_id: entry.receiver_id || (conv && conv.kind === 'direct' ? conv.peer_id : null),
+    conversation_id: entry.conversation_id,
     content: entry.content,
     timestamp: entry.created,
   });
@@ -51,7 +68,9 @@ export function renderPending(entry) {
 }
 
 function transmit(entry) {
-  const frame = { type: 'message', receiver_id: entry.receiver_id, content: entry.content, client_id: entry.client_id };
+  const frame = entry.conversation_id
+    ? { type: 'message', conversation_id: entry.conversation_id, content: entry.content, client_id: entry.client_id }
+    : { type: 'message', receiver_id: entry.receiver_id, content: entry.content, client_id: entry.client_id };
   if (!sendFrame(frame)) return false;
   entry.transmitted = true;
   return true;
@@ -69,14 +88,16 @@ export function onSend(event) {
   event.preventDefault();
   const input = $('composer-input');
   const content = input.value.trim();
-  if (!content || state.peerId === null) return;
+  if (!content || !isOpen()) return;
+  const open = state.convId !== null ? state.convs.get(state.convId) : null;
+  if (open && open.left) return;
   if (content.length > MAX_CONTENT) {
     showError(`Messages can be at most ${MAX_CONTENT} characters (this one has ${content.length}).`);
     return;
   }
   const entry = {
     client_id: newClientId(),
-    receiver_id: state.peerId,
+    ...(state.convId !== null ? { conversation_id: state.convId } : { receiver_id: state.peerId }),
     content,
     created: new Date().toISOString(),
     status: 'pending',
@@ -99,9 +120,9 @@ function finishPending(entry, message) {
   saveOutbox();
   const node = state.pendingEls.get(entry.client_id);
   state.pendingEls.delete(entry.client_id);
-  notePreview(entry.receiver_id, message);
+  noteMessage(message);
   if (!node) {
-    if (message.receiver_id === state.peerId) insertMessage(message);
+    if (isOpenMessage(message)) insertMessage(message);
     return;
   }
   if (state.shown.has(message.id)) {
@@ -119,7 +140,7 @@ function finishPending(entry, message) {
     time.textContent = timeFmt.format(when);
     time.title = fullFmt.format(when);
   }
-  setStatus(node, (state.readUpTo.get(message.receiver_id) || 0) >= message.id ? 'read' : 'sent');
+  applyReceipt(node, message);
   state.shown.set(message.id, node);
   placeById(node, message.id);
   if (state.oldestId === null || message.id < state.oldestId) state.oldestId = message.id;
@@ -131,15 +152,16 @@ export function onAck(frame) {
   const entry = state.outbox.find((e) => e.client_id === frame.client_id);
   if (entry) {
     finishPending(entry, message);
-  } else if (message.receiver_id === state.peerId) {
-    insertMessage(message);
+  } else {
+    noteMessage(message);
+    if (isOpenMessage(message)) insertMessage(message);
   }
-  if (message.receiver_id === state.peerId) {
+  if (isOpenMessage(message)) {
     regroup();
     if (isNearBottom()) scrollToBottom();
   }
   if (!state.outbox.some((e) => e.status === 'pending')) setHint('');
-  renderUsers();
+  renderInbox();
 }
 
 /**

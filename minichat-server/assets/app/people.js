@@ -1,12 +1,14 @@
-// The people: the directory in the sidebar (search, previews, unread badges, presence dots),
-// the open peer's header, and presence. The page watches the presence of everyone it lists;
-// how many one connection may watch is the server's rule, answered with an error frame.
+// The people: the directory in the sidebar (search, presence dots), the "new chat" picker
+// under the inbox (a click opens the direct chat with that person), the open peer's header,
+// and presence. The page watches the presence of everyone it lists; how many one connection
+// may watch is the server's rule, answered with an error frame.
 
 import { api } from './api.js';
-import { openConversation } from './conversation.js';
+import { openChat } from './conversation.js';
+import { renderInbox, updateAllConvItems, updatePeerConv } from './inbox.js';
 import { displayName, myId, nameOf, state } from './state.js';
 import { isReady, sendFrame } from './stream.js';
-import { $, h, lastSeenText, paintAvatar, shortTime, showError } from './view.js';
+import { $, h, lastSeenText, paintAvatar, showError } from './view.js';
 
 /** Ids this connection has asked to watch (a new socket watches nobody). */
 const watched = new Set();
@@ -23,7 +25,7 @@ let searchGeneration = 0;
 export async function loadUsers() {
   if (!state.session) return;
   try {
-    merge(await api('GET', 'users/'));
+    mergeUsers(await api('GET', 'users/'));
   } catch (e) {
     if (e.status !== 401) showError(`Could not load people: ${e.message}`);
   }
@@ -32,6 +34,7 @@ export async function loadUsers() {
 /** Typing in the search box: filter who is known now, then ask the server once typing pauses. */
 export function onSearchInput() {
   renderUsers();
+  renderInbox();
   clearTimeout(searchTimer);
   const q = $('search').value.trim();
   if (q) searchTimer = setTimeout(() => searchUsers(q), SEARCH_DEBOUNCE_MS);
@@ -42,14 +45,14 @@ async function searchUsers(q) {
   const generation = ++searchGeneration;
   try {
     const found = await api('GET', `users/?q=${encodeURIComponent(q)}&limit=${SEARCH_LIMIT}`);
-    if (generation === searchGeneration) merge(found);
+    if (generation === searchGeneration) mergeUsers(found);
   } catch (e) {
     if (e.status !== 401) showError(`Could not search people: ${e.message}`);
   }
 }
 
 /** Adds users the page did not know (or refreshes those it did), then lists and watches them. */
-function merge(list) {
+export function mergeUsers(list) {
   if (!state.session) return;
   const before = new Set(state.users.keys());
   let added = false;
@@ -66,25 +69,37 @@ function matchesSearch(user, filter) {
   return user.username.toLowerCase().startsWith(filter) || (user.display_name || '').toLowerCase().startsWith(filter);
 }
 
-/** Learns about a user first seen in a message (signed up after the list was loaded). */
+/**
+ * Learns about a user first seen in a message or a conversation (signed up after the list was
+ * loaded, or a group's member): a placeholder at once (named by `hint`, the message's
+ * sender_username), then the server's answer.
+ */
 export async function ensureUser(id, hint) {
-  if (state.users.has(id)) return;
+  if (typeof id !== 'number' || id === myId() || state.users.has(id)) return;
   state.users.set(id, { id, username: hint || `user${id}`, display_name: hint || `User ${id}` });
-  renderUsers();
+  learned(id);
   sendWatch();
   try {
     const user = await api('GET', `users/${id}`);
+    if (!state.session) return;
     state.users.set(id, user);
-    renderUsers();
-    if (id === state.peerId) renderPeerHeader();
+    learned(id);
   } catch {
     /* the placeholder will do */
   }
 }
 
-function userSortKey(id) {
-  const p = state.preview.get(id);
-  return p ? Date.parse(p.timestamp) || 0 : 0;
+function learned(id) {
+  renderUsers();
+  renderInbox();
+  if (id === state.peerId) renderPeerHeader();
+  onUserLearned(id);
+}
+
+/** What else shows names (group.js: the member list, senders): told when a user is learned. */
+let onUserLearned = () => {};
+export function onUserLearnedDo(handler) {
+  onUserLearned = handler;
 }
 
 export function renderUsers() {
@@ -92,11 +107,7 @@ export function renderUsers() {
   const me = myId();
   const filter = $('search').value.trim().toLowerCase();
   const ids = [...state.users.keys()].filter((id) => id !== me);
-  ids.sort((a, b) => {
-    const d = userSortKey(b) - userSortKey(a);
-    if (d) return d;
-    return nameOf(a).localeCompare(nameOf(b), undefined, { sensitivity: 'base' }) || a - b;
-  });
+  ids.sort((a, b) => nameOf(a).localeCompare(nameOf(b), undefined, { sensitivity: 'base' }) || a - b);
   let visible = 0;
   ids.forEach((id, index) => {
     let item = state.userItems.get(id);
@@ -112,16 +123,14 @@ export function renderUsers() {
     if (list.children[index] !== item) list.insertBefore(item, list.children[index] || null);
   });
   $('users-empty').hidden = visible > 0 || Boolean(filter);
-  updateTitle();
 }
 
 function buildUserItem(id) {
   return h(
     'button',
-    { type: 'button', class: 'user', dataset: { testid: 'user-item', userId: String(id) }, onclick: () => openConversation(id) },
+    { type: 'button', class: 'user', dataset: { testid: 'user-item', userId: String(id) }, onclick: () => openChat({ peerId: id }) },
     h('span', { class: 'avatar-wrap' }, h('span', { class: 'avatar' }), h('span', { class: 'presence', dataset: { testid: 'presence-dot', online: 'false' } })),
     h('span', { class: 'user-text' }, h('span', { class: 'user-name' }), h('span', { class: 'user-sub' })),
-    h('span', { class: 'user-side' }, h('span', { class: 'user-time' }), h('span', { class: 'badge', dataset: { testid: 'unread-badge' }, hidden: true })),
   );
 }
 
@@ -130,39 +139,23 @@ export function updateUserItem(id) {
   const user = state.users.get(id);
   if (!item || !user) return;
   item.dataset.username = user.username || '';
-  item.classList.toggle('active', id === state.peerId);
+  item.classList.toggle('active', id === state.peerId && state.convId === null);
   paintAvatar(item.querySelector('.avatar'), user);
   item.querySelector('.user-name').textContent = displayName(user);
   const presence = state.presence.get(id);
   const dot = item.querySelector('.presence');
   dot.dataset.online = String(Boolean(presence && presence.online));
   dot.title = presence ? (presence.online ? 'online' : lastSeenText(presence)) : '';
-  const sub = item.querySelector('.user-sub');
-  const preview = state.preview.get(id);
-  if (state.typingUntil.has(id)) {
-    sub.textContent = 'typing…';
-    sub.classList.add('typing-sub');
-  } else {
-    sub.classList.remove('typing-sub');
-    sub.textContent = preview ? `${preview.mine ? 'You: ' : ''}${preview.text}` : `@${user.username}`;
-  }
-  item.querySelector('.user-time').textContent = preview ? shortTime(preview.timestamp) : '';
-  const count = state.unread.get(id) || 0;
-  const badge = item.querySelector('.badge');
-  badge.hidden = count === 0;
-  badge.textContent = count > 99 ? '99+' : String(count);
+  item.querySelector('.user-sub').textContent = `@${user.username}`;
+  updatePeerConv(id);
 }
 
 export function updateAllUserItems() {
   state.userItems.forEach((_, id) => updateUserItem(id));
+  updateAllConvItems();
 }
 
-export function updateTitle() {
-  let total = 0;
-  state.unread.forEach((n) => (total += n));
-  document.title = total ? `(${total}) Minichat` : 'Minichat';
-}
-
+/** The open direct chat's header: the peer's name and presence (a group's is group.js's). */
 export function renderPeerHeader() {
   const id = state.peerId;
   if (id === null) return;

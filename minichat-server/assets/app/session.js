@@ -3,10 +3,12 @@
 // dialog that shows the token for another device.
 
 import { api } from './api.js';
-import { openConversation } from './conversation.js';
+import { openChat } from './conversation.js';
+import { closeMembers } from './group.js';
+import { loadInbox } from './inbox.js';
 import { restoreOutbox } from './outbox.js';
 import { loadUsers } from './people.js';
-import { displayName, forgetStored, KEY_SESSION, keyPeer, myId, state, store } from './state.js';
+import { displayName, forgetStored, KEY_SESSION, keyOpen, keyPeer, myId, state, store } from './state.js';
 import { resumePoint, start, stopSocket } from './stream.js';
 import { $, hideError, paintAvatar } from './view.js';
 
@@ -110,19 +112,31 @@ function resetChatState() {
   state.users.clear();
   state.presence.clear();
   state.userItems.clear();
-  state.preview.clear();
-  state.unread.clear();
+  state.convs.clear();
+  state.directByPeer.clear();
+  state.convItems.clear();
+  state.inboxLoaded = false;
   state.typingUntil.forEach((t) => clearTimeout(t));
   state.typingUntil.clear();
+  state.groupTyping.forEach((m) => m.forEach((t) => clearTimeout(t)));
+  state.groupTyping.clear();
   state.readUpTo.clear();
+  state.groupReads.clear();
   state.readSent.clear();
+  state.groupReadSent.clear();
   state.readLoading.clear();
+  state.convId = null;
   state.peerId = null;
   state.shown.clear();
   state.outbox = [];
   state.pendingEls.clear();
   resumePoint.reset();
   $('users').replaceChildren();
+  $('inbox').replaceChildren();
+  delete $('inbox').dataset.state;
+  closeMembers();
+  const dialog = $('group-dialog');
+  if (dialog.open) dialog.close();
   $('message-list').replaceChildren();
   $('conversation').hidden = true;
   $('empty-state').hidden = false;
@@ -146,10 +160,25 @@ export function startSession(session, { fresh }) {
   $('me-name').textContent = displayName(session.user);
   $('me-name').title = `@${session.user.username || ''} · id ${uid}`;
   start();
-  loadUsers().then(() => {
-    const saved = Number(store.get(keyPeer(uid)));
-    if (saved && state.users.has(saved) && state.peerId === null && window.innerWidth > 760) openConversation(saved);
+  Promise.all([loadUsers(), loadInbox()]).then(() => {
+    if (state.session !== session) return;
+    reopen(uid);
   });
+}
+
+/** Opens again the conversation that was open before the reload (wide screens only). */
+function reopen(uid) {
+  if (state.convId !== null || state.peerId !== null || window.innerWidth <= 760) return;
+  const saved = store.get(keyOpen(uid));
+  const legacy = Number(store.get(keyPeer(uid)));
+  if (saved && typeof saved.conversation_id === 'number') {
+    const entry = state.convs.get(saved.conversation_id);
+    if (entry && !entry.left) openChat({ conversationId: entry.id });
+  } else if (saved && typeof saved.peer_id === 'number') {
+    if (state.users.has(saved.peer_id)) openChat({ peerId: saved.peer_id });
+  } else if (legacy && state.users.has(legacy)) {
+    openChat({ peerId: legacy });
+  }
 }
 
 export function openDeviceDialog() {

@@ -1,27 +1,38 @@
-// The page's shared state: who is signed in, the people and conversation on screen, and what
-// is kept in localStorage across reloads (the session, the seq to resume after, unsent
-// messages, the open conversation). The socket's own state lives in stream.js.
+// The page's shared state: who is signed in, the people, the inbox of conversations and the one
+// on screen, and what is kept in localStorage across reloads (the session, the seq to resume
+// after, unsent messages, the open conversation). The socket's own state lives in stream.js.
 
 export const KEY_SESSION = 'minichat.session';
 export const keySeq = (uid) => `minichat.seq.${uid}`;
 export const keyOutbox = (uid) => `minichat.outbox.${uid}`;
 export const keyPeer = (uid) => `minichat.peer.${uid}`;
+export const keyOpen = (uid) => `minichat.open.${uid}`;
 
 export const state = {
   /** {user, token, loginAt} or null. */
   session: null,
   users: new Map(), // id -> user
   presence: new Map(), // id -> {online, last_seen}
-  userItems: new Map(), // id -> sidebar element
-  preview: new Map(), // peer id -> {text, timestamp, mine}
-  unread: new Map(), // peer id -> count
-  typingUntil: new Map(), // peer id -> timer id
-  readUpTo: new Map(), // reader id -> highest message id of mine they have read
+  userItems: new Map(), // id -> sidebar element (the people list: the "new chat" picker)
+
+  /** The inbox: conversation id -> {id, kind, title, peer_id, member_count, members, last_message, unread, seen}. */
+  convs: new Map(),
+  directByPeer: new Map(), // peer id -> id of the direct conversation with them
+  convItems: new Map(), // conversation id -> sidebar element
+  inboxLoaded: false,
+
+  typingUntil: new Map(), // peer id -> timer id (direct conversations)
+  groupTyping: new Map(), // conversation id -> Map(sender id -> timer id)
+  readUpTo: new Map(), // reader id -> highest message id of mine they have read (direct)
+  groupReads: new Map(), // conversation id -> Map(reader id -> up_to) from live read frames
   readSent: new Map(), // peer id -> highest up_to sent in a read frame (or already stored by the server)
+  groupReadSent: new Map(), // conversation id -> the same, for groups
   lastReadAt: 0, // when the last read frame went out (Date.now())
   readTimer: null, // the pending trailing read frame, if any
   readLoading: new Map(), // peer id -> pending GET /messages/read (no read frame is sent meanwhile)
 
+  /** The open conversation: its id (null for a direct chat not started yet) and, if direct, the peer. */
+  convId: null,
   peerId: null,
   shown: new Map(), // message id -> element, in the open conversation
   oldestId: null,
@@ -29,7 +40,10 @@ export const state = {
   loadingOlder: false,
   historyToken: 0,
 
-  /** Messages not yet acknowledged: [{client_id, receiver_id, content, created, status, error, transmitted}] */
+  /**
+   * Messages not yet acknowledged: [{client_id, conversation_id | receiver_id, content, created,
+   * status, error, transmitted}]; receiver_id only for a direct chat that has no conversation yet.
+   */
   outbox: [],
   pendingEls: new Map(), // client_id -> element
 
@@ -66,7 +80,14 @@ export function forgetStored(uid) {
   store.del(keySeq(uid));
   store.del(keyOutbox(uid));
   store.del(keyPeer(uid));
+  store.del(keyOpen(uid));
 }
+
+/** Whether a conversation is open on screen. */
+export const isOpen = () => state.convId !== null || state.peerId !== null;
+
+/** The open conversation's inbox entry, if it has one. */
+export const openConv = () => (state.convId === null ? null : state.convs.get(state.convId) || null);
 
 export const myId = () => (state.session ? state.session.user.id : null);
 

@@ -13,7 +13,7 @@ const QUIET_MS = 25000;
 
 /**
  * The seq to resume after (`since`), kept per user in localStorage. Events on one socket arrive
- * in seq order, so a message or read frame's seq is the new high-water mark. An ack's seq is
+ * in seq order, so a message or membership event's seq is the new high-water mark. An ack's seq is
  * taken only once everything below it was seen: an event numbered just before it may still be
  * on its way, and resuming after it would skip that one. Duplicates in the replay are the
  * conversation's to skip (by message id).
@@ -168,6 +168,7 @@ function onFrame(frame) {
       handlers.ready();
       return;
     case 'message':
+    case 'conversation':
     case 'read':
       resumePoint.note(frame.seq, false);
       break;

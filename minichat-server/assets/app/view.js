@@ -29,7 +29,10 @@ export function h(tag, props, ...children) {
 // Names, avatars, times
 
 function initials(name) {
-  const parts = String(name || '?').trim().split(/\s+/).filter(Boolean);
+  // Words that start with a letter or digit ("Tea party (renamed)" is TP), else any word.
+  const words = String(name || '?').trim().split(/\s+/).filter(Boolean);
+  const named = words.filter((w) => /^[\p{L}\p{N}]/u.test(w));
+  const parts = named.length ? named : words;
   const letters = parts.length > 1 ? parts[0][0] + parts[parts.length - 1][0] : (parts[0] || '?').slice(0, 2);
   return letters.toUpperCase();
 }
