@@ -8,6 +8,7 @@ use crate::target::{Target, To};
 use crate::ui::{say, Command, HELP};
 
 mod groups;
+mod receipts;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -277,16 +278,7 @@ impl Client {
                     }
                 }
             }
-            Input::ReadsDue => {
-                self.reads_due = None;
-                let pending: Vec<(To, i64)> = self.reads_pending.drain().collect();
-                for (to, up_to) in pending {
-                    if self.read_sent.get(&to).is_none_or(|&sent| up_to > sent) {
-                        self.read_sent.insert(to, up_to);
-                        self.send(to.read(up_to)).await;
-                    }
-                }
-            }
+            Input::ReadsDue => self.send_due_reads().await,
             Input::FlushExpired => {
                 say(format!(
                     "! {} line(s) could not be delivered",
@@ -556,26 +548,6 @@ impl Client {
             }
         }
         self.check_flushed().await
-    }
-
-    /// Schedules a read receipt for a message of the open conversation from someone else.
-    fn note_unread(&mut self, message: &Msg) {
-        let Some(to) = self.target.as_ref().map(|t| t.to) else {
-            return;
-        };
-        let here = match to {
-            To::User(peer) => peer == message.sender_id && message.receiver_id == Some(self.me),
-            To::Conversation(id) => id == message.conversation_id && message.sender_id != self.me,
-        };
-        if here {
-            let last = self.read_sent.get(&to).copied();
-            if last.is_none_or(|last| message.id > last) {
-                let pending = self.reads_pending.entry(to).or_insert(0);
-                *pending = (*pending).max(message.id);
-                self.reads_due
-                    .get_or_insert_with(|| Instant::now() + READ_RECEIPT_DELAY);
-            }
-        }
     }
 
     async fn on_ack(&mut self, frame: &Value) -> Flow {

@@ -2,6 +2,7 @@
 //! a WebSocket client that wait for what they expect (with generous deadlines), never for time.
 #![allow(dead_code)]
 
+pub mod conversations;
 pub mod postgres_pair;
 pub mod server_process;
 

@@ -1,10 +1,11 @@
 //! The chat model: users, messages, the queries over them, and every validation rule.
 //!
-//! This file is the one place where input is judged. Transports (the HTTP server, an embedding
+//! This module is the one place where input is judged. Transports (the HTTP server, an embedding
 //! application) hand raw input to [`ChatService`](crate::ChatService), which calls the `validate`
 //! functions here; storage backends only ever see the validated types ([`ValidUser`],
 //! [`ValidMessage`], [`HistoryQuery`], [`ValidReadMark`], [`UserSearch`]), whose fields cannot be
-//! built any other way. The directory search's rules live in `search.rs`.
+//! built any other way. The directory search's rules live in `search.rs`, conversations' and
+//! their membership rules in `conversation.rs`, typing and read marks in `signal.rs`.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,7 @@ use utoipa::ToSchema;
 
 mod conversation;
 mod search;
+mod signal;
 pub use conversation::{
     authorize_add, authorize_removal, authorize_rename, check_member_count, ChangeKind,
     Conversation, ConversationChange, ConversationEvent, ConversationId, ConversationKind,
@@ -20,6 +22,7 @@ pub use conversation::{
     ValidGroup, ValidNewMembers, ValidRename, DEFAULT_MAX_GROUP_MEMBERS, TITLE_MAX_CHARS,
 };
 pub use search::{fold_char, UserSearch, UserSearchRequest, SEARCH_MAX_CHARS};
+pub use signal::{ReadMark, TypingSignal, ValidReadMark, ValidTypingSignal};
 
 /// A user's id, assigned by storage, starting at 1.
 pub type UserId = i64;
@@ -433,99 +436,6 @@ impl NewMessage {
             to,
             content,
             client_id: self.client_id,
-        })
-    }
-}
-
-/// Input of "tell the others in `to` that `sender_id` is typing", as a client sends it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TypingSignal {
-    pub sender_id: UserId,
-    pub to: Recipient,
-}
-
-/// A typing signal that passed validation; only [`TypingSignal::validate`] makes one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ValidTypingSignal {
-    sender_id: UserId,
-    to: Recipient,
-}
-
-impl ValidTypingSignal {
-    pub fn sender_id(&self) -> UserId {
-        self.sender_id
-    }
-    pub fn to(&self) -> Recipient {
-        self.to
-    }
-}
-
-impl TypingSignal {
-    /// A user cannot signal typing to themself.
-    pub fn validate(self) -> Result<ValidTypingSignal, ValidationError> {
-        if self.to == Recipient::User(self.sender_id) {
-            return Err(ValidationError::single(
-                "receiver_id",
-                "Cannot send typing to yourself",
-            ));
-        }
-        Ok(ValidTypingSignal {
-            sender_id: self.sender_id,
-            to: self.to,
-        })
-    }
-}
-
-/// Input of "`reader_id` has read the messages of `to` up to `up_to`", as a client sends it
-/// (`to` a user: the direct conversation with that peer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadMark {
-    pub reader_id: UserId,
-    pub to: Recipient,
-    pub up_to: MessageId,
-}
-
-/// A read mark that passed validation; only [`ReadMark::validate`] makes one. (Whether `up_to`
-/// is a message of that conversation is for storage to say.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ValidReadMark {
-    reader_id: UserId,
-    to: Recipient,
-    up_to: MessageId,
-}
-
-impl ValidReadMark {
-    pub fn reader_id(&self) -> UserId {
-        self.reader_id
-    }
-    pub fn to(&self) -> Recipient {
-        self.to
-    }
-    pub fn up_to(&self) -> MessageId {
-        self.up_to
-    }
-}
-
-impl ReadMark {
-    /// A user cannot mark their own messages read, and `up_to` must be a message id (≥ 1).
-    /// Only the first of these that fails is reported.
-    pub fn validate(self) -> Result<ValidReadMark, ValidationError> {
-        if self.to == Recipient::User(self.reader_id) {
-            return Err(ValidationError::single(
-                "peer_id",
-                "Cannot mark your own messages read",
-            ));
-        }
-        if self.up_to < 1 {
-            return Err(ValidationError::single(
-                "up_to",
-                "up_to must be a message id",
-            ));
-        }
-        Ok(ValidReadMark {
-            reader_id: self.reader_id,
-            to: self.to,
-            up_to: self.up_to,
         })
     }
 }
