@@ -4,8 +4,9 @@
 //! may arrive out of seq order, one may be missed (a broker outage), and nothing before the
 //! subscription is there. An [`EventStream`] wraps one and makes it the user's stream: it
 //! subscribes *before* reading storage, replays what came after `since` (in pages of
-//! [`REPLAY_PAGE`]), reads any gap in the live events from storage before the event after it,
-//! drops what its reader already has, and skips its reader's own sends once they are
+//! [`REPLAY_PAGE`]), puts live events that arrive slightly out of order back in order (waiting
+//! [`REORDER_WAIT`] for a missing one), reads any gap still left from storage before the event
+//! after it, drops what its reader already has, and skips its reader's own sends once they are
 //! [acknowledged](EventStream::acknowledged). So a reader that keeps the last seq it saw and
 //! reopens with it as `since` gets every message exactly once, in seq order, with no gap. The
 //! WebSocket server is one such reader; an embedding application is another:
@@ -44,6 +45,16 @@ use std::time::Instant;
 
 /// Stored events read per storage round trip (replay and gap fill).
 pub const REPLAY_PAGE: usize = 500;
+
+/// How long a live event that arrived ahead of its turn waits for the missing ones to arrive
+/// live before the gap is read from storage. Concurrent sends are published in whatever order
+/// their tasks run, so a member of a busy group sees seqs slightly out of order all the time; a
+/// storage read for each such gap, on every socket at once, is what took the database from the
+/// writer under load (BENCHMARKS.md, "Groups").
+pub const REORDER_WAIT: std::time::Duration = std::time::Duration::from_millis(25);
+/// The most live events held ahead of their turn (a bound, like every queue here): past it the
+/// gap is read from storage at once.
+pub const REORDER_LIMIT: usize = 64;
 
 /// A page of stored events being read.
 type PageRead = BoxFuture<'static, Result<Vec<StreamEvent>>>;
@@ -100,6 +111,8 @@ struct Held {
     event: Event,
     queued: Instant,
     filled: bool,
+    /// It already waited [`REORDER_WAIT`] for the events before it: the gap is read now.
+    waited: bool,
 }
 
 /// A user's stream of events, in seq order, without gaps or duplicates (see the module docs).
@@ -123,6 +136,10 @@ pub struct EventStream {
     /// A storage read in flight, kept across cancelled calls of `next`.
     fetch: Option<PageRead>,
     held: Option<Held>,
+    /// Live events that came ahead of their turn, by seq (at most [`REORDER_LIMIT`]), waiting
+    /// for the ones before them until `early_until`.
+    early: std::collections::BTreeMap<Seq, (Event, Instant)>,
+    early_until: Option<tokio::time::Instant>,
     closed: Option<Closed>,
 }
 
@@ -160,6 +177,8 @@ pub async fn open(
         stored: VecDeque::new(),
         fetch: None,
         held: None,
+        early: std::collections::BTreeMap::new(),
+        early_until: None,
         closed: None,
     })
 }
@@ -256,6 +275,15 @@ impl EventStream {
                         });
                     }
                     Action::Drop => continue,
+                    Action::Fill { .. } if !held.waited && self.early.len() < REORDER_LIMIT => {
+                        // Ahead of its turn: give the missing events a moment to come live.
+                        if let Some(seq) = held.event.seq {
+                            self.early.insert(seq, (held.event, held.queued));
+                            self.early_until
+                                .get_or_insert_with(|| tokio::time::Instant::now() + REORDER_WAIT);
+                        }
+                        continue;
+                    }
                     Action::Fill { .. } => {
                         self.reading = Some(Reading::Gap {
                             before: held.event.seq.unwrap_or(Seq::MAX),
@@ -266,16 +294,56 @@ impl EventStream {
                     }
                 }
             }
-            match self.subscription.recv_timed().await {
+            // An early event whose turn has come (or that is now a duplicate) goes first.
+            if let Some((&seq, _)) = self.early.first_key_value() {
+                if !matches!(self.sequencer.live(Some(seq)), Action::Fill { .. }) {
+                    self.take_early(false);
+                    continue;
+                }
+            }
+            if !self.early.is_empty() && self.early_until.is_none() {
+                // Progress was made, and a later gap is left: it gets its own moment.
+                self.early_until = Some(tokio::time::Instant::now() + REORDER_WAIT);
+            }
+            let waiting = self.early_until;
+            let received = match waiting {
+                None => self.subscription.recv_timed().await,
+                Some(until) => tokio::select! {
+                    received = self.subscription.recv_timed() => received,
+                    _ = tokio::time::sleep_until(until) => {
+                        // The missing events did not come live: read them from storage.
+                        self.take_early(true);
+                        continue;
+                    }
+                },
+            };
+            match received {
                 Ok((event, queued)) => {
                     self.held = Some(Held {
                         event,
                         queued,
                         filled: false,
+                        waited: false,
                     })
                 }
                 Err(closed) => self.closed = Some(closed),
             }
+        }
+    }
+
+    /// Makes the earliest early event the held one (`waited`: its wait is over, so its gap is
+    /// read from storage); the wait ends with the last early event.
+    fn take_early(&mut self, waited: bool) {
+        if let Some((_, (event, queued))) = self.early.pop_first() {
+            self.held = Some(Held {
+                event,
+                queued,
+                filled: false,
+                waited,
+            });
+        }
+        if self.early.is_empty() || !waited {
+            self.early_until = None;
         }
     }
 

@@ -141,6 +141,52 @@ async fn a_gap_in_live_events_is_read_from_storage_first() {
     assert_idle(&mut stream).await;
 }
 
+/// A made-up message event for `user`'s stream, delivered straight to the hub.
+fn event_for(seq: Seq, content: &str) -> crate::hub::Event {
+    let message = Message {
+        id: seq,
+        conversation_id: 1,
+        sender_id: 1,
+        sender_username: "alice".into(),
+        receiver_id: Some(2),
+        content: content.into(),
+        timestamp: crate::model::now(),
+        kind: crate::model::MessageType::Message,
+    };
+    crate::event::message_event(&message, seq)
+}
+
+#[tokio::test]
+async fn events_that_arrive_slightly_out_of_order_are_put_back_in_order_without_storage() {
+    let chat = Chat::in_memory();
+    let bob = {
+        user(&chat, "alice").await;
+        user(&chat, "bob").await
+    };
+    let service = Arc::new(Yielding {
+        chat: chat.clone(),
+        reads: AtomicUsize::new(0),
+    });
+    let mut stream = open(service.clone(), bob, None).await.expect("open");
+    // Seq 2 is queued first, seq 1 right behind it (nothing is in storage, so a storage read
+    // could not have produced seq 1).
+    chat.hub().deliver(bob, None, &event_for(2, "second"));
+    chat.hub().deliver(bob, None, &event_for(1, "first"));
+    let first = next(&mut stream).await;
+    let second = next(&mut stream).await;
+    assert_eq!(
+        (first.event.seq, content(&first)),
+        (Some(1), "first".into())
+    );
+    assert_eq!(
+        (second.event.seq, content(&second)),
+        (Some(2), "second".into())
+    );
+    assert!(is_source(&first, false, false) && is_source(&second, false, false));
+    assert_eq!(service.reads.load(Ordering::SeqCst), 0, "no storage read");
+    assert_idle(&mut stream).await;
+}
+
 #[tokio::test]
 async fn own_sends_are_acknowledged_instead_of_echoed() {
     let chat = Chat::in_memory();
