@@ -10,7 +10,7 @@ use std::time::Duration;
 /// place this default is written.
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long each backend's check of [`ChatService::health`] may take (they run concurrently),
+/// How long each backend's check of [`ChatService::health`](crate::ChatService::health) may take (they run concurrently),
 /// or the backend budget if that is shorter: past it, the backend is reported down.
 pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 

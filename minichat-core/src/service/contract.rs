@@ -104,7 +104,7 @@ pub trait ChatService: Send + Sync + 'static {
 
     /// Stored events of the user's stream with a seq above `since`, oldest first, at most
     /// `limit`: what a reconnecting client missed. The user's own sends carry their
-    /// `client_id` (see [`StreamMessage`]).
+    /// `client_id` (see [`StreamMessage`](crate::model::StreamMessage)).
     async fn events_since(
         &self,
         user: UserId,
