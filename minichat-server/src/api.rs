@@ -7,7 +7,7 @@
 use crate::auth::{AuthMode, DEFAULT_TOKEN_TTL};
 use crate::config::Signup;
 use crate::error::{ApiError, Location};
-use crate::extract::{parse_int, parse_json, read_body, Query};
+use crate::extract::{json_body, parse_int, Query};
 use crate::response::{json, Response};
 use crate::state::AppState;
 use http::{Request, StatusCode};
@@ -147,9 +147,7 @@ pub async fn create_user(state: &AppState, req: Request<Incoming>) -> Result<Res
     if state.signup == Signup::Admin {
         state.caller(&req).require_admin()?;
     }
-    let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
-    let new: NewUser = parse_json(&parts.headers, &body)?;
+    let new: NewUser = json_body(req, state.limits.max_body_bytes).await?;
     let user = state.chat.create_user(new).await?;
     let token = (state.auth.mode() == AuthMode::Token)
         .then(|| state.auth.issue(user.id, DEFAULT_TOKEN_TTL));
@@ -228,9 +226,7 @@ pub async fn get_user(
 pub async fn send_message(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
     let caller = state.caller(&req);
     caller.require_any()?;
-    let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
-    let new: NewMessage = parse_json(&parts.headers, &body)?;
+    let new: NewMessage = json_body(req, state.limits.max_body_bytes).await?;
     caller.require_user(new.sender_id)?;
     state.guards.check_send(new.sender_id)?;
     let sent = state.chat.send_message(new, None).await?;

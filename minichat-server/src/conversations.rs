@@ -8,7 +8,7 @@
 //! the member limit) are the core's.
 
 use crate::error::{ApiError, Location};
-use crate::extract::{parse_int, parse_json, read_body, Query};
+use crate::extract::{json_body, parse_int, Query};
 use crate::response::{json, Response};
 use crate::state::AppState;
 use http::{Request, StatusCode};
@@ -46,9 +46,7 @@ fn conversation_id(raw: &str) -> Result<ConversationId, ApiError> {
 pub async fn create(state: &AppState, req: Request<Incoming>) -> Result<Response, ApiError> {
     let caller = state.caller(&req);
     caller.require_any()?;
-    let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
-    let new: NewGroup = parse_json(&parts.headers, &body)?;
+    let new: NewGroup = json_body(req, state.limits.max_body_bytes).await?;
     caller.require_user(new.creator_id)?;
     let conversation = state.chat.create_group(new).await?;
     tracing::info!(conversation = conversation.id, "group created");
@@ -121,9 +119,7 @@ pub async fn rename(
     let caller = state.caller(&req);
     caller.require_any()?;
     let id = conversation_id(raw_id)?;
-    let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
-    let rename: Rename = parse_json(&parts.headers, &body)?;
+    let rename: Rename = json_body(req, state.limits.max_body_bytes).await?;
     caller.require_user(rename.user_id)?;
     let conversation = state.chat.rename_conversation(id, rename).await?;
     Ok(json(StatusCode::OK, &conversation))
@@ -148,9 +144,7 @@ pub async fn add_members(
     let caller = state.caller(&req);
     caller.require_any()?;
     let id = conversation_id(raw_id)?;
-    let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.limits.max_body_bytes).await?;
-    let add: NewMembers = parse_json(&parts.headers, &body)?;
+    let add: NewMembers = json_body(req, state.limits.max_body_bytes).await?;
     caller.require_user(add.user_id)?;
     let conversation = state.chat.add_members(id, add).await?;
     Ok(json(StatusCode::OK, &conversation))

@@ -7,7 +7,7 @@
 
 use crate::error::{ApiError, Invalid, Location};
 use bytes::Bytes;
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, Request};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
@@ -103,6 +103,17 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::UnsupportedMediaType)
     }
+}
+
+/// Reads a request's whole body (413 past `limit` bytes) and parses it as JSON into `T`
+/// ([`read_body`], then [`parse_json`]): what every handler with a JSON body starts with.
+pub async fn json_body<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, limit).await?;
+    parse_json(&parts.headers, &body)
 }
 
 /// Parses a JSON body into `T`, reporting the failing field in FastAPI's 422 shape.

@@ -18,7 +18,7 @@
 //! A refusal or an unknown user rolls the transaction back (it is dropped), so nothing is
 //! written; a database failure is [`Error::Unavailable`], with nothing written either.
 
-use super::pool::reusable_after;
+use super::pool::Failure;
 use super::sql::*;
 use super::{col, message_if_any, run, unavailable, PostgresStorage};
 use crate::error::{Error, Result};
@@ -31,12 +31,8 @@ use crate::model::{
 use crate::storage::ReadReceipt;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
-
-/// Attempts of a change that met a deadlock or a serialization failure.
-const ATTEMPTS: usize = 3;
 
 /// A membership change, as the trait asks for it.
 pub(super) enum Change<'a> {
@@ -48,40 +44,6 @@ pub(super) enum Change<'a> {
         actor: UserId,
         member: UserId,
     },
-}
-
-/// Why a change's transaction failed.
-enum Failure {
-    /// A deadlock or serialization failure: the change may simply run again.
-    Retry(tokio_postgres::Error),
-    /// Anything else: the change fails with `error`. `reusable` is false when the connection
-    /// must be closed rather than pooled again (see `pool::reusable_after`).
-    Other { error: Error, reusable: bool },
-}
-
-impl From<tokio_postgres::Error> for Failure {
-    fn from(e: tokio_postgres::Error) -> Failure {
-        let code = e.code();
-        if code == Some(&SqlState::T_R_DEADLOCK_DETECTED)
-            || code == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
-        {
-            Failure::Retry(e)
-        } else {
-            Failure::Other {
-                reusable: reusable_after(&e),
-                error: unavailable(e),
-            }
-        }
-    }
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Failure {
-        Failure::Other {
-            error: e,
-            reusable: true,
-        }
-    }
 }
 
 /// A rule's refusal as the crate's error.
@@ -204,34 +166,14 @@ impl PostgresStorage {
     /// Applies `change` in one transaction within the budget, again after a deadlock or a
     /// serialization failure.
     pub(super) async fn change(&self, change: Change<'_>) -> Result<ConversationChange> {
+        let change = &change;
         self.pool
-            .bounded(async {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let mut lease = self.pool.lease().await?;
-                    let done = match lease.transaction().await {
-                        Ok(tx) => apply(tx, &change).await,
-                        Err(e) => Err(Failure::from(e)),
-                    };
-                    // Completed: committed, or rolled back by dropping the transaction; a
-                    // connection that broke is closed, not pooled.
-                    lease.settle_if(!matches!(
-                        done,
-                        Err(Failure::Other {
-                            reusable: false,
-                            ..
-                        })
-                    ));
-                    match done {
-                        Ok(change) => return Ok(change),
-                        Err(Failure::Retry(e)) if attempt >= ATTEMPTS => {
-                            return Err(unavailable(e))
-                        }
-                        Err(Failure::Retry(_)) => continue,
-                        Err(Failure::Other { error, .. }) => return Err(error),
-                    }
-                }
+            .transact(|mut lease| async move {
+                let done = match lease.transaction().await {
+                    Ok(tx) => apply(tx, change).await,
+                    Err(e) => Err(Failure::from(e)),
+                };
+                (lease, done)
             })
             .await
     }

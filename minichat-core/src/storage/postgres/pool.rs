@@ -48,7 +48,46 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
+
+/// Attempts of a transaction that met a deadlock or a serialization failure.
+const ATTEMPTS: usize = 3;
+
+/// Why one attempt of a transaction ([`Connections::transact`]) failed.
+pub(super) enum Failure {
+    /// A deadlock or serialization failure: the transaction may simply run again.
+    Retry(tokio_postgres::Error),
+    /// Anything else: the call fails with `error`. `reusable` is false when the connection must
+    /// be closed rather than pooled again (it broke, or its server shuts down or became
+    /// read-only, as a primary does when it dies or is demoted: see [`reusable_after`]).
+    Other { error: Error, reusable: bool },
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Failure {
+        let code = e.code();
+        if code == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+            || code == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+        {
+            Failure::Retry(e)
+        } else {
+            Failure::Other {
+                reusable: reusable_after(&e),
+                error: unavailable(e),
+            }
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Other {
+            error: e,
+            reusable: true,
+        }
+    }
+}
 
 /// How long a pooled connection may be idle before TCP keepalive probes start (when the URL
 /// sets no `keepalives_idle`); with `TCP_USER_TIMEOUT` they close a connection to a vanished
@@ -114,6 +153,43 @@ impl Connections {
             object: Some(object),
             settled: false,
         })
+    }
+
+    /// Runs `attempt` (one transaction, committed when it returns `Ok`) on a leased connection
+    /// within the budget, and again, up to [`ATTEMPTS`] times in all, after a deadlock or a
+    /// serialization failure. An attempt that fails is rolled back (its transaction is
+    /// dropped); a connection that broke, or whose server can no longer take writes, is
+    /// closed rather than pooled again.
+    ///
+    /// `attempt` takes the lease and gives it back with its outcome (rather than borrowing it,
+    /// which would make the future's `Send` depend on a higher-ranked lifetime that the
+    /// compiler cannot prove for the service's `async_trait` futures).
+    pub(super) async fn transact<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(Lease) -> Fut,
+        Fut: Future<Output = (Lease, std::result::Result<T, Failure>)>,
+    {
+        self.bounded(async {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let (lease, done) = attempt(self.lease().await?).await;
+                lease.settle_if(!matches!(
+                    done,
+                    Err(Failure::Other {
+                        reusable: false,
+                        ..
+                    })
+                ));
+                match done {
+                    Ok(value) => return Ok(value),
+                    Err(Failure::Retry(e)) if tries >= ATTEMPTS => return Err(unavailable(e)),
+                    Err(Failure::Retry(_)) => continue,
+                    Err(Failure::Other { error, .. }) => return Err(error),
+                }
+            }
+        })
+        .await
     }
 }
 

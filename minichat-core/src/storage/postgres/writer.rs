@@ -36,7 +36,7 @@
 mod batch;
 mod plan;
 
-use super::pool::Connections;
+use super::pool::{Connections, Failure};
 use super::unavailable;
 use crate::error::{Error, Result};
 use crate::model::{ConversationId, StoredMessage, ValidMessage};
@@ -46,7 +46,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 /// The most sends one transaction commits.
@@ -55,8 +54,6 @@ pub(super) const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4 * MAX_BATCH;
 /// Writer tasks, each with its own connection per batch.
 const WRITERS: usize = 2;
-/// Attempts of a batch that met a deadlock or a serialization failure.
-const ATTEMPTS: usize = 3;
 
 type Reply = oneshot::Sender<Result<StoredMessage>>;
 
@@ -172,74 +169,21 @@ async fn write(
     }
 }
 
-/// Why a batch's transaction failed.
-enum Failure {
-    /// A deadlock or serialization failure: the batch may simply run again.
-    Retry(tokio_postgres::Error),
-    /// Anything else: the batch fails. `reusable` is false when the connection must be closed
-    /// rather than pooled again (it broke, or its server shuts down or became read-only, as a
-    /// primary does when it dies or is demoted: see `pool::reusable_after`).
-    Other { error: Error, reusable: bool },
-}
-
-impl From<tokio_postgres::Error> for Failure {
-    fn from(e: tokio_postgres::Error) -> Failure {
-        let code = e.code();
-        if code == Some(&SqlState::T_R_DEADLOCK_DETECTED)
-            || code == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
-        {
-            Failure::Retry(e)
-        } else {
-            Failure::Other {
-                reusable: super::pool::reusable_after(&e),
-                error: unavailable(e),
-            }
-        }
-    }
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Failure {
-        Failure::Other {
-            error: e,
-            reusable: true,
-        }
-    }
-}
-
-/// Commits `messages` within the budget, again after a deadlock or serialization failure.
+/// Commits `messages` within the budget, again after a deadlock or serialization failure;
+/// remembers the direct conversations the committed batch learnt.
 async fn commit_with_retry(
     pool: &Connections,
     directs: &DirectMap,
     messages: &[&ValidMessage],
 ) -> std::result::Result<Vec<Result<StoredMessage>>, Error> {
-    pool.bounded(async {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut lease = pool.lease().await?;
+    let (answers, learnt) = pool
+        .transact(|mut lease| async move {
             let done = batch::commit(&mut lease, messages, directs).await;
-            // Completed: committed, or rolled back by dropping the transaction; a connection
-            // that broke (or whose server can no longer take writes) is closed, not pooled.
-            lease.settle_if(!matches!(
-                done,
-                Err(Failure::Other {
-                    reusable: false,
-                    ..
-                })
-            ));
-            match done {
-                Ok((answers, learnt)) => {
-                    directs.remember(learnt);
-                    return Ok(answers);
-                }
-                Err(Failure::Retry(e)) if attempt >= ATTEMPTS => return Err(unavailable(e)),
-                Err(Failure::Retry(_)) => continue,
-                Err(Failure::Other { error, .. }) => return Err(error),
-            }
-        }
-    })
-    .await
+            (lease, done)
+        })
+        .await?;
+    directs.remember(learnt);
+    Ok(answers)
 }
 
 /// Runs `sql` (prepared once per connection) in the batch's transaction.
