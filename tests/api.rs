@@ -2,23 +2,11 @@
 //! off. One suite, run against both backends: in memory, and PostgreSQL + Redis (each test with
 //! its own database and Redis prefix).
 
+#[macro_use]
 mod support;
 
 use serde_json::{json, Value};
 use support::{name, Backend, Backends, TestServer, Ws};
-
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Memory).await })*
-        }
-        mod postgres_redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Shared).await })*
-        }
-    };
-}
 
 suite!(
     root_and_health,

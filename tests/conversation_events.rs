@@ -3,24 +3,12 @@
 //! run against both backends: in memory, and PostgreSQL + Redis. The REST side is
 //! `tests/conversations.rs`.
 
+#[macro_use]
 mod support;
 
 use serde_json::{json, Value};
 use support::conversations::*;
 use support::{Backend, Ws};
-
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Memory).await })*
-        }
-        mod postgres_redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Shared).await })*
-        }
-    };
-}
 
 suite!(
     members_get_group_messages_and_membership_events_live,

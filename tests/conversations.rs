@@ -3,25 +3,13 @@
 //! backends: in memory, and PostgreSQL + Redis (each test with its own database and Redis
 //! prefix). The events of the WebSocket stream are `tests/conversation_events.rs`.
 
+#[macro_use]
 mod support;
 
 use minichat_server::AuthMode;
 use serde_json::{json, Value};
 use support::conversations::*;
 use support::{name, Backend, Ws};
-
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Memory).await })*
-        }
-        mod postgres_redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Shared).await })*
-        }
-    };
-}
 
 suite!(
     a_group_is_made_with_its_creator_as_owner,

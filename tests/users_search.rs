@@ -2,23 +2,11 @@
 //! the username or the display name in any case, paged by id, LIKE's own characters taken
 //! literally, bad input a 422 naming `q`, and no `q` the unchanged list of Part 1.
 
+#[macro_use]
 mod support;
 
 use serde_json::{json, Value};
 use support::{name, Backend, Backends, TestServer};
-
-macro_rules! suite {
-    ($($test:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Memory).await })*
-        }
-        mod postgres_redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $test() { super::$test(super::Backend::Shared).await })*
-        }
-    };
-}
 
 suite!(
     search_matches_prefixes_of_either_name_in_any_case,

@@ -2,6 +2,23 @@
 //! a WebSocket client that wait for what they expect (with generous deadlines), never for time.
 #![allow(dead_code)]
 
+/// `suite!(test_a, test_b)`: each `async fn test_a(kind: Backend)` of the test file as two
+/// tests, `memory::test_a` and `postgres_redis::test_a`, so one suite runs against both
+/// backends. The file must have `Backend` in scope and declare `#[macro_use] mod support;`.
+#[allow(unused_macros)]
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Backend::Memory).await })*
+        }
+        mod postgres_redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() { super::$test(super::Backend::Shared).await })*
+        }
+    };
+}
+
 pub mod conversations;
 pub mod postgres_pair;
 pub mod server_process;
