@@ -399,6 +399,7 @@ async fn metrics_count_exactly_what_happened() {
         SENT_TO_SOCKET as f64
     );
     assert_eq!(d("minichat_messages_replayed_total", &[]), 0.0);
+    assert_eq!(d("minichat_messages_gap_filled_total", &[]), 0.0);
     assert_eq!(
         d("minichat_delivery_duration_seconds_count", &[]),
         SENT_TO_SOCKET as f64,

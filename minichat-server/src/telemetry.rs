@@ -33,6 +33,10 @@ pub const WEBSOCKET_CONNECTIONS_TOTAL: &str = "minichat_websocket_connections_to
 pub const MESSAGES_DELIVERED: &str = "minichat_messages_delivered_total";
 /// Counter: of those, the ones a `?since=` replay sent.
 pub const MESSAGES_REPLAYED: &str = "minichat_messages_replayed_total";
+/// Counter: of those, the ones read from storage to fill a gap in the live stream (a live event
+/// that never came, or came later than the stream's reorder window): a rate well above zero
+/// means fan-out is losing or badly reordering events, and each one cost a storage read.
+pub const MESSAGES_GAP_FILLED: &str = "minichat_messages_gap_filled_total";
 /// Histogram: from the hub queueing a live event for a connection to the write of its frame to
 /// the socket finishing (handed to the kernel; the network after that is not included).
 pub const DELIVERY_DURATION: &str = "minichat_delivery_duration_seconds";
@@ -111,6 +115,10 @@ fn describe() {
         MESSAGES_REPLAYED,
         "Message frames written to WebSockets by a ?since= replay"
     );
+    describe_counter!(
+        MESSAGES_GAP_FILLED,
+        "Message frames written to WebSockets from storage to fill a gap in the live stream"
+    );
     describe_histogram!(
         DELIVERY_DURATION,
         Unit::Seconds,
@@ -136,6 +144,7 @@ fn describe() {
         WEBSOCKET_CONNECTIONS_TOTAL,
         MESSAGES_DELIVERED,
         MESSAGES_REPLAYED,
+        MESSAGES_GAP_FILLED,
         SLOW_CONSUMER_CLOSES,
     ] {
         metrics::counter!(name).increment(0);
@@ -177,6 +186,7 @@ pub(crate) fn http_request(
 struct SocketHandles {
     delivered: Counter,
     replayed: Counter,
+    gap_filled: Counter,
     delivery: Histogram,
 }
 
@@ -186,6 +196,7 @@ fn socket_handles() -> &'static SocketHandles {
     HANDLES.get_or_init(|| SocketHandles {
         delivered: metrics::counter!(MESSAGES_DELIVERED),
         replayed: metrics::counter!(MESSAGES_REPLAYED),
+        gap_filled: metrics::counter!(MESSAGES_GAP_FILLED),
         delivery: metrics::histogram!(DELIVERY_DURATION),
     })
 }
@@ -216,6 +227,8 @@ impl SocketMetrics {
         handles.delivered.increment(1);
         if replay {
             handles.replayed.increment(1);
+        } else {
+            handles.gap_filled.increment(1);
         }
     }
 }

@@ -33,12 +33,11 @@ mod sequencer;
 
 pub use sequencer::{Action, Sequencer, MAX_PENDING_OWN};
 
-use crate::error::{Error, Result};
+use crate::error::{Backend, Error, Result};
 use crate::event::{conversation_event, own_message_event, Presence};
 use crate::hub::{Closed, ConnectionId, Event, Subscription};
 use crate::model::{NewMessage, Seq, StreamEvent, UserId};
 use crate::service::{Chat, ChatService, SentMessage};
-use futures_util::future::BoxFuture;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,8 +55,13 @@ pub const REORDER_WAIT: std::time::Duration = std::time::Duration::from_millis(2
 /// gap is read from storage at once.
 pub const REORDER_LIMIT: usize = 64;
 
-/// A page of stored events being read.
-type PageRead = BoxFuture<'static, Result<Vec<StreamEvent>>>;
+/// A page of stored events being read, by a task of its own: a read holds a storage
+/// connection until it completes, and must complete even while the stream's reader is busy
+/// elsewhere. (Kept as a future polled only by [`EventStream::next`], a read whose reader had
+/// turned to a send of its own held its connection until that send returned; with every
+/// connection so held, the sends waited for a connection that none of them would give back, a
+/// cycle that only the backend budget broke: BENCHMARKS.md, "The stalled reads".)
+type PageRead = tokio::task::JoinHandle<Result<Vec<StreamEvent>>>;
 
 /// Where an [`Item`] came from (the server's delivery metrics tell them apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,17 +379,24 @@ impl EventStream {
         None
     }
 
-    /// Reads the next page for `reading` into `stored`. The read outlives a cancelled call, and
-    /// nothing changes until it completes.
+    /// Reads the next page for `reading` into `stored`. The read runs as a task of its own, so
+    /// it completes (and gives its connection back) whether or not the stream is being polled;
+    /// it outlives a cancelled call (and a dropped stream: it ends within the backend budget),
+    /// and nothing changes until it completes.
     async fn read_page(&mut self, reading: Reading) -> Result<()> {
         let fetch = self.fetch.get_or_insert_with(|| {
             let chat = self.chat.clone();
             let (user, since) = (self.user, self.sequencer.last_seq().max(self.read_to));
-            Box::pin(async move { chat.events_since(user, since, REPLAY_PAGE).await })
+            tokio::spawn(async move { chat.events_since(user, since, REPLAY_PAGE).await })
         });
         let page = fetch.await;
         self.fetch = None;
-        let page = page?;
+        let page = page.map_err(|e| {
+            Error::unavailable(
+                Backend::Storage,
+                format!("a stream's storage read failed: {e}"),
+            )
+        })??;
         self.more = page.len() >= REPLAY_PAGE;
         for stored in page {
             let seq = stored.seq();
