@@ -16,6 +16,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
+/// The binary's allocator. A server's every message allocates and frees its frames, queue
+/// entries and Redis replies on two threads; glibc's malloc spent about 14% of the server's CPU
+/// on that under group fan-out (BENCHMARKS.md, "Allocator"). A library embedding minichat-core
+/// keeps whatever allocator its application chose.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The filter when `RUST_LOG` is unset or empty. PostgreSQL notices ("already exists,
 /// skipping") are not news at info; the redis crate's own warnings repeat many times a second
 /// while a Redis Cluster node is down (each reconnection attempt), and the server already says
