@@ -157,6 +157,12 @@ async fn write(
             Ok(answers) => {
                 for (job, answer) in batch.drain(..).zip(answers) {
                     let _ = job.reply.send(answer);
+                    // Lets the woken send run, and hand its events to the broker, before the
+                    // next one wakes: otherwise a batch's sends publish in whatever order the
+                    // scheduler runs them, and every member of a busy group sees its seqs out
+                    // of order (gap fills halved under groups of 100: BENCHMARKS.md).
+                    // Mostly, not strictly: a send whose publish waits yields in turn.
+                    tokio::task::yield_now().await;
                 }
             }
             Err(e) => {
