@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::{eventually, name, TcpProxy, TestServer, DEADLINE};
+use support::{eventually, name, TcpProxy, TestServer, Ws, DEADLINE};
 
 /// The backend budget the server runs on in these tests.
 const BUDGET: Duration = Duration::from_millis(1000);
@@ -247,4 +247,56 @@ async fn a_black_holed_redis_leaves_sends_working_within_the_budget() {
     let (status, body, took) = timed(&server, send_request(&server, a, b, "after")).await;
     assert_eq!(status, 200, "{body}");
     assert!(took <= REQUEST_BOUND, "send after took {took:?}");
+}
+
+/// A send whose client hangs up before the answer is still delivered live. hyper drops a
+/// request's future when its connection closes; a send dropped between its commit and its
+/// fan-out would be stored, but reach no socket. Redis is held so that the fan-out is still
+/// waiting (it gives up after the budget and delivers to this node's sockets) when the client
+/// goes: the client hangs up once the message is in the history, which is after the commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_whose_client_hangs_up_after_the_commit_is_still_delivered_live() {
+    use tokio::io::AsyncWriteExt;
+    let redis = ThrowawayRedis::start().await;
+    let proxy = TcpProxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port()))).await;
+    let server = TestServer::start(settings(ChatConfig {
+        redis_url: Some(proxy.url("redis")),
+        redis_prefix: unique_redis_prefix(),
+        ..ChatConfig::default()
+    }))
+    .await;
+    let a = server.user(&name("hua")).await["id"].as_i64().unwrap();
+    let b = server.user(&name("hub")).await["id"].as_i64().unwrap();
+    let mut ws = Ws::connect_ready(&server.ws_url(&format!("/ws/{b}"))).await;
+
+    proxy.hold();
+    let body = json!({"sender_id": a, "receiver_id": b, "content": "hung up"}).to_string();
+    let mut client = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connects");
+    let request = format!(
+        "POST /messages/ HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    client
+        .write_all(request.as_bytes())
+        .await
+        .expect("request written");
+    let history = format!("/messages/?user_id={a}&chat_with={b}");
+    eventually(DEADLINE, "the send committed", || async {
+        let (status, messages) = server.get(&history).await;
+        (status == 200 && messages.as_array().is_some_and(|m| !m.is_empty())).then_some(())
+    })
+    .await;
+    // Gone while the fan-out waits for Redis.
+    drop(client);
+
+    let frame = ws.next_json().await;
+    assert_eq!(
+        (frame["type"].as_str(), frame["content"].as_str()),
+        (Some("message"), Some("hung up")),
+        "{frame}"
+    );
 }

@@ -118,6 +118,9 @@ pub enum ApiError {
     /// This node cannot take more (503).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// A handler that failed where it never should (it panicked): 500, the cause logged.
+    #[error("Internal server error")]
+    Internal,
 }
 
 impl ApiError {
@@ -149,6 +152,7 @@ impl ApiError {
             ApiError::Forbidden | ApiError::ForbiddenBecause(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

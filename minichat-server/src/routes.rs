@@ -360,9 +360,22 @@ async fn dispatch(
         return response;
     };
     let call = Call { state, req, params };
-    let response = (endpoint.handler)(call)
-        .await
-        .unwrap_or_else(ApiError::into_response);
+    let reply = (endpoint.handler)(call);
+    let answer = if endpoint.method == Method::GET {
+        reply.await
+    } else {
+        // A change runs to its end even if its client goes away. hyper drops a request's
+        // future when its connection closes, and a send (or a membership change) dropped
+        // between its commit and its fan-out would be stored, but reach no socket live.
+        match tokio::spawn(reply.instrument(tracing::Span::current())).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::error!(error = %e, "a request's handler panicked");
+                Err(ApiError::Internal)
+            }
+        }
+    };
+    let response = answer.unwrap_or_else(ApiError::into_response);
     if head {
         without_body(response)
     } else {

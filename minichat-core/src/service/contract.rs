@@ -52,6 +52,12 @@ pub trait ChatService: Send + Sync + 'static {
     /// Validates, stores (committed when this returns), then delivers to the receiver's
     /// connections and the sender's other connections on every node. `origin` is the sending
     /// connection, which is not sent its own message.
+    ///
+    /// Run it to its end: a future dropped after the commit but before the fan-out leaves the
+    /// message stored but not delivered live (readers of an [`EventStream`](crate::EventStream)
+    /// still get it, from storage, at their next gap or resume). A transport whose requests can
+    /// be cancelled spawns it, as the server does for every request that changes something.
+    /// The same holds for the membership changes below.
     async fn send_message(
         &self,
         new: NewMessage,
