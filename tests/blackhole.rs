@@ -40,6 +40,20 @@ fn settings(chat: ChatConfig) -> Settings {
     }
 }
 
+/// A throw-away Redis, a proxy of this test's in front of it, and a server (memory storage) on
+/// the proxy: the test holds the proxy to black-hole Redis.
+async fn server_on_proxied_redis() -> (ThrowawayRedis, TcpProxy, TestServer) {
+    let redis = ThrowawayRedis::start().await;
+    let proxy = TcpProxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port()))).await;
+    let server = TestServer::start(settings(ChatConfig {
+        redis_url: Some(proxy.url("redis")),
+        redis_prefix: unique_redis_prefix(),
+        ..ChatConfig::default()
+    }))
+    .await;
+    (redis, proxy, server)
+}
+
 /// `(status, body, how long it took)` of a request.
 async fn timed(server: &TestServer, request: reqwest::RequestBuilder) -> (u16, Value, Duration) {
     let started = Instant::now();
@@ -191,14 +205,7 @@ async fn a_black_holed_postgresql_answers_503_within_the_budget_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_black_holed_redis_leaves_sends_working_within_the_budget() {
-    let redis = ThrowawayRedis::start().await;
-    let proxy = TcpProxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port()))).await;
-    let server = TestServer::start(settings(ChatConfig {
-        redis_url: Some(proxy.url("redis")),
-        redis_prefix: unique_redis_prefix(),
-        ..ChatConfig::default()
-    }))
-    .await;
+    let (_redis, proxy, server) = server_on_proxied_redis().await;
     let a = server.user(&name("rha")).await["id"].as_i64().unwrap();
     let b = server.user(&name("rhb")).await["id"].as_i64().unwrap();
     server.message(a, b, "before").await;
@@ -257,14 +264,7 @@ async fn a_black_holed_redis_leaves_sends_working_within_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_send_whose_client_hangs_up_after_the_commit_is_still_delivered_live() {
     use tokio::io::AsyncWriteExt;
-    let redis = ThrowawayRedis::start().await;
-    let proxy = TcpProxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port()))).await;
-    let server = TestServer::start(settings(ChatConfig {
-        redis_url: Some(proxy.url("redis")),
-        redis_prefix: unique_redis_prefix(),
-        ..ChatConfig::default()
-    }))
-    .await;
+    let (_redis, proxy, server) = server_on_proxied_redis().await;
     let a = server.user(&name("hua")).await["id"].as_i64().unwrap();
     let b = server.user(&name("hub")).await["id"].as_i64().unwrap();
     let mut ws = Ws::connect_ready(&server.ws_url(&format!("/ws/{b}"))).await;
