@@ -313,6 +313,11 @@ impl EventStream {
             let received = match waiting {
                 None => self.subscription.recv_timed().await,
                 Some(until) => tokio::select! {
+                    // The queue first: a missing event may be in it already when the wait
+                    // ends (a busy node runs the stream late), and then it is taken live, not
+                    // read from storage. A queue that never empties cannot hold the wait off
+                    // for long: past `REORDER_LIMIT` early events the gap is read at once.
+                    biased;
                     received = self.subscription.recv_timed() => received,
                     _ = tokio::time::sleep_until(until) => {
                         // The missing events did not come live: read them from storage.

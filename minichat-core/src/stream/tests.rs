@@ -187,6 +187,37 @@ async fn events_that_arrive_slightly_out_of_order_are_put_back_in_order_without_
     assert_idle(&mut stream).await;
 }
 
+/// The wait for a missing event ends while that event is already queued (a busy node runs the
+/// stream late): the queue is read first, so the event is taken live, not read from storage.
+/// Twenty rounds, because with no preference between the two a round would go either way.
+#[tokio::test(start_paused = true)]
+async fn a_missing_event_already_queued_when_the_wait_ends_is_taken_live() {
+    for round in 0..20 {
+        let chat = Chat::in_memory();
+        let bob = {
+            user(&chat, "alice").await;
+            user(&chat, "bob").await
+        };
+        let service = Arc::new(Yielding {
+            chat: chat.clone(),
+            reads: AtomicUsize::new(0),
+        });
+        let mut stream = open(service.clone(), bob, None).await.expect("open");
+        chat.hub().deliver(bob, None, &event_for(2, "second"));
+        // Seq 2 is held, waiting for seq 1.
+        assert!(stream.next().now_or_never().is_none(), "round {round}");
+        chat.hub().deliver(bob, None, &event_for(1, "first"));
+        tokio::time::advance(REORDER_WAIT * 2).await;
+        // (Storage holds neither, so a read instead would hand out seq 2 first.)
+        let first = next(&mut stream).await;
+        assert_eq!(first.event.seq, Some(1), "round {round}");
+        let second = next(&mut stream).await;
+        assert_eq!(second.event.seq, Some(2), "round {round}");
+        assert!(is_source(&first, false, false) && is_source(&second, false, false));
+        assert_eq!(service.reads.load(Ordering::SeqCst), 0, "round {round}");
+    }
+}
+
 #[tokio::test]
 async fn own_sends_are_acknowledged_instead_of_echoed() {
     let chat = Chat::in_memory();
