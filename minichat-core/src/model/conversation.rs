@@ -111,6 +111,17 @@ impl Conversation {
     pub fn member_ids(&self) -> impl Iterator<Item = UserId> + '_ {
         self.members.iter().map(|m| m.user_id)
     }
+
+    /// Adds `users` (none of them members yet) as plain members who joined `at`, keeping the
+    /// members in user id order: what both backends do once `authorize_add` allowed it.
+    pub fn admit(&mut self, users: &[UserId], at: DateTime<Utc>) {
+        self.members.extend(users.iter().map(|&user_id| Member {
+            user_id,
+            role: Role::Member,
+            joined_at: at,
+        }));
+        self.members.sort_by_key(|m| m.user_id);
+    }
 }
 
 /// One entry of a user's inbox: a conversation without its members, with what the list shows.

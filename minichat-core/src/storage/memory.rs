@@ -493,14 +493,7 @@ impl Storage for MemoryStorage {
         }
         let at = now();
         let conversation = &mut state.conversation_mut(id).conversation;
-        conversation
-            .members
-            .extend(new.iter().map(|&user_id| Member {
-                user_id,
-                role: Role::Member,
-                joined_at: at,
-            }));
-        conversation.members.sort_by_key(|m| m.user_id);
+        conversation.admit(&new, at);
         let conversation = conversation.clone();
         for &user in &new {
             state.memberships.entry(user).or_default().push(id);

@@ -158,16 +158,7 @@ fn event_for(seq: Seq, content: &str) -> crate::hub::Event {
 
 #[tokio::test]
 async fn events_that_arrive_slightly_out_of_order_are_put_back_in_order_without_storage() {
-    let chat = Chat::in_memory();
-    let bob = {
-        user(&chat, "alice").await;
-        user(&chat, "bob").await
-    };
-    let service = Arc::new(Yielding {
-        chat: chat.clone(),
-        reads: AtomicUsize::new(0),
-    });
-    let mut stream = open(service.clone(), bob, None).await.expect("open");
+    let (chat, bob, service, mut stream) = bob_over_counted_reads().await;
     // Seq 2 is queued first, seq 1 right behind it (nothing is in storage, so a storage read
     // could not have produced seq 1).
     chat.hub().deliver(bob, None, &event_for(2, "second"));
@@ -193,16 +184,7 @@ async fn events_that_arrive_slightly_out_of_order_are_put_back_in_order_without_
 #[tokio::test(start_paused = true)]
 async fn a_missing_event_already_queued_when_the_wait_ends_is_taken_live() {
     for round in 0..20 {
-        let chat = Chat::in_memory();
-        let bob = {
-            user(&chat, "alice").await;
-            user(&chat, "bob").await
-        };
-        let service = Arc::new(Yielding {
-            chat: chat.clone(),
-            reads: AtomicUsize::new(0),
-        });
-        let mut stream = open(service.clone(), bob, None).await.expect("open");
+        let (chat, bob, service, mut stream) = bob_over_counted_reads().await;
         chat.hub().deliver(bob, None, &event_for(2, "second"));
         // Seq 2 is held, waiting for seq 1.
         assert!(stream.next().now_or_never().is_none(), "round {round}");
@@ -469,6 +451,26 @@ struct Yielding {
     reads: AtomicUsize,
 }
 
+impl Yielding {
+    fn over(chat: &Chat) -> Arc<Yielding> {
+        Arc::new(Yielding {
+            chat: chat.clone(),
+            reads: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// A chat with alice (1) and bob (2), nothing stored, and bob's stream (from now) over a
+/// service that counts its storage reads: for events handed to the hub directly.
+async fn bob_over_counted_reads() -> (Chat, UserId, Arc<Yielding>, EventStream) {
+    let chat = Chat::in_memory();
+    user(&chat, "alice").await;
+    let bob = user(&chat, "bob").await;
+    let service = Yielding::over(&chat);
+    let stream = open(service.clone(), bob, None).await.expect("open");
+    (chat, bob, service, stream)
+}
+
 #[async_trait]
 impl ChatService for Yielding {
     async fn create_user(&self, new: NewUser) -> Result<User> {
@@ -581,10 +583,7 @@ async fn next_is_cancel_safe() {
     for i in 1..=stored {
         send(&chat, alice, bob, &format!("m{i}")).await;
     }
-    let service = Arc::new(Yielding {
-        chat: chat.clone(),
-        reads: AtomicUsize::new(0),
-    });
+    let service = Yielding::over(&chat);
     let mut stream = open(service.clone(), bob, Some(0)).await.expect("open");
     // A gap in the live events: its fill is cancelled too.
     chat.send_message(text(bob, alice, "gap"), Some(stream.connection_id()))

@@ -217,14 +217,7 @@ async fn apply(tx: Transaction<'_>, change: &Change<'_>) -> Step<ConversationCha
                 .filter(|&u| conversation.member(u).is_none())
                 .collect();
             authorize_add(&conversation, actor, new.len(), max_members).map_err(refused)?;
-            conversation
-                .members
-                .extend(new.iter().map(|&user_id| Member {
-                    user_id,
-                    role: Role::Member,
-                    joined_at: at,
-                }));
-            conversation.members.sort_by_key(|m| m.user_id);
+            conversation.admit(&new, at);
             let event = ConversationEvent {
                 event: ChangeKind::MemberAdded,
                 conversation,
