@@ -205,6 +205,7 @@ async fn a_group_message_reaches_every_members_sockets_on_both_nodes_once() {
             sockets.push((user, Ws::connect_ready(&url).await));
         }
     }
+    let fanouts_before = group_fanouts(&nodes[0]).await;
     let mut sent = Vec::new();
     for (k, &sender) in users.iter().enumerate() {
         let (status, body) = nodes[k % 2]
@@ -238,4 +239,24 @@ async fn a_group_message_reaches_every_members_sockets_on_both_nodes_once() {
         }
         ws.assert_no_pending_message().await;
     }
+    // Three other members on two nodes: each message went to both nodes as one Redis message
+    // (the process's counter; a concurrent test can only add to it).
+    assert!(group_fanouts(&nodes[0]).await - fanouts_before >= sent.len() as f64);
+}
+
+/// `minichat_redis_group_fanouts_total` as `node` exports it (process-wide).
+async fn group_fanouts(node: &TestServer) -> f64 {
+    let text = node
+        .http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .expect("scrape answered")
+        .text()
+        .await
+        .expect("scrape body");
+    text.lines()
+        .find_map(|line| line.strip_prefix("minichat_redis_group_fanouts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no group fan-out counter in\n{text}"))
 }

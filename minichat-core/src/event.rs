@@ -14,9 +14,12 @@ use std::io::Write;
 /// event) without its closing brace, to which each user's frame appends that user's `seq` (and,
 /// on the sender's own copy, its `client_id`). So a message to a group of N is serialised once,
 /// not N times; each member's frame is one copy of these bytes plus a few.
+///
+/// The head is shared bytes, so that a broker can carry it to other nodes as it is (one copy per
+/// message, not per member) and they make each local member's frame from it.
 #[derive(Debug, Clone)]
 pub struct Frames {
-    head: Vec<u8>,
+    head: Bytes,
 }
 
 impl Frames {
@@ -24,7 +27,19 @@ impl Frames {
         let mut head = serde_json::to_vec(value).expect("an event always serialises to JSON");
         debug_assert_eq!(head.last(), Some(&b'}'));
         head.pop();
+        Frames {
+            head: Bytes::from(head),
+        }
+    }
+
+    /// The frames whose shared head is `head` (what [`head`](Self::head) gave on another node).
+    pub(crate) fn from_head(head: Bytes) -> Frames {
         Frames { head }
+    }
+
+    /// The JSON every user's frame starts with: the event without its closing brace.
+    pub(crate) fn head(&self) -> &Bytes {
+        &self.head
     }
 
     /// The frames of `message`: `{...message, "seq": n[, "client_id": c]}`.

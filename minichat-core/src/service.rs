@@ -247,25 +247,27 @@ impl Chat {
             // the send to what they have pending.
             let frames = Frames::message(&message);
             recipients = stored.recipients;
-            let mut deliveries: Vec<Delivery> = recipients
-                .iter()
-                .map(|&(user, seq)| Delivery {
-                    user,
-                    exclude: None,
-                    event: frames.event(seq),
-                })
-                .collect();
-            deliveries.push(Delivery {
+            let own = Delivery {
                 user: message.sender_id,
                 exclude: origin,
                 event: frames.own_event(stored.sender_seq, valid.client_id()),
-            });
+            };
             // The message is committed; the cache and the fan-out are best effort from here,
             // and a client that missed the event recovers it from storage. The recent-messages
             // cache is per receiver: direct messages only.
             let (cached, published) = match message.receiver_id {
                 Some(receiver) => {
-                    self.inner
+                    let mut deliveries: Vec<Delivery> = recipients
+                        .iter()
+                        .map(|&(user, seq)| Delivery {
+                            user,
+                            exclude: None,
+                            event: frames.event(seq),
+                        })
+                        .collect();
+                    deliveries.push(own);
+                    let (cached, reached) = self
+                        .inner
                         .broker
                         .publish_message(
                             self.inner.cache.as_ref(),
@@ -273,9 +275,17 @@ impl Chat {
                             &deliveries[0].event.payload,
                             &deliveries,
                         )
-                        .await
+                        .await;
+                    let others = recipients.len();
+                    (cached, reached.map(|r| r.iter().take(others).any(|&r| r)))
                 }
-                None => (Ok(()), self.inner.broker.publish(&deliveries).await),
+                None => (
+                    Ok(()),
+                    self.inner
+                        .broker
+                        .publish_to_members(&frames, &recipients, Some(own))
+                        .await,
+                ),
             };
             if let Err(e) = cached {
                 // Debug, not warn: during an outage every send fails its push, and the Redis
@@ -285,9 +295,8 @@ impl Chat {
             }
             match published {
                 Ok(reached) => {
-                    telemetry::published("message", deliveries.len());
-                    let others = recipients.len();
-                    delivered = reached.iter().take(others).any(|&r| r);
+                    telemetry::published("message", recipients.len() + 1);
+                    delivered = reached;
                 }
                 Err(e) => tracing::warn!(error = %e, "fan-out failed"),
             }

@@ -30,6 +30,10 @@ pub const STORAGE_BATCH_SIZE: &str = "minichat_storage_batch_size";
 /// the last bucket).
 pub const STORAGE_BATCH_SIZE_BUCKETS: &[f64] =
     &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Counter: group fan-outs the Redis broker sent to every node as one members envelope on the
+/// fan-out channel (one per group message or membership change that had more members than
+/// there were nodes), instead of a `PUBLISH` per member.
+pub const GROUP_FANOUTS: &str = "minichat_redis_group_fanouts_total";
 /// Counter, label `link` (`subscriber`, `pool`): Redis connections restored after an outage.
 pub const REDIS_RECONNECTS: &str = "minichat_redis_reconnects_total";
 
@@ -57,7 +61,12 @@ pub fn describe() {
         REDIS_RECONNECTS,
         "Redis connections restored after an outage"
     );
+    describe_counter!(
+        GROUP_FANOUTS,
+        "Group fan-outs sent to every node as one Redis PUBLISH"
+    );
     metrics::counter!(MESSAGES_STORED).increment(0);
+    metrics::counter!(GROUP_FANOUTS).increment(0);
     for backend in [Backend::Storage, Backend::Cache, Backend::Broker] {
         metrics::counter!(BACKEND_ERRORS, "backend" => backend.name()).increment(0);
     }

@@ -14,8 +14,9 @@ pub use local::LocalBroker;
 
 use crate::cache::RecentCache;
 use crate::error::Result;
+use crate::event::Frames;
 use crate::hub::{ConnectionId, Event};
-use crate::model::UserId;
+use crate::model::{Seq, UserId};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -27,6 +28,34 @@ pub struct Delivery {
     pub user: UserId,
     pub exclude: Option<ConnectionId>,
     pub event: Event,
+}
+
+/// One delivery per user of `members` (`frames` with that user's seq), then `own`.
+fn member_deliveries(
+    frames: &Frames,
+    members: &[(UserId, Seq)],
+    own: Option<Delivery>,
+) -> Vec<Delivery> {
+    let mut deliveries = Vec::with_capacity(members.len() + 1);
+    deliveries.extend(members.iter().map(|&(user, seq)| Delivery {
+        user,
+        exclude: None,
+        event: frames.event(seq),
+    }));
+    deliveries.extend(own);
+    deliveries
+}
+
+/// [`Broker::publish_to_members`] as a delivery per member through `broker`'s `publish`.
+async fn publish_each<B: Broker + ?Sized>(
+    broker: &B,
+    frames: &Frames,
+    members: &[(UserId, Seq)],
+    own: Option<Delivery>,
+) -> Result<bool> {
+    let deliveries = member_deliveries(frames, members, own);
+    let reached = broker.publish(&deliveries).await?;
+    Ok(reached.iter().take(members.len()).any(|&r| r))
 }
 
 /// A user's presence as the cluster knows it.
@@ -58,6 +87,21 @@ pub trait Broker: Send + Sync + 'static {
         deliveries: &[Delivery],
     ) -> (Result<()>, Result<Vec<bool>>) {
         tokio::join!(cache.push(receiver, frame), self.publish(deliveries))
+    }
+
+    /// The fan-out of an event to the members of a conversation: `frames` to each user of
+    /// `members` with that user's seq, and `own` (the sender's copy, with its own seq and the
+    /// connection to skip) when there is one. Returns whether any user of `members` had a
+    /// connection anywhere, with the same guarantees as [`publish`](Broker::publish). By
+    /// default, a delivery per user through `publish`; the Redis broker sends a group's copies
+    /// to every node as one message when that is cheaper ([`RedisBroker`]'s "Group fan-out").
+    async fn publish_to_members(
+        &self,
+        frames: &Frames,
+        members: &[(UserId, Seq)],
+        own: Option<Delivery>,
+    ) -> Result<bool> {
+        publish_each(self, frames, members, own).await
     }
 
     /// Called for every new connection of `user` on this node (`first_here` when it is their

@@ -15,8 +15,11 @@
 //! | `{prefix}online:{<user>}` | sorted set | the nodes where the user is connected (presence) |
 //! | `{prefix}seen:{<user>}` | string | when the user was last seen, Unix ms (presence) |
 //! | `{prefix}presence:{<user>}` | channel | the user's presence changes (pattern-subscribed) |
+//! | `{prefix}fanout` | channel | a group's copies of an event, for every node (subscribed by all) |
 
 use crate::model::UserId;
+use redis::{RedisWrite, ToRedisArgs};
+use std::fmt;
 use std::sync::Arc;
 
 /// The names of every key and channel, all under one prefix (see the module docs).
@@ -37,8 +40,25 @@ impl Keys {
     }
 
     /// `{prefix}{kind}:{<user>}`: a name of `user`'s, in `user`'s hash slot.
-    fn of_user(&self, kind: &str, user: UserId) -> String {
-        format!("{}{kind}:{{{user}}}", self.prefix)
+    fn of_user(&self, kind: &'static str, user: UserId) -> String {
+        self.name(kind, user).to_string()
+    }
+
+    fn name(&self, kind: &'static str, user: UserId) -> UserName<'_> {
+        UserName {
+            prefix: &self.prefix,
+            kind,
+            user,
+        }
+    }
+
+    /// The presence records ([`online`](Self::online)) of `users`, as one command argument
+    /// each, written straight into the command's buffer.
+    pub(crate) fn online_args<I>(&self, users: I) -> OnlineArgs<'_, I>
+    where
+        I: Iterator<Item = UserId> + Clone,
+    {
+        OnlineArgs { keys: self, users }
     }
 
     /// The user whose `kind` name `name` is, if it is one of ours.
@@ -94,6 +114,12 @@ impl Keys {
         format!("{}presence:*", self.prefix)
     }
 
+    /// The channel every node subscribes to for a group's copies of an event (members
+    /// envelopes): one `PUBLISH` reaches every node, whatever the number of members.
+    pub(crate) fn fanout_channel(&self) -> String {
+        format!("{}fanout", self.prefix)
+    }
+
     /// The user whose presence channel `channel` is, if it is one of ours.
     pub(crate) fn user_of_presence_channel(&self, channel: &[u8]) -> Option<UserId> {
         self.user_of("presence", channel)
@@ -102,6 +128,39 @@ impl Keys {
     /// The user whose channel `channel` is, if it is one of ours.
     pub(crate) fn user_of_channel(&self, channel: &[u8]) -> Option<UserId> {
         self.user_of("user", channel)
+    }
+}
+
+/// A name of a user's, `{prefix}{kind}:{<user>}`, formatted where it is written.
+struct UserName<'a> {
+    prefix: &'a str,
+    kind: &'static str,
+    user: UserId,
+}
+
+impl fmt::Display for UserName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}:{{{}}}", self.prefix, self.kind, self.user)
+    }
+}
+
+/// Users' presence records as command arguments ([`Keys::online_args`]).
+pub(crate) struct OnlineArgs<'a, I> {
+    keys: &'a Keys,
+    users: I,
+}
+
+impl<I> ToRedisArgs for OnlineArgs<'_, I>
+where
+    I: Iterator<Item = UserId> + Clone,
+{
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        for user in self.users.clone() {
+            out.write_arg_fmt(self.keys.name("online", user));
+        }
     }
 }
 
@@ -118,6 +177,9 @@ mod tests {
         assert_eq!(keys.seen(7), "mc:seen:{7}");
         assert_eq!(keys.presence_channel(7), "mc:presence:{7}");
         assert_eq!(keys.presence_pattern(), "mc:presence:*");
+        assert_eq!(keys.fanout_channel(), "mc:fanout");
+        let args = keys.online_args([7, 8].into_iter()).to_redis_args();
+        assert_eq!(args, [b"mc:online:{7}".to_vec(), b"mc:online:{8}".to_vec()]);
         assert_eq!(keys.recent_pattern(), "mc:recent:*");
         assert_eq!(Keys::new("a*b:").recent_pattern(), "a\\*b:recent:*");
     }

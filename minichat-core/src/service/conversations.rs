@@ -4,7 +4,6 @@
 //! send path and the backends' assembly.
 
 use super::Chat;
-use crate::broker::Delivery;
 use crate::error::{Error, Result};
 use crate::event::Frames;
 use crate::model::{Conversation, ConversationChange, ConversationId, Recipient, UserId};
@@ -15,17 +14,13 @@ impl Chat {
     /// conversation after it. Best effort, as a message's fan-out: `since` recovers it.
     pub(super) async fn announce_change(&self, change: ConversationChange) -> Conversation {
         let frames = Frames::conversation(&change.event);
-        let deliveries: Vec<Delivery> = change
-            .seqs
-            .iter()
-            .map(|&(user, seq)| Delivery {
-                user,
-                exclude: None,
-                event: frames.event(seq),
-            })
-            .collect();
-        match self.inner.broker.publish(&deliveries).await {
-            Ok(_) => telemetry::published("conversation", deliveries.len()),
+        let published = self
+            .inner
+            .broker
+            .publish_to_members(&frames, &change.seqs, None)
+            .await;
+        match published {
+            Ok(_) => telemetry::published("conversation", change.seqs.len()),
             Err(e) => tracing::warn!(error = %e, "membership event fan-out failed"),
         }
         change.event.conversation

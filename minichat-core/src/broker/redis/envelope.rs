@@ -20,8 +20,28 @@
 //! parsing per node, whatever the number of connections. (Publishing writes header and payload
 //! straight into the command buffer.) An envelope of another version, with reserved flags set or
 //! shorter than the header is refused by [`decode`], and the caller drops it with a warning.
+//!
+//! # The members envelope
+//!
+//! A group's copies of one event travel to every node at once on the fan-out channel (see the
+//! broker's "Group fan-out"), as one members envelope: the list of `(user, seq)` it is for and
+//! the head its frames share (see [`Frames`]), each once:
+//!
+//! ```text
+//! offset  size  field
+//!      0     1  version, 2
+//!      1     1  flags, reserved: 0
+//!      2     4  n, the number of members, u32 big-endian
+//!      6   16n  n × (user id i64, seq i64), big-endian
+//! 6+16n     …  the frames' head: the event's JSON without its closing brace
+//! ```
+//!
+//! A receiving node makes the frame of each member connected to it from the head (the head
+//! plus that member's seq) and hands nothing to anyone else.
 
+use crate::event::Frames;
 use crate::hub::{ConnectionId, Event};
+use crate::model::{Seq, UserId};
 use bytes::{Buf, BufMut, Bytes};
 use redis::{RedisWrite, ToRedisArgs};
 
@@ -79,6 +99,80 @@ pub(super) fn decode(raw: Bytes) -> Result<(Option<ConnectionId>, Event), &'stat
     Ok(((flags & HAS_EXCLUDE != 0).then_some(exclude), event))
 }
 
+const MEMBERS_VERSION: u8 = 2;
+const MEMBERS_HEADER: usize = 6;
+/// One member's entry: user id and seq.
+const ENTRY: usize = 16;
+
+/// A group's copies of one event as a single `PUBLISH` argument, written straight into the
+/// command buffer.
+pub(super) struct MembersEnvelope<'a> {
+    pub(super) members: &'a [(UserId, Seq)],
+    pub(super) frames: &'a Frames,
+}
+
+impl ToRedisArgs for MembersEnvelope<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + RedisWrite,
+    {
+        let head = self.frames.head();
+        let count = u32::try_from(self.members.len()).expect("a group has fewer than 2^32 members");
+        let mut buf =
+            out.bufmut_for_next_arg(MEMBERS_HEADER + ENTRY * self.members.len() + head.len());
+        buf.put_u8(MEMBERS_VERSION);
+        buf.put_u8(0);
+        buf.put_u32(count);
+        for &(user, seq) in self.members {
+            buf.put_i64(user);
+            buf.put_i64(seq);
+        }
+        buf.put_slice(head);
+    }
+}
+
+/// A decoded members envelope: who it is for, and the frames to make their copies from (whose
+/// head shares the received buffer).
+#[derive(Debug)]
+pub(super) struct Members {
+    entries: Bytes,
+    pub(super) frames: Frames,
+}
+
+impl Members {
+    /// Each member and the seq the event has in their stream.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (UserId, Seq)> + '_ {
+        self.entries.chunks_exact(ENTRY).map(|mut entry| {
+            let user = entry.get_i64();
+            (user, entry.get_i64())
+        })
+    }
+}
+
+/// Reads a members envelope; its entries and head share `raw`'s buffer.
+pub(super) fn decode_members(raw: Bytes) -> Result<Members, &'static str> {
+    if raw.len() < MEMBERS_HEADER {
+        return Err("shorter than the members envelope header");
+    }
+    let mut header = &raw[..MEMBERS_HEADER];
+    if header.get_u8() != MEMBERS_VERSION {
+        return Err("unknown members envelope version");
+    }
+    if header.get_u8() != 0 {
+        return Err("reserved members envelope flags set");
+    }
+    let count = header.get_u32() as usize;
+    let end = count
+        .checked_mul(ENTRY)
+        .and_then(|n| n.checked_add(MEMBERS_HEADER))
+        .filter(|&end| end <= raw.len())
+        .ok_or("members envelope shorter than its member list")?;
+    Ok(Members {
+        entries: raw.slice(MEMBERS_HEADER..end),
+        frames: Frames::from_head(raw.slice(end..)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +203,67 @@ mod tests {
             // The payload is a view into the received buffer.
             assert_eq!(got.payload.as_ptr(), raw[HEADER..].as_ptr());
         }
+    }
+
+    #[test]
+    fn members_envelope_round_trips_and_makes_each_members_frame() {
+        let frames = Frames::from_head(Bytes::from_static(br#"{"type":"message","id":7"#));
+        let members = [(3, 10), (9, 1), (i64::MAX, i64::MAX)];
+        let mut args = MembersEnvelope {
+            members: &members,
+            frames: &frames,
+        }
+        .to_redis_args();
+        assert_eq!(args.len(), 1);
+        let raw = Bytes::from(args.remove(0));
+        let got = decode_members(raw.clone()).unwrap();
+        assert_eq!(got.iter().collect::<Vec<_>>(), members);
+        // The head is a view into the received buffer, and frames made from it are the sender's.
+        assert_eq!(
+            got.frames.head().as_ptr(),
+            raw[raw.len() - frames.head().len()..].as_ptr()
+        );
+        assert_eq!(got.frames.event(10), frames.event(10));
+        assert_eq!(
+            &got.frames.event(10).payload[..],
+            br#"{"type":"message","id":7,"seq":10}"#
+        );
+
+        let none = MembersEnvelope {
+            members: &[],
+            frames: &frames,
+        }
+        .to_redis_args();
+        assert_eq!(
+            decode_members(Bytes::from(none[0].clone()))
+                .unwrap()
+                .iter()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn bad_members_envelopes_are_rejected() {
+        let frames = Frames::from_head(Bytes::from_static(b"{"));
+        let good = MembersEnvelope {
+            members: &[(1, 2), (3, 4)],
+            frames: &frames,
+        }
+        .to_redis_args()
+        .remove(0);
+        assert!(decode_members(Bytes::from(good[..MEMBERS_HEADER - 1].to_vec())).is_err());
+        // A member list longer than the bytes that follow.
+        assert!(decode_members(Bytes::from(good[..MEMBERS_HEADER + ENTRY].to_vec())).is_err());
+        let mut huge = good.clone();
+        huge[2..6].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_members(Bytes::from(huge)).is_err());
+        let mut other_version = good.clone();
+        other_version[0] = 1;
+        assert!(decode_members(Bytes::from(other_version)).is_err());
+        let mut reserved = good;
+        reserved[1] = 1;
+        assert!(decode_members(Bytes::from(reserved)).is_err());
     }
 
     #[test]

@@ -118,6 +118,8 @@ impl LinkState {
 /// Receives the subscriber connection's pushes, synchronously, and hands events to the hub.
 struct Inbox {
     keys: Keys,
+    /// The fan-out channel's name ([`Keys::fanout_channel`]).
+    fanout: String,
     hub: Hub,
     state: Arc<LinkState>,
 }
@@ -160,9 +162,16 @@ impl Inbox {
         }
     }
 
-    /// A user's event: `[channel, envelope]` → that user's local connections.
+    /// A user's event, `[channel, envelope]`, to that user's local connections; or, on the
+    /// fan-out channel, a group's copies (a members envelope) to the members connected here.
     fn deliver(&self, data: Vec<Value>) {
-        let Some((channel, exclude, event)) = unpack(data, 0) else {
+        let Some((channel, payload)) = unpack(data, 0) else {
+            return;
+        };
+        if channel == self.fanout.as_bytes() {
+            return self.deliver_members(&channel, payload);
+        }
+        let Some((exclude, event)) = decode(&channel, payload) else {
             return;
         };
         match self.keys.user_of_channel(&channel) {
@@ -175,9 +184,29 @@ impl Inbox {
         }
     }
 
+    /// A members envelope: each member connected to this node gets its frame (made here, from
+    /// the shared head); the others cost a lookup each.
+    fn deliver_members(&self, channel: &[u8], payload: Bytes) {
+        let members = match envelope::decode_members(payload) {
+            Ok(members) => members,
+            Err(why) => {
+                tracing::warn!(why, channel = %String::from_utf8_lossy(channel), "dropped an undecodable members envelope");
+                return;
+            }
+        };
+        for (user, seq) in members.iter() {
+            if self.hub.is_connected(user) {
+                self.hub.deliver(user, None, &members.frames.event(seq));
+            }
+        }
+    }
+
     /// A presence change: `[pattern, channel, envelope]` → the connections watching that user.
     fn deliver_presence(&self, data: Vec<Value>) {
-        let Some((channel, _, event)) = unpack(data, 1) else {
+        let Some((channel, payload)) = unpack(data, 1) else {
+            return;
+        };
+        let Some((_, event)) = decode(&channel, payload) else {
             return;
         };
         if let Some(user) = self.keys.user_of_presence_channel(&channel) {
@@ -186,9 +215,9 @@ impl Inbox {
     }
 }
 
-/// The channel and decoded envelope of a pub/sub push, after `skip` leading fields (the
-/// pattern, for pattern subscriptions); `None`, logged, for anything malformed.
-fn unpack(data: Vec<Value>, skip: usize) -> Option<(Vec<u8>, Option<ConnectionId>, Event)> {
+/// The channel and the message of a pub/sub push, after `skip` leading fields (the pattern,
+/// for pattern subscriptions); `None`, logged, for anything malformed.
+fn unpack(data: Vec<Value>, skip: usize) -> Option<(Vec<u8>, Bytes)> {
     let mut data = data.into_iter().skip(skip);
     let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
         (data.next(), data.next())
@@ -196,10 +225,15 @@ fn unpack(data: Vec<Value>, skip: usize) -> Option<(Vec<u8>, Option<ConnectionId
         tracing::warn!("dropped a malformed pub/sub message from Redis");
         return None;
     };
-    match envelope::decode(Bytes::from(payload)) {
-        Ok((exclude, event)) => Some((channel, exclude, event)),
+    Some((channel, Bytes::from(payload)))
+}
+
+/// The envelope of a message on `channel`; `None`, logged, when it does not decode.
+fn decode(channel: &[u8], payload: Bytes) -> Option<(Option<ConnectionId>, Event)> {
+    match envelope::decode(payload) {
+        Ok(decoded) => Some(decoded),
         Err(why) => {
-            tracing::warn!(why, channel = %String::from_utf8_lossy(&channel), "dropped an undecodable broker envelope");
+            tracing::warn!(why, channel = %String::from_utf8_lossy(channel), "dropped an undecodable broker envelope");
             None
         }
     }
@@ -282,6 +316,7 @@ impl Subscriber {
     pub(super) async fn connect(target: &Target, keys: Keys, hub: Hub) -> Result<Arc<Subscriber>> {
         let state = Arc::new(LinkState::default());
         let inbox = Inbox {
+            fanout: keys.fanout_channel(),
             keys: keys.clone(),
             hub: hub.clone(),
             state: state.clone(),
@@ -338,6 +373,12 @@ impl Subscriber {
             return Err(Error::config(
                 "REDIS_URL",
                 format!("cannot subscribe to presence changes: {e}"),
+            ));
+        }
+        if let Err(e) = subscriber.listen_fanout().await {
+            return Err(Error::config(
+                "REDIS_URL",
+                format!("cannot subscribe to the fan-out channel: {e}"),
             ));
         }
         Ok(subscriber)
@@ -413,6 +454,23 @@ impl Subscriber {
         })
     }
 
+    /// Listens on the fan-out channel, where a group's copies of an event reach every node at
+    /// once (one subscription per node, made before any user is watched). Not on a cluster,
+    /// where group copies go to each member's shard channel instead.
+    async fn listen_fanout(&self) -> Result<()> {
+        let Link::Single(conn) = &self.conn else {
+            return Ok(());
+        };
+        let mut conn = conn.clone();
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        bounded(
+            deadline,
+            "the fan-out subscription",
+            conn.subscribe(self.keys.fanout_channel()),
+        )
+        .await
+    }
+
     /// Subscribes to `user`'s channel unless already done; returns once Redis confirmed it.
     pub(super) async fn watch(&self, user: UserId) -> Result<()> {
         if !self.state.is_up() {
@@ -482,6 +540,10 @@ impl Subscriber {
         let Ok(mut channels) = timeout_at(deadline, self.channels.lock()).await else {
             return Err(timed_out("the resync"));
         };
+        if relinked {
+            // Like the users' channels below: asked for again, whatever the manager restored.
+            self.listen_fanout().await?;
+        }
         let wanted: HashSet<UserId> = self.hub.connected_users().into_iter().collect();
         // After a reconnection, ask for every wanted channel again: re-subscribing is harmless,
         // and it does not depend on what the manager restored by itself.

@@ -37,6 +37,22 @@
 //! tracking `seq` can tell it is a duplicate.) Presence events fall back the same way, to this
 //! node's watchers.
 //!
+//! # Group fan-out
+//!
+//! A group's copies of one event (a group message, a membership change) differ only in each
+//! member's seq. Published per member, that is a `PUBLISH` per member, and a push per member
+//! for the receiving nodes to parse. So when a group has more members than there are nodes,
+//! the copies go out as one members envelope (`envelope`: the `(user, seq)` list and the
+//! frames' shared head, each once) on the fan-out channel `{prefix}fanout`, which every node
+//! subscribes to when it connects: one `PUBLISH` per event, one push per node, and each node
+//! makes the frames of the members connected to it. Redis's answer to that `PUBLISH` is the
+//! number of nodes, which is what the next group is measured against (1 until the first
+//! answer). Whether any member is connected anywhere comes from an `EXISTS` of their presence
+//! records in the same round trip (a node that stopped without goodbye still counts for up to
+//! the presence TTL). The sender's own copy goes on its user's channel as before. On a Redis
+//! Cluster, group copies stay per member (`SPUBLISH` on each member's shard): one channel for
+//! every node would put all group traffic on one shard.
+//!
 //! [`Broker::user_arrived`] returns once Redis has confirmed the subscription. The service
 //! calls [`Broker::user_left`] for users the hub reports as departed (their last local
 //! connection left); it unsubscribes those still without a connection.
@@ -47,19 +63,20 @@ mod presence;
 
 pub use presence::PRESENCE_TTL;
 
-use super::{Broker, ClusterPresence, Delivery, LocalBroker};
+use super::{member_deliveries, publish_each, Broker, ClusterPresence, Delivery, LocalBroker};
 use crate::cache::{RecentCache, RedisCache};
 use crate::error::{Backend, Error, Result};
+use crate::event::Frames;
 use crate::hub::{Event, Hub};
-use crate::model::UserId;
+use crate::model::{Seq, UserId};
 use crate::redis_support::{self, Checkout, Keys, RedisConfig, RedisPool, UserPipelines};
 use async_trait::async_trait;
 use bytes::Bytes;
-use envelope::Envelope;
+use envelope::{Envelope, MembersEnvelope};
 use link::Subscriber;
 use presence::Presence;
 use redis::{RedisResult, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio::task::AbortHandle;
@@ -99,6 +116,9 @@ pub struct RedisBroker {
     subscriber: Arc<Subscriber>,
     /// Whether the last publish failed (to log an outage once, not per message).
     publish_failing: AtomicBool,
+    /// How many nodes the last fan-out `PUBLISH` reached (1 before the first): a group with
+    /// more members than this goes out on the fan-out channel (see "Group fan-out").
+    nodes: AtomicUsize,
     presence: Arc<Presence>,
     /// Serialises arrivals and departures, so a user who leaves and comes back at once cannot
     /// be taken offline after they returned.
@@ -165,6 +185,7 @@ impl RedisBroker {
             hub,
             subscriber,
             publish_failing: AtomicBool::new(false),
+            nodes: AtomicUsize::new(1),
             presence,
             presence_lock: Mutex::new(()),
             cache,
@@ -291,9 +312,7 @@ impl RedisBroker {
     ) -> Result<Vec<bool>> {
         match remote {
             Ok(receivers) => {
-                if self.publish_failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!("Redis reachable again; fan-out is cluster-wide");
-                }
+                self.publish_succeeded();
                 Ok((0..deliveries.len())
                     .map(|i| receivers.get(i).is_some_and(|n| *n > 0))
                     .collect())
@@ -305,6 +324,47 @@ impl RedisBroker {
                 self.local.publish(deliveries).await
             }
         }
+    }
+
+    /// Notes that Redis took a publish (logging its return after an outage).
+    fn publish_succeeded(&self) {
+        if self.publish_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis reachable again; fan-out is cluster-wide");
+        }
+    }
+
+    /// One round trip carrying a group's copies as one members envelope on the fan-out channel,
+    /// the sender's own copy on its user's channel, and an `EXISTS` of the members' presence
+    /// records. Returns whether any member is connected anywhere, and records the number of
+    /// nodes the fan-out reached.
+    async fn publish_members_remote(
+        &self,
+        frames: &Frames,
+        members: &[(UserId, Seq)],
+        own: Option<&Delivery>,
+    ) -> Result<bool> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH")
+            .arg(self.keys.fanout_channel())
+            .arg(MembersEnvelope { members, frames });
+        if let Some(own) = own {
+            self.publish_commands(&mut pipe, std::slice::from_ref(own));
+            pipe.ignore();
+        }
+        pipe.cmd("EXISTS")
+            .arg(self.keys.online_args(members.iter().map(|&(user, _)| user)));
+        let (nodes, online): (usize, usize) = self
+            .pool
+            .bounded(Backend::Broker, async {
+                let mut conn = self.pool.shared(Backend::Broker)?;
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.pool.failed(Backend::Broker, e))
+            })
+            .await?;
+        self.nodes.store(nodes.max(1), Ordering::Relaxed);
+        metrics::counter!(crate::telemetry::GROUP_FANOUTS).increment(1);
+        Ok(online > 0)
     }
 
     /// One `PUBLISH` of a presence event on `user`'s presence channel.
@@ -370,6 +430,32 @@ impl Broker for RedisBroker {
             own.push_failed(receiver);
         }
         (pushed, self.settle_publish(remote, deliveries).await)
+    }
+
+    async fn publish_to_members(
+        &self,
+        frames: &Frames,
+        members: &[(UserId, Seq)],
+        own: Option<Delivery>,
+    ) -> Result<bool> {
+        if self.pool.is_cluster() || members.len() <= self.nodes.load(Ordering::Relaxed) {
+            // A publish per member costs no more than one to every node.
+            return publish_each(self, frames, members, own).await;
+        }
+        match self
+            .publish_members_remote(frames, members, own.as_ref())
+            .await
+        {
+            Ok(reached) => {
+                self.publish_succeeded();
+                Ok(reached)
+            }
+            Err(e) => {
+                let deliveries = member_deliveries(frames, members, own);
+                self.settle_publish(Err(e), &deliveries).await?;
+                Ok(false)
+            }
+        }
     }
 
     async fn user_arrived(&self, user: UserId, _first_here: bool) -> Result<bool> {
