@@ -7,14 +7,17 @@
 //! 1. the conversations sent to by id, locked `FOR SHARE` in id order, then (a new snapshot,
 //!    after the locks) the members of the group ones: membership changes lock the conversation
 //!    row `FOR UPDATE` before its users, so the members read stay the members until commit;
-//! 2. every user (senders, receivers, the members sent to) locked in id order;
-//! 3. the earlier messages of the batch's client ids;
+//! 2. every user (senders, receivers, the members sent to) locked in id order, and, pipelined
+//!    behind it in the same round trip, 3. the earlier messages of the batch's client ids;
 //! 4. only for pairs the writer's map does not know: their direct conversations, made when
 //!    missing (with members), and read again if a concurrent transaction made one meanwhile;
-//! 5. the messages, 6. the group messages' stream entries, 7. the users' seqs.
+//! 5. the messages and, pipelined with them, 6. the users' seqs; 7. the group messages'
+//!    stream entries (which need the messages' ids).
 //!
-//! The one-to-one hot path with warm pairs runs 2, 3 (when a send has a client id), 5 and 7:
-//! what it ran before conversations existed.
+//! Pipelined statements run one after the other in the session, as if awaited in turn (so 3's
+//! snapshot is taken after 2's locks were granted); they only share the trip to the server.
+//! The one-to-one hot path with warm pairs runs 2 and 3, then 5 and 6: with `BEGIN` and
+//! `COMMIT`, four round trips per batch.
 
 use super::plan::{self, Pair, Plan, Read, Shape};
 use super::{query, DirectMap, Failure};
@@ -57,14 +60,28 @@ pub(super) async fn commit(
     }
     ids.sort_unstable();
     ids.dedup();
+    // 3. Pipelined behind the locks (one round trip for both): the earlier messages of the
+    // batch's client_ids. PostgreSQL runs it after the locks were granted, so its snapshot
+    // (a new one, under READ COMMITTED) sees every earlier send of those senders committed.
+    let (senders, client_ids): (Vec<UserId>, Vec<&str>) = messages
+        .iter()
+        .filter_map(|m| m.client_id().map(|c| (m.sender_id(), c)))
+        .unzip();
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (locked, found) = tokio::join!(query(&tx, LOCK_BATCH_USERS, &lock_params), async {
+        if client_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        query(&tx, FIND_BATCH_CLIENT_IDS, &[&senders, &client_ids]).await
+    });
+    // The locks' error first: a failed statement aborts the one pipelined behind it.
+    let locked = locked?;
+    let found = found?;
     let mut users = HashMap::with_capacity(ids.len());
-    for row in query(&tx, LOCK_BATCH_USERS, &[&ids]).await? {
+    for row in locked {
         users.insert(col(&row, 0)?, (col::<String>(&row, 1)?, col(&row, 2)?));
     }
-
-    // 3. Earlier messages of the batch's client_ids (the senders' rows are locked, so any
-    // earlier send with one has committed and this new snapshot sees it).
-    let earlier = earlier_sends(&tx, messages, &users).await?;
+    let earlier = earlier_sends(found, &users)?;
 
     let mut plan = plan::plan(
         messages,
@@ -80,7 +97,7 @@ pub(super) async fn commit(
     let timestamp: DateTime<Utc> = now();
     resolve_pairs(&tx, &mut plan, timestamp, &mut learnt).await?;
 
-    // 5-7. Messages, stream entries, seqs.
+    // 5-7. Messages and seqs, then stream entries.
     let ids = insert(&tx, messages, &plan, timestamp).await?;
     tx.commit().await?;
     Ok((plan.answers(messages, &ids, timestamp), learnt))
@@ -129,29 +146,25 @@ async fn lock_conversations(
     Ok(conversations)
 }
 
-/// The earlier messages of the batch's `(sender, client_id)`s, as their retries' answers.
-async fn earlier_sends(
-    tx: &Tx<'_>,
-    messages: &[&ValidMessage],
+/// The earlier messages of the batch's `(sender, client_id)`s (the rows of
+/// [`FIND_BATCH_CLIENT_IDS`]), as their retries' answers.
+fn earlier_sends(
+    found: Vec<tokio_postgres::Row>,
     users: &HashMap<UserId, (String, i64)>,
 ) -> std::result::Result<HashMap<(UserId, String), StoredMessage>, Failure> {
-    let (senders, client_ids): (Vec<UserId>, Vec<&str>) = messages
-        .iter()
-        .filter(|m| users.contains_key(&m.sender_id()))
-        .filter_map(|m| m.client_id().map(|c| (m.sender_id(), c)))
-        .unzip();
-    let mut earlier = HashMap::new();
-    if client_ids.is_empty() {
-        return Ok(earlier);
-    }
-    for row in query(tx, FIND_BATCH_CLIENT_IDS, &[&senders, &client_ids]).await? {
+    let mut earlier = HashMap::with_capacity(found.len());
+    for row in found {
         let sender: UserId = col(&row, 0)?;
+        // A message's sender is a user (a foreign key), so its row was locked.
+        let Some((sender_username, _)) = users.get(&sender) else {
+            continue;
+        };
         let stored = StoredMessage {
             message: Message {
                 id: col(&row, 2)?,
                 conversation_id: col(&row, 7)?,
                 sender_id: sender,
-                sender_username: users[&sender].0.clone(),
+                sender_username: sender_username.clone(),
                 receiver_id: col(&row, 3)?,
                 content: col(&row, 4)?,
                 timestamp: col(&row, 5)?,
@@ -253,7 +266,16 @@ async fn insert(
         .enumerate()
         .map(|(row, (sender, seq))| ((*sender, *seq), row))
         .collect();
-    let inserted = query(tx, INSERT_BATCH, &params).await?;
+    // The seqs move in the same round trip as the insert (pipelined: neither needs the
+    // other's answer); the insert's error first, since a failed statement aborts the next.
+    let seqs: Vec<i64> = plan.moved.iter().map(|u| plan.users[u].1).collect();
+    let seq_params: [&(dyn ToSql + Sync); 2] = [&plan.moved, &seqs];
+    let (inserted, moved) = tokio::join!(
+        query(tx, INSERT_BATCH, &params),
+        query(tx, UPDATE_BATCH_SEQS, &seq_params)
+    );
+    let inserted = inserted?;
+    moved?;
     if inserted.len() != rows.len() {
         return Err(unavailable("the batch insert returned a wrong number of rows").into());
     }
@@ -279,8 +301,5 @@ async fn insert(
     if !users.is_empty() {
         query(tx, INSERT_BATCH_STREAM, &[&users, &seqs, &message_ids]).await?;
     }
-
-    let seqs: Vec<i64> = plan.moved.iter().map(|u| plan.users[u].1).collect();
-    query(tx, UPDATE_BATCH_SEQS, &[&plan.moved, &seqs]).await?;
     Ok(ids)
 }
