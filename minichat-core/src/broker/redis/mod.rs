@@ -230,6 +230,22 @@ impl RedisBroker {
             .await
     }
 
+    /// Sends `pipe` on the shared connection (which concurrent sends share), within the
+    /// backend budget.
+    async fn query_shared<T: redis::FromRedisValue + Send>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T> {
+        self.pool
+            .bounded(Backend::Broker, async {
+                let mut conn = self.pool.shared(Backend::Broker)?;
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.pool.failed(Backend::Broker, e))
+            })
+            .await
+    }
+
     /// One pipelined round trip carrying `cache`'s push of `frame` to `receiver`'s list (its
     /// `MULTI ... EXEC`) and a `PUBLISH` per delivery: whether the push succeeded, and the
     /// number of receiving nodes of each delivery. A failed round trip fails both; a failed
@@ -248,15 +264,7 @@ impl RedisBroker {
         cache.push_commands(&mut pipe, receiver, frame);
         pipe.cmd("EXEC");
         self.publish_commands(&mut pipe, deliveries);
-        let answered: Result<Vec<RedisResult<Value>>> = self
-            .pool
-            .bounded(Backend::Broker, async {
-                let mut conn = self.pool.shared(Backend::Broker)?;
-                pipe.query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.pool.failed(Backend::Broker, e))
-            })
-            .await;
+        let answered: Result<Vec<RedisResult<Value>>> = self.query_shared(&pipe).await;
         let mut replies = match answered {
             Ok(replies) => replies.into_iter(),
             Err(e) => {
@@ -353,15 +361,7 @@ impl RedisBroker {
         }
         pipe.cmd("EXISTS")
             .arg(self.keys.online_args(members.iter().map(|&(user, _)| user)));
-        let (nodes, online): (usize, usize) = self
-            .pool
-            .bounded(Backend::Broker, async {
-                let mut conn = self.pool.shared(Backend::Broker)?;
-                pipe.query_async(&mut conn)
-                    .await
-                    .map_err(|e| self.pool.failed(Backend::Broker, e))
-            })
-            .await?;
+        let (nodes, online): (usize, usize) = self.query_shared(&pipe).await?;
         self.nodes.store(nodes.max(1), Ordering::Relaxed);
         metrics::counter!(crate::telemetry::GROUP_FANOUTS).increment(1);
         Ok(online > 0)
