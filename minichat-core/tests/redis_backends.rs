@@ -186,21 +186,55 @@ async fn cache_keeps_the_newest_hundred_newest_first_with_expiry() {
     assert_eq!(cache.recent(1, 50).await.expect("recent"), None);
 }
 
+/// Two brokers (nodes A and B) on the shared Redis under a prefix of their own, removed at the
+/// end.
+struct TwoNodes {
+    url: String,
+    prefix: String,
+    _cleanup: Cleanup,
+    hub_a: Hub,
+    a: RedisBroker,
+    hub_b: Hub,
+    b: RedisBroker,
+}
+
+impl TwoNodes {
+    async fn connect() -> TwoNodes {
+        let url = shared_redis();
+        let prefix = unique_redis_prefix();
+        let _cleanup = Cleanup {
+            url: url.clone(),
+            prefix: prefix.clone(),
+        };
+        let (hub_a, hub_b) = (Hub::default(), Hub::default());
+        let a = RedisBroker::connect(&config(&url, &prefix), hub_a.clone())
+            .await
+            .expect("connect node A");
+        let b = RedisBroker::connect(&config(&url, &prefix), hub_b.clone())
+            .await
+            .expect("connect node B");
+        TwoNodes {
+            url,
+            prefix,
+            _cleanup,
+            hub_a,
+            a,
+            hub_b,
+            b,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_exactly_once_with_seq_and_exclusion() {
-    let url = shared_redis();
-    let prefix = unique_redis_prefix();
-    let _cleanup = Cleanup {
-        url: url.clone(),
-        prefix: prefix.clone(),
-    };
-    let (hub_a, hub_b) = (Hub::default(), Hub::default());
-    let a = RedisBroker::connect(&config(&url, &prefix), hub_a.clone())
-        .await
-        .expect("connect node A");
-    let b = RedisBroker::connect(&config(&url, &prefix), hub_b.clone())
-        .await
-        .expect("connect node B");
+    let TwoNodes {
+        _cleanup,
+        hub_a,
+        a,
+        hub_b,
+        b,
+        ..
+    } = TwoNodes::connect().await;
     assert_eq!(a.kind(), minichat_core::BackendKind::Redis);
     a.check().await.expect("check A");
 
@@ -274,19 +308,15 @@ async fn next_published(messages: &mut redis::aio::PubSubStream) -> (String, Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_copies_reach_every_node_in_one_publish() {
-    let url = shared_redis();
-    let prefix = unique_redis_prefix();
-    let _cleanup = Cleanup {
-        url: url.clone(),
-        prefix: prefix.clone(),
-    };
-    let (hub_a, hub_b) = (Hub::default(), Hub::default());
-    let a = RedisBroker::connect(&config(&url, &prefix), hub_a.clone())
-        .await
-        .expect("connect node A");
-    let b = RedisBroker::connect(&config(&url, &prefix), hub_b.clone())
-        .await
-        .expect("connect node B");
+    let TwoNodes {
+        url,
+        prefix,
+        _cleanup,
+        hub_a,
+        a,
+        hub_b,
+        b,
+    } = TwoNodes::connect().await;
     // The test listens too: on the fan-out channel and on member 12's own channel.
     let mut listener = redis::Client::open(url.as_str())
         .expect("redis URL")
