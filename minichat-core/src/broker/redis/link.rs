@@ -32,7 +32,9 @@
 //! unsubscribes every channel no local connection wants. Until then [`Subscriber::watch`] fails
 //! at once (the service logs it and carries on; the resync subscribes the user later) and the
 //! broker's health check reports the subscriber down. A command that fails or times out while the
-//! link looks up (every one is bounded by [`COMMAND_TIMEOUT`]) schedules the same resync.
+//! link looks up (every one is bounded by [`COMMAND_TIMEOUT`]) schedules the same resync. A resync
+//! after a lost connection also subscribes the fan-out channel again and wakes the presence
+//! heartbeat, which renews this node's users at once (Redis may have lost them).
 
 use super::envelope;
 use super::{unavailable, CHUNK};
@@ -307,13 +309,21 @@ pub(super) struct Subscriber {
     hub: Hub,
     state: Arc<LinkState>,
     channels: Mutex<Channels>,
+    /// Notified after each resync that followed a lost connection (Redis may have lost its
+    /// data too: the presence heartbeat renews at once).
+    relinked: Arc<Notify>,
 }
 
 impl Subscriber {
     /// Opens the subscriber connection (RESP3, whatever `info` asked for) with its push handler,
     /// and pattern-subscribes to every user's presence changes. Failures are [`Error::Config`]
     /// naming `REDIS_URL`: they stop the start.
-    pub(super) async fn connect(target: &Target, keys: Keys, hub: Hub) -> Result<Arc<Subscriber>> {
+    pub(super) async fn connect(
+        target: &Target,
+        keys: Keys,
+        hub: Hub,
+        relinked: Arc<Notify>,
+    ) -> Result<Arc<Subscriber>> {
         let state = Arc::new(LinkState::default());
         let inbox = Inbox {
             fanout: keys.fanout_channel(),
@@ -368,6 +378,7 @@ impl Subscriber {
             hub,
             state,
             channels: Mutex::new(Channels::default()),
+            relinked,
         });
         if let Err(e) = subscriber.listen_presence().await {
             return Err(Error::config(
@@ -578,6 +589,7 @@ impl Subscriber {
                 users = wanted.len(),
                 "Redis subscriber connection restored and re-subscribed"
             );
+            self.relinked.notify_one();
         }
         Ok(())
     }

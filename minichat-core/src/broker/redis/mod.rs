@@ -78,7 +78,7 @@ use presence::Presence;
 use redis::{RedisResult, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio::task::AbortHandle;
 
 /// Users per `SUBSCRIBE`/`UNSUBSCRIBE`, and per heartbeat round trip, when many change at once.
@@ -168,7 +168,9 @@ impl RedisBroker {
         cache: Option<Arc<RedisCache>>,
     ) -> Result<Self> {
         let keys = Keys::new(&config.prefix);
-        let subscriber = Subscriber::connect(pool.target(), keys.clone(), hub.clone()).await?;
+        let relinked = Arc::new(Notify::new());
+        let subscriber =
+            Subscriber::connect(pool.target(), keys.clone(), hub.clone(), relinked.clone()).await?;
         let presence = Arc::new(Presence::new(
             pool.clone(),
             keys.clone(),
@@ -176,7 +178,7 @@ impl RedisBroker {
         ));
         let tasks = vec![
             tokio::spawn(subscriber.clone().run_resync()).abort_handle(),
-            tokio::spawn(presence.clone().run_heartbeat(hub.clone())).abort_handle(),
+            tokio::spawn(presence.clone().run_heartbeat(hub.clone(), relinked)).abort_handle(),
         ];
         Ok(RedisBroker {
             pool,

@@ -8,6 +8,9 @@
 //! every heartbeat, so a node that dies without goodbye drops out by itself. Arrivals and
 //! departures are Lua scripts, so "came online" and "went offline" are decided atomically across
 //! nodes. `{prefix}seen:{<user>}` keeps when the user was last seen, in Unix milliseconds.
+//! The heartbeat also runs at once when the subscriber link comes back after an outage: a Redis
+//! that restarted without its data has lost every record, and users would read offline until
+//! the next tick.
 //! Every round trip here is bounded by the backend budget (`RedisPool::bounded`).
 //! (Presence changes travel on `{prefix}presence:{<user>}`, which every node pattern-subscribes;
 //! see the subscriber link.)
@@ -168,11 +171,20 @@ impl Presence {
     /// Renews this node's presence report for every user connected to `hub`, and when they were
     /// seen, in one pipelined round trip per chunk of users, three times per TTL. Runs until
     /// aborted.
-    pub(super) async fn run_heartbeat(self: std::sync::Arc<Self>, hub: Hub) {
+    pub(super) async fn run_heartbeat(
+        self: std::sync::Arc<Self>,
+        hub: Hub,
+        relinked: std::sync::Arc<tokio::sync::Notify>,
+    ) {
         let mut tick = tokio::time::interval(self.ttl / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                // Redis came back after an outage, perhaps without its data (one that keeps
+                // nothing on disk): renew now rather than leave users offline until the tick.
+                _ = relinked.notified() => tick.reset(),
+            }
             let _beat = self.beat.lock().await;
             let users = hub.connected_users();
             if let Err(e) = self.renew(&users).await {
