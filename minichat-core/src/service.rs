@@ -15,7 +15,9 @@ mod conversations;
 pub use config::{ChatConfig, DEFAULT_BACKEND_TIMEOUT, HEALTH_CHECK_TIMEOUT};
 pub use contract::{ChatService, SentMessage};
 
-use crate::broker::{Broker, ClusterPresence, Delivery, LocalBroker, RedisBroker};
+use crate::broker::{
+    member_deliveries, reached_any, Broker, ClusterPresence, Delivery, LocalBroker, RedisBroker,
+};
 use crate::cache::{MemoryCache, RecentCache, RedisCache};
 use crate::error::{Error, Result};
 use crate::event::{presence_event, read_event, typing_event, Frames, Presence};
@@ -257,15 +259,7 @@ impl Chat {
             // cache is per receiver: direct messages only.
             let (cached, published) = match message.receiver_id {
                 Some(receiver) => {
-                    let mut deliveries: Vec<Delivery> = recipients
-                        .iter()
-                        .map(|&(user, seq)| Delivery {
-                            user,
-                            exclude: None,
-                            event: frames.event(seq),
-                        })
-                        .collect();
-                    deliveries.push(own);
+                    let deliveries = member_deliveries(&frames, &recipients, Some(own));
                     let (cached, reached) = self
                         .inner
                         .broker
@@ -276,8 +270,7 @@ impl Chat {
                             &deliveries,
                         )
                         .await;
-                    let others = recipients.len();
-                    (cached, reached.map(|r| r.iter().take(others).any(|&r| r)))
+                    (cached, reached.map(|r| reached_any(&r, recipients.len())))
                 }
                 None => (
                     Ok(()),

@@ -569,13 +569,21 @@ async fn survives_a_redis_restart() {
         "publish waited {:?} for a Redis known to be down",
         started.elapsed()
     );
-    // A group's copies fall back to this node's members too.
+    // A group's copies fall back to this node's members too, who count as reached (as
+    // `publish` counts user 2 above).
     let mut group_message = message(71, 2);
     group_message.receiver_id = None;
     let frames = minichat_core::event::Frames::message(&group_message);
     let group = [(2, 4), (1, 3), (8, 1)];
+    assert!(
+        a.publish_to_members(&frames, &group, None)
+            .await
+            .expect("publish succeeds while Redis is down"),
+        "member 2 is connected to this node"
+    );
+    // Users 1 and 8 have no connection here: nobody is reached.
     assert!(!a
-        .publish_to_members(&frames, &group, None)
+        .publish_to_members(&frames, &[(1, 4), (8, 2), (9, 1)], None)
         .await
         .expect("publish succeeds while Redis is down"));
     assert_eq!(next(&mut local).await, frames.event(4));

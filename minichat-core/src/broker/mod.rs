@@ -31,7 +31,7 @@ pub struct Delivery {
 }
 
 /// One delivery per user of `members` (`frames` with that user's seq), then `own`.
-fn member_deliveries(
+pub(crate) fn member_deliveries(
     frames: &Frames,
     members: &[(UserId, Seq)],
     own: Option<Delivery>,
@@ -55,7 +55,13 @@ async fn publish_each<B: Broker + ?Sized>(
 ) -> Result<bool> {
     let deliveries = member_deliveries(frames, members, own);
     let reached = broker.publish(&deliveries).await?;
-    Ok(reached.iter().take(members.len()).any(|&r| r))
+    Ok(reached_any(&reached, members.len()))
+}
+
+/// Whether any of the first `members` of a publish's answers (those of
+/// [`member_deliveries`], before the sender's own copy) reached a node.
+pub(crate) fn reached_any(reached: &[bool], members: usize) -> bool {
+    reached.iter().take(members).any(|&r| r)
 }
 
 /// A user's presence as the cluster knows it.

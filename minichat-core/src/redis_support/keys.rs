@@ -26,12 +26,15 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     prefix: Arc<str>,
+    /// `{prefix}fanout`, named once: every group fan-out publishes on it.
+    fanout: Arc<str>,
 }
 
 impl Keys {
     pub(crate) fn new(prefix: &str) -> Keys {
         Keys {
             prefix: prefix.into(),
+            fanout: format!("{prefix}fanout").into(),
         }
     }
 
@@ -116,8 +119,8 @@ impl Keys {
 
     /// The channel every node subscribes to for a group's copies of an event (members
     /// envelopes): one `PUBLISH` reaches every node, whatever the number of members.
-    pub(crate) fn fanout_channel(&self) -> String {
-        format!("{}fanout", self.prefix)
+    pub(crate) fn fanout_channel(&self) -> &str {
+        &self.fanout
     }
 
     /// The user whose presence channel `channel` is, if it is one of ours.

@@ -120,8 +120,6 @@ impl LinkState {
 /// Receives the subscriber connection's pushes, synchronously, and hands events to the hub.
 struct Inbox {
     keys: Keys,
-    /// The fan-out channel's name ([`Keys::fanout_channel`]).
-    fanout: String,
     hub: Hub,
     state: Arc<LinkState>,
 }
@@ -170,7 +168,7 @@ impl Inbox {
         let Some((channel, payload)) = unpack(data, 0) else {
             return;
         };
-        if channel == self.fanout.as_bytes() {
+        if channel == self.keys.fanout_channel().as_bytes() {
             return self.deliver_members(&channel, payload);
         }
         let Some((exclude, event)) = decode(&channel, payload) else {
@@ -326,7 +324,6 @@ impl Subscriber {
     ) -> Result<Arc<Subscriber>> {
         let state = Arc::new(LinkState::default());
         let inbox = Inbox {
-            fanout: keys.fanout_channel(),
             keys: keys.clone(),
             hub: hub.clone(),
             state: state.clone(),

@@ -63,7 +63,9 @@ mod presence;
 
 pub use presence::PRESENCE_TTL;
 
-use super::{member_deliveries, publish_each, Broker, ClusterPresence, Delivery, LocalBroker};
+use super::{
+    member_deliveries, publish_each, reached_any, Broker, ClusterPresence, Delivery, LocalBroker,
+};
 use crate::cache::{RecentCache, RedisCache};
 use crate::error::{Backend, Error, Result};
 use crate::event::Frames;
@@ -453,9 +455,10 @@ impl Broker for RedisBroker {
                 Ok(reached)
             }
             Err(e) => {
+                // As `publish` does: this node's members get theirs, and count as reached.
                 let deliveries = member_deliveries(frames, members, own);
-                self.settle_publish(Err(e), &deliveries).await?;
-                Ok(false)
+                let reached = self.settle_publish(Err(e), &deliveries).await?;
+                Ok(reached_any(&reached, members.len()))
             }
         }
     }
