@@ -94,6 +94,15 @@ impl Error {
         }
     }
 
+    /// The answer of a message of a run not stored because an earlier one could not be
+    /// (see [`ChatService::send_messages`](crate::ChatService::send_messages)).
+    pub fn earlier_in_run_unstored() -> Self {
+        Error::unavailable(
+            Backend::Storage,
+            "an earlier message of the run could not be stored",
+        )
+    }
+
     pub fn config(setting: &'static str, reason: impl fmt::Display) -> Self {
         Error::Config {
             setting,

@@ -26,8 +26,8 @@ use crate::hub::{ConnectionId, Hub, Subscription};
 use crate::model::{
     Conversation, ConversationId, ConversationSummary, HistoryRequest, Message, MessageId,
     NewGroup, NewMembers, NewMessage, NewUser, Page, ReadMark, ReadState, Recipient, Rename, Seq,
-    StreamEvent, TypingSignal, User, UserId, UserSearchRequest, DEFAULT_MAX_GROUP_MEMBERS,
-    RECENT_LIMIT,
+    StoredMessage, StreamEvent, TypingSignal, User, UserId, UserSearchRequest, ValidMessage,
+    DEFAULT_MAX_GROUP_MEMBERS, RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
 use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
@@ -239,6 +239,45 @@ impl Chat {
     async fn send(&self, new: NewMessage, origin: Option<ConnectionId>) -> Result<SentMessage> {
         let valid = new.validate()?;
         let stored = self.inner.storage.store_message(&valid).await?;
+        Ok(self.deliver(&valid, stored, origin).await)
+    }
+
+    /// [`ChatService::send_messages`], untimed: the valid ones stored as one run, then each
+    /// delivered in order.
+    async fn send_run(
+        &self,
+        news: Vec<NewMessage>,
+        origin: Option<ConnectionId>,
+    ) -> Vec<Result<SentMessage>> {
+        let checked: Vec<Result<ValidMessage>> = news
+            .into_iter()
+            .map(|new| new.validate().map_err(Error::from))
+            .collect();
+        let valid: Vec<&ValidMessage> = checked.iter().filter_map(|c| c.as_ref().ok()).collect();
+        let mut stored = self.inner.storage.store_messages(&valid).await.into_iter();
+        drop(valid);
+        let mut sent = Vec::with_capacity(checked.len());
+        for check in checked {
+            sent.push(match check {
+                Ok(valid) => match stored.next() {
+                    Some(Ok(stored)) => Ok(self.deliver(&valid, stored, origin).await),
+                    Some(Err(e)) => Err(e),
+                    None => Err(Error::earlier_in_run_unstored()),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        sent
+    }
+
+    /// What follows a send's commit: the recent-messages cache and the fan-out, both best
+    /// effort (the message is stored whatever happens here).
+    async fn deliver(
+        &self,
+        valid: &ValidMessage,
+        stored: StoredMessage,
+        origin: Option<ConnectionId>,
+    ) -> SentMessage {
         let message = stored.message;
         let mut delivered = false;
         let mut recipients = Vec::new();
@@ -294,13 +333,13 @@ impl Chat {
                 Err(e) => tracing::warn!(error = %e, "fan-out failed"),
             }
         }
-        Ok(SentMessage {
+        SentMessage {
             message,
             sender_seq: stored.sender_seq,
             recipients,
             delivered,
             created: stored.created,
-        })
+        }
     }
 
     /// Runs storage migrations alone (`minichat-server migrate`); a no-op in memory.
@@ -355,6 +394,21 @@ impl ChatService for Chat {
         let sent = self.send(new, origin).await;
         let result = if sent.is_ok() { "ok" } else { "error" };
         metrics::histogram!(telemetry::SEND_DURATION, "result" => result).record(started.elapsed());
+        sent
+    }
+
+    async fn send_messages(
+        &self,
+        news: Vec<NewMessage>,
+        origin: Option<ConnectionId>,
+    ) -> Vec<Result<SentMessage>> {
+        let started = Instant::now();
+        let sent = self.send_run(news, origin).await;
+        let took = started.elapsed();
+        for answer in &sent {
+            let result = if answer.is_ok() { "ok" } else { "error" };
+            metrics::histogram!(telemetry::SEND_DURATION, "result" => result).record(took);
+        }
         sent
     }
 

@@ -721,10 +721,18 @@ fn comparable(answer: minichat_core::Result<StoredMessage>) -> String {
     }
 }
 
-/// The same sends, one at a time, through the reference (`MemoryStorage`) and PostgreSQL: the
-/// same answers (ids, conversations, seqs, recipients, retries, errors) and the same seqs after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequential_sends_answer_as_the_memory_reference_does() {
+/// PostgreSQL and the reference (`MemoryStorage`) set up alike: the same four users (alice,
+/// bob, carol, dave) and a group of the first three; with the sends of a mixed run to them
+/// (direct and group sends, retries, conflicts, strangers, missing users).
+struct Twins {
+    _db: TestDatabase,
+    pg: PostgresStorage,
+    memory: minichat_core::storage::MemoryStorage,
+    users: [UserId; 4],
+    sends: Vec<ValidMessage>,
+}
+
+async fn twins() -> Twins {
     let db = TestDatabase::create().await;
     let pg = connect(db.url()).await;
     let memory = minichat_core::storage::MemoryStorage::new();
@@ -763,7 +771,7 @@ async fn sequential_sends_answer_as_the_memory_reference_does() {
         .await
         .unwrap();
     let missing = 999_999;
-    let sends = [
+    let sends = vec![
         message(alice, bob, "hi", None),
         message(bob, alice, "yo", Some("k1")),
         to_conversation(alice, g, "g1", Some("k1")),
@@ -780,19 +788,75 @@ async fn sequential_sends_answer_as_the_memory_reference_does() {
         message(alice, missing, "x", None),
         to_conversation(bob, g, "g3", Some("k9")),
     ];
-    for (i, m) in sends.iter().enumerate() {
+    Twins {
+        _db: db,
+        pg,
+        memory,
+        users: [alice, bob, carol, dave],
+        sends,
+    }
+}
+
+impl Twins {
+    async fn assert_same_seqs(&self) {
+        for user in self.users {
+            assert_eq!(
+                self.pg.current_seq(user).await.unwrap(),
+                self.memory.current_seq(user).await.unwrap()
+            );
+        }
+    }
+}
+
+/// The same sends, one at a time, through the reference (`MemoryStorage`) and PostgreSQL: the
+/// same answers (ids, conversations, seqs, recipients, retries, errors) and the same seqs after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_sends_answer_as_the_memory_reference_does() {
+    let twins = twins().await;
+    for (i, m) in twins.sends.iter().enumerate() {
         let (want, got) = (
-            comparable(memory.store_message(m).await),
-            comparable(pg.store_message(m).await),
+            comparable(twins.memory.store_message(m).await),
+            comparable(twins.pg.store_message(m).await),
         );
         assert_eq!(got, want, "send {i}");
     }
-    for user in [alice, bob, carol, dave] {
-        assert_eq!(
-            pg.current_seq(user).await.unwrap(),
-            memory.current_seq(user).await.unwrap()
-        );
+    twins.assert_same_seqs().await;
+}
+
+/// The same sends as one run (`store_messages`: one batch on PostgreSQL) answer as the
+/// reference answers them one at a time; and a run longer than a batch keeps its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_answers_as_the_memory_reference_does_one_send_at_a_time() {
+    let twins = twins().await;
+    let run: Vec<&ValidMessage> = twins.sends.iter().collect();
+    let got = twins.pg.store_messages(&run).await;
+    assert_eq!(got.len(), run.len());
+    assert_eq!(twins.pg.largest_batch(), run.len(), "one batch");
+    for (i, (m, got)) in run.iter().zip(got).enumerate() {
+        let want = comparable(twins.memory.store_message(m).await);
+        assert_eq!(comparable(got), want, "send {i}");
     }
+    twins.assert_same_seqs().await;
+
+    // 600 of alice's to bob: three batches (at most 256 each), seqs in the run's order.
+    let [alice, bob, ..] = twins.users;
+    let before = twins.pg.current_seq(alice).await.unwrap();
+    let long: Vec<ValidMessage> = (0..600)
+        .map(|i| message(alice, bob, &format!("m{i}"), Some(&format!("long{i}"))))
+        .collect();
+    let got = twins
+        .pg
+        .store_messages(&long.iter().collect::<Vec<_>>())
+        .await;
+    let seqs: Vec<i64> = got.iter().map(|g| g.as_ref().unwrap().sender_seq).collect();
+    let expected: Vec<i64> = (before + 1..=before + 600).collect();
+    assert_eq!(seqs, expected);
+    assert_eq!(twins.pg.largest_batch(), 256);
+    let contents: Vec<&str> = got
+        .iter()
+        .map(|g| g.as_ref().unwrap().message.content.as_str())
+        .collect();
+    assert_eq!(contents[599], "m599");
 }
 
 /// A TCP relay to PostgreSQL that the test can cut (closing every relayed connection).
@@ -868,6 +932,15 @@ async fn a_cut_mid_batch_fails_every_waiting_send_and_stores_none() {
         let m = message(alice, bob, &format!("lost {i}"), Some(&format!("k{i}")));
         sends.spawn(async move { storage.store_message(&m).await });
     }
+    let run_storage = storage.clone();
+    let run = tokio::spawn(async move {
+        let run: Vec<ValidMessage> = (0..5)
+            .map(|i| message(alice, bob, &format!("run {i}"), None))
+            .collect();
+        run_storage
+            .store_messages(&run.iter().collect::<Vec<_>>())
+            .await
+    });
     // A writer is blocked on the lock: its transaction is open mid-batch.
     until_waiting(&admin, 1).await;
     let started = Instant::now();
@@ -884,6 +957,11 @@ async fn a_cut_mid_batch_fails_every_waiting_send_and_stores_none() {
             ),
             "{got:?}"
         );
+    }
+    let run = run.await.unwrap();
+    assert_eq!(run.len(), 5);
+    for got in run {
+        assert!(matches!(got, Err(Error::Unavailable { .. })), "{got:?}");
     }
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -913,4 +991,72 @@ async fn a_cut_mid_batch_fails_every_waiting_send_and_stores_none() {
     };
     assert!(stored.created);
     assert_eq!((stored.sender_seq, stored.seq_of(bob)), (2, Some(2)));
+}
+
+/// Runs queued behind each other fill batches up to the bound without splitting a run: one that
+/// does not fit waits, first in line, for the next batch; each keeps its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_runs_are_never_split_across_batches() {
+    let db = TestDatabase::create().await;
+    let storage = Arc::new(connect(db.url()).await);
+    let mut ids = Vec::new();
+    for name in ["alice", "bob", "carol", "dave", "erin"] {
+        ids.push(user(&storage, name).await);
+    }
+    let [alice, bob, carol, dave, erin] = ids[..] else {
+        unreachable!()
+    };
+    // Both writers busy on erin's locked row, so the runs below queue up behind them.
+    let admin = admin(db.url()).await;
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM users WHERE id = {erin} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut blockers = Vec::new();
+    for i in 0..2 {
+        let (storage, m) = (storage.clone(), message(dave, erin, &format!("b{i}"), None));
+        blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
+    }
+    until_waiting(&admin, 2).await;
+    let mut runs = Vec::new();
+    for (sender, receiver) in [(alice, bob), (bob, carol), (carol, alice)] {
+        let storage = storage.clone();
+        runs.push(tokio::spawn(async move {
+            let run: Vec<ValidMessage> = (0..150)
+                .map(|i| message(sender, receiver, &format!("{sender}:{i}"), None))
+                .collect();
+            storage
+                .store_messages(&run.iter().collect::<Vec<_>>())
+                .await
+        }));
+    }
+    // Let every run reach the queue before the writers are released.
+    for _ in 0..runs.len() {
+        tokio::task::yield_now().await;
+    }
+    admin.batch_execute("ROLLBACK").await.unwrap();
+    for b in blockers {
+        assert!(b.await.unwrap().unwrap().created);
+    }
+    for (k, run) in runs.into_iter().enumerate() {
+        let got = run.await.unwrap();
+        let contents: Vec<String> = got
+            .iter()
+            .map(|g| g.as_ref().expect("stored").message.content.clone())
+            .collect();
+        let sender = [alice, bob, carol][k];
+        let expected: Vec<String> = (0..150).map(|i| format!("{sender}:{i}")).collect();
+        assert_eq!(contents, expected);
+        // Each run's own seqs: consecutive, in its order.
+        let seqs: Vec<i64> = got.iter().map(|g| g.as_ref().unwrap().sender_seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    }
+    // Two runs of 150 do not fit in one batch of at most 256: each had a batch of its own.
+    assert_eq!(storage.largest_batch(), 150);
+    for user in [alice, bob, carol] {
+        let expected: Vec<i64> = (1..=300).collect();
+        assert_eq!(stored_seqs(&admin, user).await, expected, "user {user}");
+    }
 }

@@ -64,6 +64,33 @@ pub trait ChatService: Send + Sync + 'static {
         origin: Option<ConnectionId>,
     ) -> Result<SentMessage>;
 
+    /// A run of one sender's messages, in order, each answered as [`send_message`] would
+    /// answer it alone (a bad one fails no other). Their seqs follow the run's order, and each
+    /// is delivered after the one before it. Once one fails for want of a backend, the rest
+    /// are not stored either (`Error::Unavailable`): a later message never lands without an
+    /// earlier one. A backend may commit the run in one go (PostgreSQL does: one transaction),
+    /// which is why a transport that reads several sends at once hands them over together.
+    ///
+    /// [`send_message`]: ChatService::send_message
+    async fn send_messages(
+        &self,
+        news: Vec<NewMessage>,
+        origin: Option<ConnectionId>,
+    ) -> Vec<Result<SentMessage>> {
+        let mut sent = Vec::with_capacity(news.len());
+        let mut failed = false;
+        for new in news {
+            if failed {
+                sent.push(Err(crate::Error::earlier_in_run_unstored()));
+                continue;
+            }
+            let answer = self.send_message(new, origin).await;
+            failed = matches!(answer, Err(crate::Error::Unavailable { .. }));
+            sent.push(answer);
+        }
+        sent
+    }
+
     /// Messages newest first: a conversation's (its members only:
     /// `Error::ConversationNotFound` otherwise), or a user's direct messages.
     async fn history(&self, request: HistoryRequest) -> Result<Vec<Message>>;

@@ -12,7 +12,7 @@ pub mod provision;
 pub use memory::MemoryStorage;
 pub use postgres::{PostgresConfig, PostgresStorage};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::ReadState;
 use crate::model::{
     Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryQuery, Message,
@@ -55,6 +55,27 @@ pub trait Storage: Send + Sync + 'static {
     /// user does not exist; `Error::ConversationNotFound` when the sender is not a member of
     /// the conversation.
     async fn store_message(&self, message: &ValidMessage) -> Result<StoredMessage>;
+
+    /// Stores a run of one sender's `messages`, in order, each as [`store_message`] would
+    /// (its own answer: a bad one does not fail the others), so that their seqs follow the run.
+    /// Once one fails for want of the backend (`Error::Unavailable`), the rest are not stored
+    /// either, and answer the same: a later message is never stored without an earlier one.
+    /// PostgreSQL commits a run in one transaction.
+    ///
+    /// [`store_message`]: Storage::store_message
+    async fn store_messages(&self, messages: &[&ValidMessage]) -> Vec<Result<StoredMessage>> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for message in messages {
+            let answer = self.store_message(message).await;
+            let failed = matches!(answer, Err(Error::Unavailable { .. }));
+            answers.push(answer);
+            if failed {
+                break;
+            }
+        }
+        answers.resize_with(messages.len(), || Err(Error::earlier_in_run_unstored()));
+        answers
+    }
 
     /// Messages newest first (see [`HistoryQuery`]); `Error::ConversationNotFound` when the
     /// query names a conversation the user is not a member of.

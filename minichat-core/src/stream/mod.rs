@@ -235,6 +235,22 @@ impl EventStream {
         Ok(sent)
     }
 
+    /// Sends a run of messages from this stream's reader, in order:
+    /// [`ChatService::send_messages`] with this stream as the origin, then
+    /// [`acknowledged`](EventStream::acknowledged) for each one stored.
+    pub async fn send_messages(&mut self, news: Vec<NewMessage>) -> Vec<Result<SentMessage>> {
+        let sent = self
+            .chat
+            .send_messages(news, Some(self.connection_id()))
+            .await;
+        for sent in sent.iter().flatten() {
+            if sent.message.sender_id == self.user {
+                self.sequencer.acknowledged(sent.sender_seq);
+            }
+        }
+        sent
+    }
+
     /// Makes the stream carry presence events of `users` too (see [`ChatService::watch`]), and
     /// returns their presence now.
     pub async fn watch(&mut self, users: &[UserId]) -> Result<Vec<Presence>> {

@@ -333,6 +333,11 @@ impl Storage for PostgresStorage {
         self.writer.store(message).await
     }
 
+    async fn store_messages(&self, messages: &[&ValidMessage]) -> Vec<Result<StoredMessage>> {
+        // One batch per run: see `writer.rs`.
+        self.writer.store_run(messages).await
+    }
+
     async fn history(&self, query: &HistoryQuery) -> Result<Vec<Message>> {
         let user = query.user_id();
         let before = query.before_id().unwrap_or(i64::MAX);

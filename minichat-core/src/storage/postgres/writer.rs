@@ -4,8 +4,10 @@
 //! single-row commit rate (one WAL flush each, about 2,000/s here). Sends are queued instead on a
 //! bounded channel ([`QUEUE`] slots, enforced by `mpsc::channel`), each with a oneshot reply. A
 //! writer task takes the first waiting send (blocking), drains whatever else is already waiting
-//! without waiting (at most [`MAX_BATCH`]), commits all of it as ONE transaction, and answers
-//! each. There is no timer: a lone send commits at once, and whatever arrives while a batch
+//! without waiting (at most [`MAX_BATCH`] sends), commits all of it as ONE transaction, and
+//! answers each. A run of sends (`store_run`: a connection's pipelined sends) is one queue
+//! entry, never split between batches: one that does not fit is carried, first in line, to
+//! the next batch, so the queue's order holds and the run's seqs follow its order. There is no timer: a lone send commits at once, and whatever arrives while a batch
 //! commits forms the next one. [`WRITERS`] tasks, each on its own connection, share the queue, so
 //! one gathers while another waits for its commit's fsync.
 //!
@@ -55,11 +57,71 @@ const QUEUE: usize = 4 * MAX_BATCH;
 /// Writer tasks, each with its own connection per batch.
 const WRITERS: usize = 2;
 
-type Reply = oneshot::Sender<Result<StoredMessage>>;
+/// One caller's sends: a lone send, or a sender's run of sends that must keep their order
+/// (they go into one batch, in order, so their seqs follow it).
+enum Job {
+    One(ValidMessage, oneshot::Sender<Result<StoredMessage>>),
+    Run(
+        Vec<ValidMessage>,
+        oneshot::Sender<Vec<Result<StoredMessage>>>,
+    ),
+}
 
-struct Job {
-    message: ValidMessage,
-    reply: Reply,
+impl Job {
+    fn len(&self) -> usize {
+        match self {
+            Job::One(..) => 1,
+            Job::Run(messages, _) => messages.len(),
+        }
+    }
+
+    fn messages(&self) -> &[ValidMessage] {
+        match self {
+            Job::One(message, _) => std::slice::from_ref(message),
+            Job::Run(messages, _) => messages,
+        }
+    }
+
+    /// Whether its caller gave up waiting.
+    fn abandoned(&self) -> bool {
+        match self {
+            Job::One(_, reply) => reply.is_closed(),
+            Job::Run(_, reply) => reply.is_closed(),
+        }
+    }
+
+    /// Answers the caller with the next `self.len()` answers.
+    fn answer(self, answers: &mut impl Iterator<Item = Result<StoredMessage>>) {
+        match self {
+            Job::One(_, reply) => {
+                if let Some(answer) = answers.next() {
+                    let _ = reply.send(answer);
+                }
+            }
+            Job::Run(messages, reply) => {
+                let _ = reply.send(answers.take(messages.len()).collect());
+            }
+        }
+    }
+
+    /// Answers every send of the job with `error`.
+    fn fail(self, error: impl Fn() -> Error) {
+        match self {
+            Job::One(_, reply) => {
+                let _ = reply.send(Err(error()));
+            }
+            Job::Run(messages, reply) => {
+                let _ = reply.send(messages.iter().map(|_| Err(error())).collect());
+            }
+        }
+    }
+}
+
+/// The writers' shared end of the queue, and the job that did not fit in the last batch (the
+/// first of the next one, so that the queue's order holds).
+struct Jobs {
+    queue: mpsc::Receiver<Job>,
+    carried: Option<Job>,
 }
 
 /// The sending side of the writer; dropping it ends the writer tasks.
@@ -74,7 +136,10 @@ impl Writer {
     /// Starts the writer tasks on `pool`'s connections.
     pub(super) fn start(pool: Connections, timeout: Duration) -> Writer {
         let (queue, jobs) = mpsc::channel(QUEUE);
-        let jobs = Arc::new(Mutex::new(jobs));
+        let jobs = Arc::new(Mutex::new(Jobs {
+            queue: jobs,
+            carried: None,
+        }));
         let largest = Arc::new(AtomicUsize::new(0));
         let pool = Arc::new(pool);
         let directs = Arc::new(DirectMap::default());
@@ -92,10 +157,33 @@ impl Writer {
     /// Stores `message` in the next batch; answers within the budget.
     pub(super) async fn store(&self, message: &ValidMessage) -> Result<StoredMessage> {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-            message: message.clone(),
-            reply,
-        };
+        self.within_budget(Job::One(message.clone(), reply), answer)
+            .await
+            .unwrap_or_else(Err)
+    }
+
+    /// Stores `messages` in order, each with its own answer: at most [`MAX_BATCH`] at a time,
+    /// all in one batch, so that their seqs follow their order.
+    pub(super) async fn store_run(&self, messages: &[&ValidMessage]) -> Vec<Result<StoredMessage>> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for run in messages.chunks(MAX_BATCH) {
+            let (reply, answer) = oneshot::channel();
+            let job = Job::Run(run.iter().map(|&m| m.clone()).collect(), reply);
+            match self.within_budget(job, answer).await {
+                Ok(stored) => answers.extend(stored),
+                Err(e) => {
+                    // The rest is not queued: see `Storage::store_messages`.
+                    answers.push(Err(e));
+                    break;
+                }
+            }
+        }
+        answers.resize_with(messages.len(), || Err(Error::earlier_in_run_unstored()));
+        answers
+    }
+
+    /// Queues `job` and waits for its answer, both within the budget.
+    async fn within_budget<T>(&self, job: Job, answer: oneshot::Receiver<T>) -> Result<T> {
         let waited = tokio::time::timeout(self.timeout, async {
             self.queue
                 .send(job)
@@ -103,7 +191,7 @@ impl Writer {
                 .map_err(|_| unavailable("the batch writer has stopped"))?;
             answer
                 .await
-                .map_err(|_| unavailable("the batch writer dropped the send"))?
+                .map_err(|_| unavailable("the batch writer dropped the send"))
         });
         match waited.await {
             Ok(answer) => answer,
@@ -123,7 +211,7 @@ impl Writer {
 
 /// One writer task: gather a batch, commit it, answer it; until the queue closes.
 async fn write(
-    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    jobs: Arc<Mutex<Jobs>>,
     pool: Arc<Connections>,
     directs: Arc<DirectMap>,
     largest: Arc<AtomicUsize>,
@@ -132,31 +220,44 @@ async fn write(
     loop {
         {
             let mut jobs = jobs.lock().await;
-            let Some(first) = jobs.recv().await else {
-                return;
+            let first = match jobs.carried.take() {
+                Some(job) => job,
+                None => match jobs.queue.recv().await {
+                    Some(job) => job,
+                    None => return,
+                },
             };
+            let mut size = first.len();
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+            while size < MAX_BATCH {
+                match jobs.queue.try_recv() {
+                    Ok(job) if size + job.len() > MAX_BATCH => {
+                        jobs.carried = Some(job);
+                        break;
+                    }
+                    Ok(job) => {
+                        size += job.len();
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }
         }
         // A caller that gave up (timed out) before its batch started is not written.
-        batch.retain(|job| !job.reply.is_closed());
+        batch.retain(|job| !job.abandoned());
         if batch.is_empty() {
             continue;
         }
-        metrics::histogram!(crate::telemetry::STORAGE_BATCH_SIZE).record(batch.len() as f64);
-        largest.fetch_max(batch.len(), Ordering::Relaxed);
-        let messages: Vec<&ValidMessage> = batch.iter().map(|job| &job.message).collect();
+        let messages: Vec<&ValidMessage> = batch.iter().flat_map(Job::messages).collect();
+        metrics::histogram!(crate::telemetry::STORAGE_BATCH_SIZE).record(messages.len() as f64);
+        largest.fetch_max(messages.len(), Ordering::Relaxed);
         let answers = commit_with_retry(&pool, &directs, &messages).await;
         drop(messages);
         match answers {
             Ok(answers) => {
-                for (job, answer) in batch.drain(..).zip(answers) {
-                    let _ = job.reply.send(answer);
+                let mut answers = answers.into_iter();
+                for job in batch.drain(..) {
+                    job.answer(&mut answers);
                     // Lets the woken send run, and hand its events to the broker, before the
                     // next one wakes: otherwise a batch's sends publish in whatever order the
                     // scheduler runs them, and every member of a busy group sees its seqs out
@@ -168,7 +269,7 @@ async fn write(
             Err(e) => {
                 let reason = super::describe(&e);
                 for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(unavailable(reason.clone())));
+                    job.fail(|| unavailable(reason.clone()));
                 }
             }
         }
