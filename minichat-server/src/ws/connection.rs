@@ -16,11 +16,11 @@ use crate::ids::Id;
 use crate::state::AppState;
 use crate::telemetry;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
 use minichat_core::event::presence_event;
-use minichat_core::model::Recipient;
+use minichat_core::model::{ConversationId, Recipient};
 use minichat_core::stream::{self, End as StreamEnd, Item, Source};
 use minichat_core::{Closed, Error as CoreError, EventStream, NewMessage, Seq, UserId};
 use std::sync::Arc;
@@ -137,6 +137,26 @@ impl Connection {
         }
     }
 
+    /// Queues one frame for the next [`flush`](Self::flush), within the same stall limit.
+    async fn feed(&mut self, frame: Frame) -> Result<(), End> {
+        let stall = self.state.limits.ws_write_stall;
+        match tokio::time::timeout(stall, self.socket.feed(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(slow_consumer("a write stalled")),
+        }
+    }
+
+    /// Writes what [`feed`](Self::feed) queued.
+    async fn flush(&mut self) -> Result<(), End> {
+        let stall = self.state.limits.ws_write_stall;
+        match tokio::time::timeout(stall, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(slow_consumer("a write stalled")),
+        }
+    }
+
     async fn serve(&mut self, events: &mut EventStream) -> End {
         // A socket silent for a ping interval is pinged (again at every interval); three
         // intervals with no frame at all (a live client answers pings) and it is taken for dead.
@@ -166,21 +186,8 @@ impl Connection {
                 },
                 frame = self.socket.next() => {
                     last_heard = Instant::now();
-                    match frame {
-                        None => return End::Gone,
-                        // Boxed: parsing and answering a frame takes more room than waiting does.
-                        Some(Ok(Frame::Text(t))) => Box::pin(self.on_text(&t, events)).await,
-                        Some(Ok(Frame::Binary(_))) => {
-                            Box::pin(self.error_frame(None, StatusCode::BAD_REQUEST, "Binary frames are not supported; send JSON text".into())).await
-                        }
-                        // Pings are answered and closes acknowledged by tungstenite itself.
-                        Some(Ok(_)) => Ok(()),
-                        Some(Err(tungstenite::Error::Capacity(_))) => return End::Close(1009, "message too big"),
-                        Some(Err(tungstenite::Error::Protocol(_))) => return End::Close(1002, "protocol error"),
-                        // A text frame or a close reason that is not UTF-8 (RFC 6455 §8.1).
-                        Some(Err(tungstenite::Error::Utf8(_))) => return End::Close(CLOSE_INVALID_UTF8, "invalid UTF-8"),
-                        Some(Err(_)) => return End::Gone,
-                    }
+                    // Boxed: parsing and answering a frame takes more room than waiting does.
+                    Box::pin(self.on_frame(frame, events)).await
                 }
                 _ = heartbeat.tick() => {
                     let quiet = last_heard.elapsed();
@@ -198,6 +205,33 @@ impl Connection {
             if let Err(end) = result {
                 return end;
             }
+        }
+    }
+
+    /// Answers what the socket read: a client's frame, its end, or a protocol error (which ends
+    /// the connection too).
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<Frame, tungstenite::Error>>,
+        events: &mut EventStream,
+    ) -> Result<(), End> {
+        match frame {
+            None => Err(End::Gone),
+            Some(Ok(Frame::Text(t))) => self.on_text(&t, events).await,
+            Some(Ok(Frame::Binary(_))) => {
+                let detail = "Binary frames are not supported; send JSON text";
+                self.error_frame(None, StatusCode::BAD_REQUEST, detail.into())
+                    .await
+            }
+            // Pings are answered and closes acknowledged by tungstenite itself.
+            Some(Ok(_)) => Ok(()),
+            Some(Err(tungstenite::Error::Capacity(_))) => Err(End::Close(1009, "message too big")),
+            Some(Err(tungstenite::Error::Protocol(_))) => Err(End::Close(1002, "protocol error")),
+            // A text frame or a close reason that is not UTF-8 (RFC 6455 §8.1).
+            Some(Err(tungstenite::Error::Utf8(_))) => {
+                Err(End::Close(CLOSE_INVALID_UTF8, "invalid UTF-8"))
+            }
+            Some(Err(_)) => Err(End::Gone),
         }
     }
 
@@ -226,15 +260,21 @@ impl Connection {
     }
 
     async fn on_text(&mut self, raw: &str, events: &mut EventStream) -> Result<(), End> {
-        let frame: ClientFrame = match serde_json::from_str(raw) {
-            Ok(f) => f,
+        match serde_json::from_str(raw) {
+            Ok(frame) => self.on_client_frame(frame, events).await,
             Err(e) => {
                 let detail = ClientFrame::parse_error(&e);
-                return self
-                    .error_frame(None, StatusCode::UNPROCESSABLE_ENTITY, detail.into())
-                    .await;
+                self.error_frame(None, StatusCode::UNPROCESSABLE_ENTITY, detail.into())
+                    .await
             }
-        };
+        }
+    }
+
+    async fn on_client_frame(
+        &mut self,
+        frame: ClientFrame,
+        events: &mut EventStream,
+    ) -> Result<(), End> {
         // Typing, read and watch fan out, write or look up: a flood must not reach others.
         if frame.is_signal() {
             if let Err(e) = self.state.guards.check_signal(self.user_id) {
@@ -249,33 +289,8 @@ impl Connection {
                 content,
                 client_id,
             } => {
-                if let Err(e) = self.state.guards.check_send(self.user_id) {
-                    return self
-                        .error_frame(client_id.as_deref(), e.status(), e.detail())
-                        .await;
-                }
-                let new = NewMessage {
-                    sender_id: self.user_id,
-                    receiver_id,
-                    conversation_id,
-                    content,
-                    client_id: client_id.clone(),
-                };
-                // Its own send is in this connection's stream too: the stream counts it as
-                // handed out, and it is acknowledged here instead of echoed.
-                match events.send_message(new).await {
-                    Ok(sent) => {
-                        // The sender's copy, as its other connections get it.
-                        let message = MessageFrame {
-                            message: &sent.message,
-                            seq: sent.sender_seq,
-                            client_id: client_id.as_deref(),
-                        };
-                        self.send(text(&AckFrame::new(client_id.as_deref(), message)))
-                            .await
-                    }
-                    Err(e) => self.core_error(client_id.as_deref(), e).await,
-                }
+                let first = self.checked_send(receiver_id, conversation_id, content, client_id);
+                self.send_run(first, events).await
             }
             ClientFrame::Typing {
                 receiver_id,
@@ -320,9 +335,122 @@ impl Connection {
         }
     }
 
+    /// A send as read, checked against the sender's rate: the message to store, or the error
+    /// frame that answers it.
+    fn checked_send(
+        &self,
+        receiver_id: Option<UserId>,
+        conversation_id: Option<ConversationId>,
+        content: String,
+        client_id: Option<String>,
+    ) -> Result<NewMessage, Frame> {
+        if let Err(e) = self.state.guards.check_send(self.user_id) {
+            return Err(text(&ErrorFrame::new(
+                client_id.as_deref(),
+                e.status(),
+                e.detail(),
+            )));
+        }
+        Ok(NewMessage {
+            sender_id: self.user_id,
+            receiver_id,
+            conversation_id,
+            content,
+            client_id,
+        })
+    }
+
+    /// Sends `first` and every send the client has already pipelined behind it (read without
+    /// waiting, at most [`MAX_RUN`] in all) as one run: stored in order (in one transaction on
+    /// PostgreSQL), then answered in order with one flush. A frame read ahead that is not a
+    /// send is answered after the run, so answers keep the client's order.
+    async fn send_run(
+        &mut self,
+        first: Result<NewMessage, Frame>,
+        events: &mut EventStream,
+    ) -> Result<(), End> {
+        let mut run = Run::default();
+        run.push(first);
+        let mut after = None;
+        while run.answers.len() < MAX_RUN {
+            let Some(frame) = self.socket.next().now_or_never() else {
+                break; // nothing more has arrived
+            };
+            let parsed = match &frame {
+                Some(Ok(Frame::Text(t))) => serde_json::from_str::<ClientFrame>(t).ok(),
+                _ => None,
+            };
+            match parsed {
+                Some(ClientFrame::Message {
+                    receiver_id,
+                    conversation_id,
+                    content,
+                    client_id,
+                }) => run.push(self.checked_send(receiver_id, conversation_id, content, client_id)),
+                _ => {
+                    after = Some(frame);
+                    break;
+                }
+            }
+        }
+        let mut sent = events.send_messages(run.news).await.into_iter();
+        for answer in run.answers {
+            let frame = match answer {
+                Err(refused) => refused,
+                Ok(client_id) => match sent.next() {
+                    Some(Ok(sent)) => {
+                        // The sender's copy, as its other connections get it.
+                        let message = MessageFrame {
+                            message: &sent.message,
+                            seq: sent.sender_seq,
+                            client_id: client_id.as_deref(),
+                        };
+                        text(&AckFrame::new(client_id.as_deref(), message))
+                    }
+                    Some(Err(e)) => error_text(client_id.as_deref(), e),
+                    None => error_text(client_id.as_deref(), CoreError::earlier_in_run_unstored()),
+                },
+            };
+            self.feed(frame).await?;
+        }
+        self.flush().await?;
+        match after {
+            Some(frame) => Box::pin(self.on_frame(frame, events)).await,
+            None => Ok(()),
+        }
+    }
+
     /// Answers a failed request with an error frame; the connection stays open.
     async fn core_error(&mut self, client_id: Option<&str>, e: CoreError) -> Result<(), End> {
-        let e = ApiError::from(e);
-        self.error_frame(client_id, e.status(), e.detail()).await
+        self.send(error_text(client_id, e)).await
     }
+}
+
+/// The most sends a connection hands over as one run (see [`Connection::send_run`]).
+const MAX_RUN: usize = 32;
+
+/// The sends of a run, and per send read (in the client's order) its `client_id` for the ack,
+/// or the error frame that already answers it.
+#[derive(Default)]
+struct Run {
+    news: Vec<NewMessage>,
+    answers: Vec<Result<Option<String>, Frame>>,
+}
+
+impl Run {
+    fn push(&mut self, send: Result<NewMessage, Frame>) {
+        match send {
+            Ok(new) => {
+                self.answers.push(Ok(new.client_id.clone()));
+                self.news.push(new);
+            }
+            Err(refused) => self.answers.push(Err(refused)),
+        }
+    }
+}
+
+/// The error frame of a failed request.
+fn error_text(client_id: Option<&str>, e: CoreError) -> Frame {
+    let e = ApiError::from(e);
+    text(&ErrorFrame::new(client_id, e.status(), e.detail()))
 }
