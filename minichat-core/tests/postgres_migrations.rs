@@ -39,6 +39,7 @@ fn every_migration() -> Vec<(i32, String)> {
         (1, "initial".into()),
         (2, "user_search".into()),
         (3, "conversations".into()),
+        (4, "lighter_message_inserts".into()),
     ]
 }
 

@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "conversations",
         sql: include_str!("../../../migrations/0003_conversations.sql"),
     },
+    Migration {
+        version: 4,
+        name: "lighter_message_inserts",
+        sql: include_str!("../../../migrations/0004_lighter_message_inserts.sql"),
+    },
 ];
 
 impl Migration {

@@ -17,9 +17,14 @@
 //!   received", and for the stream also "the user's `stream_entries`": group messages of others
 //!   and membership events) that are each a bounded range scan of one index, then merged; a
 //!   conversation's history, last message and unread count are ranges of
-//!   `messages_conversation_idx`. See the statements in `sql.rs`, the index comments in
-//!   `migrations/0001_initial.sql` and `0003_conversations.sql`, and the plan test
-//!   (`plans.rs`).
+//!   `messages_conversation_idx` (as is the history between two users: their direct
+//!   conversation's). See the statements in `sql.rs`, the index comments in
+//!   `migrations/0001_initial.sql`, `0003_conversations.sql` and `0004_lighter_message_inserts.sql`,
+//!   and the plan test (`plans.rs`).
+//! - **No foreign keys from `messages` to `users`** (0004): the batch writer locks and reads
+//!   every sender and receiver in the transaction that inserts their messages, and answers a
+//!   send whose user is missing before inserting; the per-row checks repeated that under the
+//!   locks the next batch waits for. No operation deletes a user.
 //! - **Membership changes** (`conversations.rs`) are one transaction each, locking the
 //!   conversation row before any user row (the order the send path keeps too), so a send and a
 //!   change of the same group never interleave and every recipient's seq stays gapless.
@@ -351,16 +356,15 @@ impl Storage for PostgresStorage {
             let page = rows.iter().map(|row| message_if_any(row, 0));
             return page.filter_map(Result::transpose).collect();
         }
-        let per_half = skip.saturating_add(limit);
         // Talking "with yourself" matches every direct message of the user, as in memory.
         let rows = match query.chat_with().filter(|&peer| peer != user) {
             None => {
+                let per_half = skip.saturating_add(limit);
                 let params: [&(dyn ToSql + Sync); 5] = [&user, &before, &per_half, &skip, &limit];
                 self.query(HISTORY_ALL, &params).await?
             }
             Some(peer) => {
-                let params: [&(dyn ToSql + Sync); 6] =
-                    [&user, &before, &per_half, &skip, &limit, &peer];
+                let params: [&(dyn ToSql + Sync); 5] = [&user, &before, &skip, &limit, &peer];
                 self.query(HISTORY_PAIR, &params).await?
             }
         };

@@ -92,9 +92,9 @@ async fn plans_are_index_driven() {
         (
             "pair",
             HISTORY_PAIR,
-            "1, 9223372036854775807, 50, 0, 50, 40".into(),
+            "1, 9223372036854775807, 0, 50, 40".into(),
         ),
-        ("pair", HISTORY_PAIR, "50, 3000, 60, 10, 50, 40".into()),
+        ("pair", HISTORY_PAIR, "50, 3000, 10, 50, 40".into()),
         (
             "conversation",
             HISTORY_CONVERSATION,

@@ -77,25 +77,23 @@ pub(super) const HISTORY_ALL: &str =
      JOIN users u ON u.id = h.sender_id
      ORDER BY h.id DESC";
 
-/// As [`HISTORY_ALL`], between `user` ($1) and `peer` ($6): both halves use
-/// `messages_pair_idx` (`$1 -> $6` and `$6 -> $1`), direct messages by construction.
+/// As [`HISTORY_ALL`], between `user` ($1) and `peer` ($5): the messages of their direct
+/// conversation (found by `conversations_direct_pair_key`), which are their direct messages by
+/// construction, by `messages_conversation_idx`; OFFSET $3 LIMIT $4. No row when the pair has
+/// no conversation yet.
 pub(super) const HISTORY_PAIR: &str =
-    "SELECT h.id, h.conversation_id, h.sender_id, u.username, h.receiver_id, h.content,
-            h.created_at
-     FROM (
-         SELECT * FROM (
-             (SELECT id, conversation_id, sender_id, receiver_id, content, created_at
-              FROM messages
-              WHERE sender_id = $1 AND receiver_id = $6 AND id < $2 ORDER BY id DESC LIMIT $3)
-             UNION ALL
-             (SELECT id, conversation_id, sender_id, receiver_id, content, created_at
-              FROM messages
-              WHERE sender_id = $6 AND receiver_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3)
-         ) AS halves
-         ORDER BY id DESC OFFSET $4 LIMIT $5
-     ) AS h
-     JOIN users u ON u.id = h.sender_id
-     ORDER BY h.id DESC";
+    "SELECT m.id, m.conversation_id, m.sender_id, u.username, m.receiver_id, m.content,
+            m.created_at
+     FROM conversations c
+     CROSS JOIN LATERAL (
+         SELECT id, conversation_id, sender_id, receiver_id, content, created_at FROM messages
+         WHERE conversation_id = c.id AND id < $2
+         ORDER BY id DESC OFFSET $3 LIMIT $4
+     ) AS m
+     JOIN users u ON u.id = m.sender_id
+     WHERE c.direct_low = LEAST($1::bigint, $5::bigint)
+       AND c.direct_high = GREATEST($1::bigint, $5::bigint)
+     ORDER BY m.id DESC";
 
 /// The messages of conversation `$1` with `id < $3`, newest first, OFFSET $4 LIMIT $5, if
 /// `$2` is a member: a backward range of `messages_conversation_idx`. One row per message,
