@@ -246,17 +246,7 @@ async fn a_group_message_reaches_every_members_sockets_on_both_nodes_once() {
 
 /// `minichat_redis_group_fanouts_total` as `node` exports it (process-wide).
 async fn group_fanouts(node: &TestServer) -> f64 {
-    let text = node
-        .http
-        .get(node.url("/metrics"))
-        .send()
+    node.metric("minichat_redis_group_fanouts_total")
         .await
-        .expect("scrape answered")
-        .text()
-        .await
-        .expect("scrape body");
-    text.lines()
-        .find_map(|line| line.strip_prefix("minichat_redis_group_fanouts_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no group fan-out counter in\n{text}"))
+        .expect("the group fan-out counter")
 }

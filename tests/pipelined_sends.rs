@@ -161,17 +161,6 @@ async fn pipelined_sends_are_answered_and_delivered_in_the_order_written(kind: B
 
 /// How many batches PostgreSQL storage has committed in this process (none in memory).
 async fn batches(server: &TestServer) -> f64 {
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("scrape answered")
-        .text()
-        .await
-        .expect("scrape body");
-    text.lines()
-        .find_map(|line| line.strip_prefix("minichat_storage_batch_size_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    let count = server.metric("minichat_storage_batch_size_count").await;
+    count.unwrap_or(0.0)
 }

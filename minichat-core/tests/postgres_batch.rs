@@ -204,6 +204,33 @@ async fn until_waiting(admin: &tokio_postgres::Client, n: i64) {
     }
 }
 
+/// Keeps both writers busy: locks `held`'s row from outside and sends two messages from
+/// `sender` to `held`, which wait on it mid-batch; what is sent meanwhile queues up behind
+/// them, until `ROLLBACK` on `admin`. Returns the two sends.
+async fn busy_writers(
+    admin: &tokio_postgres::Client,
+    storage: &Arc<PostgresStorage>,
+    sender: UserId,
+    held: UserId,
+) -> Vec<tokio::task::JoinHandle<minichat_core::Result<StoredMessage>>> {
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM users WHERE id = {held} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let mut blockers = Vec::new();
+    for i in 0..2 {
+        let (storage, m) = (
+            storage.clone(),
+            message(sender, held, &format!("b{i}"), None),
+        );
+        blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
+    }
+    until_waiting(admin, 2).await;
+    blockers
+}
+
 async fn admin(url: &str) -> tokio_postgres::Client {
     let (admin, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -230,21 +257,7 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
 
     // Both writers busy on dave's locked row, so the sends below queue up as one batch.
     let admin = admin(db.url()).await;
-    admin
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM users WHERE id = {dave} FOR UPDATE"
-        ))
-        .await
-        .unwrap();
-    let mut blockers = Vec::new();
-    for i in 0..2 {
-        let (storage, m) = (
-            storage.clone(),
-            message(carol, dave, &format!("b{i}"), None),
-        );
-        blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
-    }
-    until_waiting(&admin, 2).await;
+    let blockers = busy_writers(&admin, &storage, carol, dave).await;
 
     let missing = 999_999;
     let sends = [
@@ -592,21 +605,7 @@ async fn a_mixed_group_batch_answers_each_send_as_sequential_sends_would() {
     assert_eq!(earlier.recipients, vec![(bob, 2), (carol, 1)]);
 
     // Both writers busy on frank's locked row, so the sends below queue up as one batch.
-    admin
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM users WHERE id = {frank} FOR UPDATE"
-        ))
-        .await
-        .unwrap();
-    let mut blockers = Vec::new();
-    for i in 0..2 {
-        let (storage, m) = (
-            storage.clone(),
-            message(erin, frank, &format!("b{i}"), None),
-        );
-        blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
-    }
-    until_waiting(&admin, 2).await;
+    let blockers = busy_writers(&admin, &storage, erin, frank).await;
 
     let sends = [
         to_conversation(alice, g, "one", Some("x")), // 0 stored
@@ -1008,18 +1007,7 @@ async fn queued_runs_are_never_split_across_batches() {
     };
     // Both writers busy on erin's locked row, so the runs below queue up behind them.
     let admin = admin(db.url()).await;
-    admin
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM users WHERE id = {erin} FOR UPDATE"
-        ))
-        .await
-        .unwrap();
-    let mut blockers = Vec::new();
-    for i in 0..2 {
-        let (storage, m) = (storage.clone(), message(dave, erin, &format!("b{i}"), None));
-        blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
-    }
-    until_waiting(&admin, 2).await;
+    let blockers = busy_writers(&admin, &storage, dave, erin).await;
     let mut runs = Vec::new();
     for (sender, receiver) in [(alice, bob), (bob, carol), (carol, alice)] {
         let storage = storage.clone();

@@ -153,6 +153,23 @@ impl TestServer {
         }
     }
 
+    /// The value of the unlabelled metric `name` in this server's `GET /metrics` (the
+    /// process's: servers of one test binary share it), if it has one yet.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape answered")
+            .text()
+            .await
+            .expect("scrape body");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// GET, returning the status and the JSON body (`Null` when the body is not JSON).
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send(self.http.get(self.url(path))).await

@@ -129,32 +129,20 @@ impl Connection {
     /// a client that stops reading stalls this write within a few frames; one that stalls for
     /// `MINICHAT_WS_WRITE_STALL_MS` is a slow consumer, like one whose queue filled.
     async fn send(&mut self, frame: Frame) -> Result<(), End> {
-        match tokio::time::timeout(self.state.limits.ws_write_stall, self.socket.send(frame)).await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(slow_consumer("a write stalled")),
-        }
+        let stall = self.state.limits.ws_write_stall;
+        written(tokio::time::timeout(stall, self.socket.send(frame)).await)
     }
 
     /// Queues one frame for the next [`flush`](Self::flush), within the same stall limit.
     async fn feed(&mut self, frame: Frame) -> Result<(), End> {
         let stall = self.state.limits.ws_write_stall;
-        match tokio::time::timeout(stall, self.socket.feed(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(slow_consumer("a write stalled")),
-        }
+        written(tokio::time::timeout(stall, self.socket.feed(frame)).await)
     }
 
     /// Writes what [`feed`](Self::feed) queued.
     async fn flush(&mut self) -> Result<(), End> {
         let stall = self.state.limits.ws_write_stall;
-        match tokio::time::timeout(stall, self.socket.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(slow_consumer("a write stalled")),
-        }
+        written(tokio::time::timeout(stall, self.socket.flush()).await)
     }
 
     async fn serve(&mut self, events: &mut EventStream) -> End {
@@ -423,6 +411,17 @@ impl Connection {
     /// Answers a failed request with an error frame; the connection stays open.
     async fn core_error(&mut self, client_id: Option<&str>, e: CoreError) -> Result<(), End> {
         self.send(error_text(client_id, e)).await
+    }
+}
+
+/// A write within the stall limit: done, the client gone, or a slow consumer.
+fn written(
+    write: Result<Result<(), tungstenite::Error>, tokio::time::error::Elapsed>,
+) -> Result<(), End> {
+    match write {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(slow_consumer("a write stalled")),
     }
 }
 

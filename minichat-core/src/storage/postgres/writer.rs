@@ -7,8 +7,9 @@
 //! without waiting (at most [`MAX_BATCH`] sends), commits all of it as ONE transaction, and
 //! answers each. A run of sends (`store_run`: a connection's pipelined sends) is one queue
 //! entry, never split between batches: one that does not fit is carried, first in line, to
-//! the next batch, so the queue's order holds and the run's seqs follow its order. There is no timer: a lone send commits at once, and whatever arrives while a batch
-//! commits forms the next one. [`WRITERS`] tasks, each on its own connection, share the queue, so
+//! the next batch, so the queue's order holds and the run's seqs follow its order. There is no
+//! timer: a lone send commits at once, and whatever arrives while a batch commits forms the
+//! next one. [`WRITERS`] tasks, each on its own connection, share the queue, so
 //! one gathers while another waits for its commit's fsync.
 //!
 //! The batch's transaction is `writer/batch.rs` (its statements, in lock order); what each send
