@@ -29,18 +29,8 @@ fn id(v: &Value) -> i64 {
 
 /// `minichat_slow_consumer_closes_total` as the server reports it.
 async fn slow_consumer_closes(s: &TestServer) -> u64 {
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics answered")
-        .text()
-        .await
-        .expect("metrics read");
-    text.lines()
-        .find_map(|l| l.strip_prefix("minichat_slow_consumer_closes_total "))
-        .map_or(0, |v| v.trim().parse().expect("a counter value"))
+    let closes = s.metric("minichat_slow_consumer_closes_total").await;
+    closes.map_or(0, |v| v as u64)
 }
 
 /// A socket whose client-side receive buffer is tiny, past its greeting.

@@ -22,7 +22,9 @@ use hyper_util::rt::TokioIo;
 use minichat_core::event::presence_event;
 use minichat_core::model::{ConversationId, Recipient};
 use minichat_core::stream::{self, End as StreamEnd, Item, Source};
-use minichat_core::{Closed, Error as CoreError, EventStream, NewMessage, Seq, UserId};
+use minichat_core::{
+    Closed, Error as CoreError, EventStream, NewMessage, SentMessage, Seq, UserId,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{self, Message as Frame, Utf8Bytes};
@@ -357,10 +359,10 @@ impl Connection {
         first: Result<NewMessage, Frame>,
         events: &mut EventStream,
     ) -> Result<(), End> {
-        let mut run = Run::default();
-        run.push(first);
+        // `first` is kept apart, so that a lone send (the usual case) allocates nothing here.
+        let mut rest = Run::default();
         let mut after = None;
-        while run.answers.len() < MAX_RUN {
+        while 1 + rest.answers.len() < MAX_RUN {
             let Some(frame) = self.socket.next().now_or_never() else {
                 break; // nothing more has arrived
             };
@@ -374,34 +376,45 @@ impl Connection {
                     conversation_id,
                     content,
                     client_id,
-                }) => run.push(self.checked_send(receiver_id, conversation_id, content, client_id)),
+                }) => {
+                    rest.push(self.checked_send(receiver_id, conversation_id, content, client_id))
+                }
                 _ => {
                     after = Some(frame);
                     break;
                 }
             }
         }
-        let mut sent = events.send_messages(run.news).await.into_iter();
-        for answer in run.answers {
-            let frame = match answer {
+        if rest.answers.is_empty() {
+            // A run of one: the one-send path.
+            let frame = match first {
                 Err(refused) => refused,
-                Ok(client_id) => match sent.next() {
-                    Some(Ok(sent)) => {
-                        // The sender's copy, as its other connections get it.
-                        let message = MessageFrame {
-                            message: &sent.message,
-                            seq: sent.sender_seq,
-                            client_id: client_id.as_deref(),
-                        };
-                        text(&AckFrame::new(client_id.as_deref(), message))
-                    }
-                    Some(Err(e)) => error_text(client_id.as_deref(), e),
-                    None => error_text(client_id.as_deref(), CoreError::earlier_in_run_unstored()),
-                },
+                Ok(new) => {
+                    let client_id = new.client_id.clone();
+                    answer_frame(client_id.as_deref(), events.send_message(new).await)
+                }
             };
-            self.feed(frame).await?;
+            self.send(frame).await?;
+        } else {
+            let mut run = Run::default();
+            run.push(first);
+            run.news.append(&mut rest.news);
+            run.answers.append(&mut rest.answers);
+            let mut sent = events.send_messages(run.news).await.into_iter();
+            for answer in run.answers {
+                let frame = match answer {
+                    Err(refused) => refused,
+                    Ok(client_id) => {
+                        let sent = sent
+                            .next()
+                            .unwrap_or_else(|| Err(CoreError::earlier_in_run_unstored()));
+                        answer_frame(client_id.as_deref(), sent)
+                    }
+                };
+                self.feed(frame).await?;
+            }
+            self.flush().await?;
         }
-        self.flush().await?;
         match after {
             Some(frame) => Box::pin(self.on_frame(frame, events)).await,
             None => Ok(()),
@@ -445,6 +458,22 @@ impl Run {
             }
             Err(refused) => self.answers.push(Err(refused)),
         }
+    }
+}
+
+/// The answer to a send: its ack (the sender's copy, as its other connections get it, with
+/// the sender's seq), or its error frame.
+fn answer_frame(client_id: Option<&str>, sent: Result<SentMessage, CoreError>) -> Frame {
+    match sent {
+        Ok(sent) => {
+            let message = MessageFrame {
+                message: &sent.message,
+                seq: sent.sender_seq,
+                client_id,
+            };
+            text(&AckFrame::new(client_id, message))
+        }
+        Err(e) => error_text(client_id, e),
     }
 }
 
