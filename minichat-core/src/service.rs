@@ -6,28 +6,28 @@
 //! [`Storage`], records recent messages in the [`RecentCache`], and fans events out through the
 //! [`Broker`] to the [`Hub`]s of the nodes where their users are connected. What only
 //! conversations need (membership events' fan-out, who gets a typing signal) is
-//! `service/conversations.rs`.
+//! `service/conversations.rs`; the send path (storing a message or a sender's run of them,
+//! then their fan-out) is `service/sending.rs`.
 
 mod config;
 mod contract;
 mod conversations;
+mod sending;
 
 pub use config::{ChatConfig, DEFAULT_BACKEND_TIMEOUT, HEALTH_CHECK_TIMEOUT};
 pub use contract::{ChatService, SentMessage};
 
-use crate::broker::{
-    member_deliveries, reached_any, Broker, ClusterPresence, Delivery, LocalBroker, RedisBroker,
-};
+use crate::broker::{Broker, ClusterPresence, Delivery, LocalBroker, RedisBroker};
 use crate::cache::{MemoryCache, RecentCache, RedisCache};
 use crate::error::{Error, Result};
-use crate::event::{presence_event, read_event, typing_event, Frames, Presence};
+use crate::event::{presence_event, read_event, typing_event, Presence};
 use crate::health::{BackendKind, BackendStatus, Health};
 use crate::hub::{ConnectionId, Hub, Subscription};
 use crate::model::{
     Conversation, ConversationId, ConversationSummary, HistoryRequest, Message, MessageId,
     NewGroup, NewMembers, NewMessage, NewUser, Page, ReadMark, ReadState, Recipient, Rename, Seq,
-    StoredMessage, StreamEvent, TypingSignal, User, UserId, UserSearchRequest, ValidMessage,
-    DEFAULT_MAX_GROUP_MEMBERS, RECENT_LIMIT,
+    StreamEvent, TypingSignal, User, UserId, UserSearchRequest, DEFAULT_MAX_GROUP_MEMBERS,
+    RECENT_LIMIT,
 };
 use crate::redis_support::RedisConfig;
 use crate::storage::{MemoryStorage, PostgresConfig, PostgresStorage, Storage};
@@ -208,7 +208,7 @@ impl Chat {
                     timeout: config.backend_timeout,
                 };
                 // One set of connections for both, so that a send's cache push and its
-                // PUBLISHes go out in one pipeline (`Broker::publish_message`).
+                // PUBLISHes go out in one pipeline (`Broker::publish_messages`).
                 let cache = Arc::new(RedisCache::connect(&redis).await?);
                 let broker =
                     RedisBroker::connect_with_cache(&redis, hub.clone(), cache.clone()).await?;
@@ -233,113 +233,6 @@ impl Chat {
     /// This node's hub (to count connections, or close them all at shutdown).
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
-    }
-
-    /// [`ChatService::send_message`], untimed.
-    async fn send(&self, new: NewMessage, origin: Option<ConnectionId>) -> Result<SentMessage> {
-        let valid = new.validate()?;
-        let stored = self.inner.storage.store_message(&valid).await?;
-        Ok(self.deliver(&valid, stored, origin).await)
-    }
-
-    /// [`ChatService::send_messages`], untimed: the valid ones stored as one run, then each
-    /// delivered in order.
-    async fn send_run(
-        &self,
-        news: Vec<NewMessage>,
-        origin: Option<ConnectionId>,
-    ) -> Vec<Result<SentMessage>> {
-        let checked: Vec<Result<ValidMessage>> = news
-            .into_iter()
-            .map(|new| new.validate().map_err(Error::from))
-            .collect();
-        let valid: Vec<&ValidMessage> = checked.iter().filter_map(|c| c.as_ref().ok()).collect();
-        let mut stored = self.inner.storage.store_messages(&valid).await.into_iter();
-        drop(valid);
-        let mut sent = Vec::with_capacity(checked.len());
-        for check in checked {
-            sent.push(match check {
-                Ok(valid) => match stored.next() {
-                    Some(Ok(stored)) => Ok(self.deliver(&valid, stored, origin).await),
-                    Some(Err(e)) => Err(e),
-                    None => Err(Error::earlier_in_run_unstored()),
-                },
-                Err(e) => Err(e),
-            });
-        }
-        sent
-    }
-
-    /// What follows a send's commit: the recent-messages cache and the fan-out, both best
-    /// effort (the message is stored whatever happens here).
-    async fn deliver(
-        &self,
-        valid: &ValidMessage,
-        stored: StoredMessage,
-        origin: Option<ConnectionId>,
-    ) -> SentMessage {
-        let message = stored.message;
-        let mut delivered = false;
-        let mut recipients = Vec::new();
-        if stored.created {
-            metrics::counter!(telemetry::MESSAGES_STORED).increment(1);
-            // Serialised once; each member's frame adds its own seq. The others' copies never
-            // carry the sender's client id; the sender's other connections get it, to match
-            // the send to what they have pending.
-            let frames = Frames::message(&message);
-            recipients = stored.recipients;
-            let own = Delivery {
-                user: message.sender_id,
-                exclude: origin,
-                event: frames.own_event(stored.sender_seq, valid.client_id()),
-            };
-            // The message is committed; the cache and the fan-out are best effort from here,
-            // and a client that missed the event recovers it from storage. The recent-messages
-            // cache is per receiver: direct messages only.
-            let (cached, published) = match message.receiver_id {
-                Some(receiver) => {
-                    let deliveries = member_deliveries(&frames, &recipients, Some(own));
-                    let (cached, reached) = self
-                        .inner
-                        .broker
-                        .publish_message(
-                            self.inner.cache.as_ref(),
-                            receiver,
-                            &deliveries[0].event.payload,
-                            &deliveries,
-                        )
-                        .await;
-                    (cached, reached.map(|r| reached_any(&r, recipients.len())))
-                }
-                None => (
-                    Ok(()),
-                    self.inner
-                        .broker
-                        .publish_to_members(&frames, &recipients, Some(own))
-                        .await,
-                ),
-            };
-            if let Err(e) = cached {
-                // Debug, not warn: during an outage every send fails its push, and the Redis
-                // broker already warns once that Redis is unreachable (and `/health` names it).
-                // The receiver's list is marked stale by the cache itself.
-                tracing::debug!(error = %e, "recent-messages cache push failed");
-            }
-            match published {
-                Ok(reached) => {
-                    telemetry::published("message", recipients.len() + 1);
-                    delivered = reached;
-                }
-                Err(e) => tracing::warn!(error = %e, "fan-out failed"),
-            }
-        }
-        SentMessage {
-            message,
-            sender_seq: stored.sender_seq,
-            recipients,
-            delivered,
-            created: stored.created,
-        }
     }
 
     /// Runs storage migrations alone (`minichat-server migrate`); a no-op in memory.

@@ -34,6 +34,12 @@ pub const STORAGE_BATCH_SIZE_BUCKETS: &[f64] =
 /// fan-out channel (one per group message or membership change that had more members than
 /// there were nodes), instead of a `PUBLISH` per member.
 pub const GROUP_FANOUTS: &str = "minichat_redis_group_fanouts_total";
+/// Histogram: how far behind this node's Redis subscriber connection was, as the round trip of
+/// a probe published behind this node's events (the broker's flow control).
+pub const REDIS_SUBSCRIBER_LAG: &str = "minichat_redis_subscriber_lag_seconds";
+/// Counter: publishes that waited for this node's Redis subscriber to catch up (its backlog
+/// was above the broker's limit).
+pub const REDIS_FANOUT_PAUSES: &str = "minichat_redis_fanout_pauses_total";
 /// Counter, label `link` (`subscriber`, `pool`): Redis connections restored after an outage.
 pub const REDIS_RECONNECTS: &str = "minichat_redis_reconnects_total";
 
@@ -65,7 +71,17 @@ pub fn describe() {
         GROUP_FANOUTS,
         "Group fan-outs sent to every node as one Redis PUBLISH"
     );
+    describe_histogram!(
+        REDIS_SUBSCRIBER_LAG,
+        Unit::Seconds,
+        "How far behind this node's Redis subscriber connection was (a probe's round trip)"
+    );
+    describe_counter!(
+        REDIS_FANOUT_PAUSES,
+        "Publishes that waited for this node's Redis subscriber to catch up"
+    );
     metrics::counter!(MESSAGES_STORED).increment(0);
+    metrics::counter!(REDIS_FANOUT_PAUSES).increment(0);
     metrics::counter!(GROUP_FANOUTS).increment(0);
     for backend in [Backend::Storage, Backend::Cache, Backend::Broker] {
         metrics::counter!(BACKEND_ERRORS, "backend" => backend.name()).increment(0);

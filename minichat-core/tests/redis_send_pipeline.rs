@@ -1,5 +1,6 @@
-//! A send's cache push and `PUBLISH`es in one pipeline (`Broker::publish_message` of a Redis
-//! broker connected with its cache), against a real Redis.
+//! A send's cache push and `PUBLISH`es in one pipeline, and a run of sends in one pipeline
+//! (`Broker::publish_messages` of a Redis broker connected with its cache), against a real
+//! Redis.
 //!
 //! This file exists because that pipeline carries two backends' guarantees at once: each
 //! outcome must still be the one its own call would have given (a failed transaction fails the
@@ -9,7 +10,7 @@
 //! bounded by a deadline.
 
 use bytes::Bytes;
-use minichat_core::broker::{Broker, Delivery, RedisBroker};
+use minichat_core::broker::{Broker, Delivery, FanoutOutcome, MessageFanout, RedisBroker};
 use minichat_core::cache::{MemoryCache, RecentCache, RedisCache};
 use minichat_core::model::{now, MessageType};
 use minichat_core::test_support::{delete_redis_prefix, unique_redis_prefix, ThrowawayRedis};
@@ -60,6 +61,23 @@ fn send_of(message: &Message) -> (Bytes, [Delivery; 2]) {
     (frame, deliveries)
 }
 
+/// The fan-out of one send through `broker`: its push's outcome and its publish's.
+async fn publish_one(
+    broker: &RedisBroker,
+    cache: &dyn RecentCache,
+    frame: &Bytes,
+    deliveries: &[Delivery],
+) -> FanoutOutcome {
+    let fanout = MessageFanout {
+        receiver: deliveries[0].user,
+        frame,
+        deliveries,
+    };
+    let mut outcomes = broker.publish_messages(cache, &[fanout]).await;
+    assert_eq!(outcomes.len(), 1, "one outcome per message");
+    outcomes.remove(0)
+}
+
 /// The next event of `sub`, failing the test if none comes within 5 s.
 async fn next(sub: &mut Subscription) -> Event {
     match timeout(Duration::from_secs(5), sub.recv()).await {
@@ -99,9 +117,7 @@ async fn one_pipeline_keeps_each_outcome_apart() {
     // Pushed and published: the receiver is reached and their list holds the frame.
     let first = message(1, 1);
     let (frame, deliveries) = send_of(&first);
-    let (pushed, published) = broker
-        .publish_message(cache.as_ref(), 1, &frame, &deliveries)
-        .await;
+    let (pushed, published) = publish_one(&broker, cache.as_ref(), &frame, &deliveries).await;
     pushed.expect("pushed");
     assert_eq!(published.expect("published"), vec![true, false]);
     assert_eq!(next(&mut sub).await, deliveries[0].event);
@@ -112,7 +128,7 @@ async fn one_pipeline_keeps_each_outcome_apart() {
     let other = MemoryCache::default();
     let second = message(2, 1);
     let (frame, deliveries) = send_of(&second);
-    let (pushed, published) = broker.publish_message(&other, 1, &frame, &deliveries).await;
+    let (pushed, published) = publish_one(&broker, &other, &frame, &deliveries).await;
     pushed.expect("pushed to the other cache");
     assert_eq!(published.expect("published"), vec![true, false]);
     assert_eq!(next(&mut sub).await, deliveries[0].event);
@@ -135,9 +151,7 @@ async fn one_pipeline_keeps_each_outcome_apart() {
         .expect("SET");
     let third = message(3, 1);
     let (frame, deliveries) = send_of(&third);
-    let (pushed, published) = broker
-        .publish_message(cache.as_ref(), 1, &frame, &deliveries)
-        .await;
+    let (pushed, published) = publish_one(&broker, cache.as_ref(), &frame, &deliveries).await;
     match pushed {
         Err(Error::Unavailable { backend, .. }) => assert_eq!(backend, Backend::Cache),
         other => panic!("expected the push to fail, got {other:?}"),
@@ -155,9 +169,7 @@ async fn one_pipeline_keeps_each_outcome_apart() {
     // And the next send fills it again, in one pipeline.
     let fourth = message(4, 1);
     let (frame, deliveries) = send_of(&fourth);
-    let (pushed, published) = broker
-        .publish_message(cache.as_ref(), 1, &frame, &deliveries)
-        .await;
+    let (pushed, published) = publish_one(&broker, cache.as_ref(), &frame, &deliveries).await;
     pushed.expect("pushed");
     assert_eq!(published.expect("published"), vec![true, false]);
     assert_eq!(next(&mut sub).await, deliveries[0].event);
@@ -172,9 +184,7 @@ async fn sends_survive_a_redis_restart() {
     let prefix = unique_redis_prefix();
     let (cache, broker, _hub, mut sub) = node(&server.url(), &prefix).await;
     let (frame, deliveries) = send_of(&message(1, 1));
-    let (pushed, _) = broker
-        .publish_message(cache.as_ref(), 1, &frame, &deliveries)
-        .await;
+    let (pushed, _) = publish_one(&broker, cache.as_ref(), &frame, &deliveries).await;
     pushed.expect("pushed");
     assert_eq!(next(&mut sub).await, deliveries[0].event);
 
@@ -183,9 +193,7 @@ async fn sends_survive_a_redis_restart() {
     // The push fails, the fan-out falls back to this node, and neither waits long.
     let started = Instant::now();
     let (frame, deliveries) = send_of(&message(2, 1));
-    let (pushed, published) = broker
-        .publish_message(cache.as_ref(), 1, &frame, &deliveries)
-        .await;
+    let (pushed, published) = publish_one(&broker, cache.as_ref(), &frame, &deliveries).await;
     match pushed {
         Err(Error::Unavailable { backend, .. }) => assert_eq!(backend, Backend::Cache),
         other => panic!("expected the push to fail, got {other:?}"),
@@ -206,9 +214,7 @@ async fn sends_survive_a_redis_restart() {
     // Both succeed again, through Redis; the list that missed a push was deleted first, so
     // it holds only what came after.
     let (frame, deliveries) = send_of(&message(3, 1));
-    let (pushed, published) = broker
-        .publish_message(cache.as_ref(), 1, &frame, &deliveries)
-        .await;
+    let (pushed, published) = publish_one(&broker, cache.as_ref(), &frame, &deliveries).await;
     pushed.expect("pushed");
     assert_eq!(published.expect("published"), vec![true, false]);
     assert_eq!(next(&mut sub).await, deliveries[0].event);
@@ -216,9 +222,7 @@ async fn sends_survive_a_redis_restart() {
     assert_eq!(ids(&recent), vec![3]);
     // Exactly once: nothing else is waiting on the subscription.
     let (frame, deliveries) = send_of(&message(1000, 1));
-    let (pushed, published) = broker
-        .publish_message(cache.as_ref(), 1, &frame, &deliveries)
-        .await;
+    let (pushed, published) = publish_one(&broker, cache.as_ref(), &frame, &deliveries).await;
     pushed.expect("pushed");
     assert_eq!(published.expect("published"), vec![true, false]);
     assert_eq!(next(&mut sub).await, deliveries[0].event);
@@ -228,4 +232,131 @@ async fn sends_survive_a_redis_restart() {
             .is_err(),
         "an event came twice"
     );
+}
+
+/// How many times Redis at `admin` has run `command` (from `INFO commandstats`).
+async fn calls(admin: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map_or(0, |rest| {
+            rest.split(',')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("a call count")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_goes_out_in_order_with_one_push_per_receiver_in_a_row() {
+    // A Redis of the test's own, so that its command counts are this test's alone.
+    let server = ThrowawayRedis::start().await;
+    let url = server.url();
+    let prefix = unique_redis_prefix();
+    let (cache, broker, hub, mut first) = node(&url, &prefix).await;
+    let (mut second, _) = hub.subscribe(2);
+    broker.user_arrived(2, true).await.expect("watch");
+    let mut admin = redis::Client::open(url.as_str())
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    // Receiver 2's list holds a string: its transaction fails, and only its push.
+    redis::cmd("SET")
+        .arg(format!("{prefix}recent:{{2}}"))
+        .arg("not a list")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("SET");
+    let pushes_before = calls(&mut admin, "lpush").await;
+
+    // A run to receivers 1, 1, 2, 1: three receivers in a row, so three pushes.
+    let run = [message(1, 1), message(2, 1), message(3, 2), message(4, 1)];
+    let sends: Vec<(Bytes, [Delivery; 2])> = run.iter().map(send_of).collect();
+    let fanouts: Vec<MessageFanout<'_>> = sends
+        .iter()
+        .map(|(frame, deliveries)| MessageFanout {
+            receiver: deliveries[0].user,
+            frame,
+            deliveries,
+        })
+        .collect();
+    let outcomes = broker.publish_messages(cache.as_ref(), &fanouts).await;
+    assert_eq!(outcomes.len(), run.len(), "one outcome per message");
+    for (i, (pushed, published)) in outcomes.into_iter().enumerate() {
+        match (i, pushed) {
+            (2, Err(Error::Unavailable { backend, .. })) => assert_eq!(backend, Backend::Cache),
+            (2, other) => panic!("expected the push to receiver 2 to fail, got {other:?}"),
+            (_, pushed) => pushed.expect("pushed"),
+        }
+        assert_eq!(
+            published.expect("published"),
+            vec![true, false],
+            "message {i}"
+        );
+    }
+    assert_eq!(
+        calls(&mut admin, "lpush").await - pushes_before,
+        3,
+        "one LPUSH per receiver in a row"
+    );
+
+    // Each receiver has its events in the run's order, and nothing else.
+    for i in [0, 1, 3] {
+        assert_eq!(next(&mut first).await, sends[i].1[0].event);
+    }
+    assert_eq!(next(&mut second).await, sends[2].1[0].event);
+    assert!(
+        timeout(Duration::from_millis(200), first.recv())
+            .await
+            .is_err(),
+        "an event came twice"
+    );
+    // Receiver 1's list holds the run's messages to them, newest first; receiver 2's missed a
+    // push, so it reads as cold.
+    let recent = cache.recent(1, 50).await.expect("read").expect("warm");
+    assert_eq!(ids(&recent), vec![4, 2, 1]);
+    assert_eq!(cache.recent(2, 50).await.expect("read"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backlog_probe_comes_back_so_sends_do_not_wait() {
+    // The broker paces its publishes by a probe that must come back through its own
+    // subscriber connection; one that never did would hold every send after it for the
+    // backend budget (30 s here) once it was older than the limit (5 ms).
+    let url = std::env::var("MINICHAT_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = unique_redis_prefix();
+    let slow = RedisConfig {
+        timeout: Duration::from_secs(30),
+        ..config(&url, &prefix)
+    };
+    let cache = Arc::new(RedisCache::connect(&slow).await.expect("cache"));
+    let hub = Hub::default();
+    let broker = RedisBroker::connect_with_cache(&slow, hub.clone(), cache.clone())
+        .await
+        .expect("broker");
+    let (mut sub, _) = hub.subscribe(1);
+    broker.user_arrived(1, true).await.expect("watch");
+    for id in 1..=3 {
+        let (frame, deliveries) = send_of(&message(id, 1));
+        let started = Instant::now();
+        let (pushed, published) = publish_one(&broker, cache.as_ref(), &frame, &deliveries).await;
+        pushed.expect("pushed");
+        assert_eq!(published.expect("published"), vec![true, false]);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "send {id} waited {:?} for the probe",
+            started.elapsed()
+        );
+        assert_eq!(next(&mut sub).await, deliveries[0].event);
+        // Long enough for a probe that had not come back to count as a backlog.
+        sleep(Duration::from_millis(100)).await;
+    }
+    delete_redis_prefix(&url, &prefix);
 }

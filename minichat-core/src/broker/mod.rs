@@ -30,6 +30,20 @@ pub struct Delivery {
     pub event: Event,
 }
 
+/// The fan-out of one stored direct message ([`Broker::publish_messages`]): the receiver, their
+/// copy for the recent-messages cache, and every delivery (the receiver's, then the sender's
+/// own copy).
+#[derive(Debug, Clone, Copy)]
+pub struct MessageFanout<'a> {
+    pub receiver: UserId,
+    pub frame: &'a Bytes,
+    pub deliveries: &'a [Delivery],
+}
+
+/// What became of one [`MessageFanout`]: the cache push, and per delivery whether any node had
+/// a connection of its user.
+pub type FanoutOutcome = (Result<()>, Result<Vec<bool>>);
+
 /// One delivery per user of `members` (`frames` with that user's seq), then `own`.
 pub(crate) fn member_deliveries(
     frames: &Frames,
@@ -58,6 +72,23 @@ async fn publish_each<B: Broker + ?Sized>(
     Ok(reached_any(&reached, members.len()))
 }
 
+/// [`Broker::publish_messages`] as one message after another, each push and publish side by
+/// side.
+async fn publish_one_by_one<B: Broker + ?Sized>(
+    broker: &B,
+    cache: &dyn RecentCache,
+    messages: &[MessageFanout<'_>],
+) -> Vec<FanoutOutcome> {
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for m in messages {
+        outcomes.push(tokio::join!(
+            cache.push(m.receiver, m.frame),
+            broker.publish(m.deliveries)
+        ));
+    }
+    outcomes
+}
+
 /// Whether any of the first `members` of a publish's answers (those of
 /// [`member_deliveries`], before the sender's own copy) reached a node.
 pub(crate) fn reached_any(reached: &[bool], members: usize) -> bool {
@@ -79,20 +110,19 @@ pub trait Broker: Send + Sync + 'static {
     /// node's connections only and still returns `Ok`: sends never fail for lack of fan-out.
     async fn publish(&self, deliveries: &[Delivery]) -> Result<Vec<bool>>;
 
-    /// The fan-out of a newly stored message: publishes `deliveries` as
-    /// [`publish`](Broker::publish) does and records the receiver's copy, `frame`, in `cache`
-    /// as [`RecentCache::push`] does (with the same guarantees each); returns both outcomes,
-    /// the push's first. By default the two run concurrently. A broker that lives in the same
-    /// backend as `cache` may carry both in one round trip: the Redis broker does, for the
-    /// Redis cache it was connected with ([`RedisBroker::connect_with_cache`]).
-    async fn publish_message(
+    /// The fan-out of newly stored direct messages, a sender's run of them in order: for each,
+    /// publishes its deliveries as [`publish`](Broker::publish) does and records the receiver's
+    /// copy in `cache` as [`RecentCache::push`] does (with the same guarantees each). Returns
+    /// both outcomes per message, in order, the push's first. By default one message after
+    /// another, each push and publish concurrently. A broker that lives in the same backend as
+    /// `cache` may carry the whole run in one round trip: the Redis broker does, for the Redis
+    /// cache it was connected with ([`RedisBroker::connect_with_cache`]).
+    async fn publish_messages(
         &self,
         cache: &dyn RecentCache,
-        receiver: UserId,
-        frame: &Bytes,
-        deliveries: &[Delivery],
-    ) -> (Result<()>, Result<Vec<bool>>) {
-        tokio::join!(cache.push(receiver, frame), self.publish(deliveries))
+        messages: &[MessageFanout<'_>],
+    ) -> Vec<FanoutOutcome> {
+        publish_one_by_one(self, cache, messages).await
     }
 
     /// The fan-out of an event to the members of a conversation: `frames` to each user of

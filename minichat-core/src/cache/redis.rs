@@ -13,12 +13,13 @@
 //!   concurrent pushes share the socket's writes and round trips instead of taking one each.
 //!   When the Redis broker was connected with this cache ([`RedisBroker::connect_with_cache`],
 //!   as `Chat::connect` does), both share that connection and a send's push travels in the
-//!   same pipeline as its `PUBLISH`es ([`Broker::publish_message`]): the broker appends the
+//!   same pipeline as its `PUBLISH`es ([`Broker::publish_messages`]; a run of sends to one
+//!   receiver is one transaction with one `LPUSH` of all their frames): the broker appends the
 //!   transaction with [`RedisCache::push_commands`] and reports a failed push back here with
 //!   [`RedisCache::push_failed`].
 //!
 //! [`RedisBroker::connect_with_cache`]: crate::broker::RedisBroker::connect_with_cache
-//! [`Broker::publish_message`]: crate::broker::Broker::publish_message
+//! [`Broker::publish_messages`]: crate::broker::Broker::publish_messages
 //! - A read is one `LRANGE`. An empty or missing list, or one holding an entry this build cannot
 //!   decode (written by another version, say), is reported as cold (`None`): the service then
 //!   reads storage, which is always the source of truth.
@@ -106,21 +107,23 @@ impl RedisCache {
         !self.stale().is_empty()
     }
 
-    /// Appends a push of `frame` to `receiver`'s list to `pipe`, every command ignored: the
-    /// `LPUSH`, `LTRIM` and `PEXPIRE` of the transaction, which the caller wraps in `MULTI` and
-    /// `EXEC` (or an atomic pipeline).
-    pub(crate) fn push_commands(
+    /// Appends a push of `frames` (oldest first) to `receiver`'s list to `pipe`, every command
+    /// ignored: the `LPUSH`, `LTRIM` and `PEXPIRE` of the transaction, which the caller wraps
+    /// in `MULTI` and `EXEC` (or an atomic pipeline). One `LPUSH` of several frames leaves the
+    /// list as that many `LPUSH`es in a row would.
+    pub(crate) fn push_commands<'a>(
         &self,
         pipe: &mut redis::Pipeline,
         receiver: UserId,
-        frame: &Bytes,
+        frames: impl IntoIterator<Item = &'a Bytes>,
     ) {
         let key = self.keys.recent(receiver);
         let ttl_ms = u64::try_from(CACHE_TTL.as_millis()).unwrap_or(u64::MAX);
-        pipe.cmd("LPUSH")
-            .arg(&key)
-            .arg(frame.as_ref())
-            .ignore()
+        let push = pipe.cmd("LPUSH").arg(&key);
+        for frame in frames {
+            push.arg(frame.as_ref());
+        }
+        push.ignore()
             .cmd("LTRIM")
             .arg(&key)
             .arg(0)
@@ -244,7 +247,7 @@ impl RedisCache {
         self.clear_stale(&mut conn).await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        self.push_commands(&mut pipe, receiver, frame);
+        self.push_commands(&mut pipe, receiver, [frame]);
         pipe.query_async::<()>(&mut conn)
             .await
             .map_err(|e| self.pool.failed(Backend::Cache, e))

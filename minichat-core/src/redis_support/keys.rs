@@ -16,6 +16,7 @@
 //! | `{prefix}seen:{<user>}` | string | when the user was last seen, Unix ms (presence) |
 //! | `{prefix}presence:{<user>}` | channel | the user's presence changes (pattern-subscribed) |
 //! | `{prefix}fanout` | channel | a group's copies of an event, for every node (subscribed by all) |
+//! | `{prefix}probe:<node>` | channel | a node's probes of its own subscriber backlog (subscribed by it alone) |
 
 use crate::model::UserId;
 use redis::{RedisWrite, ToRedisArgs};
@@ -121,6 +122,12 @@ impl Keys {
     /// envelopes): one `PUBLISH` reaches every node, whatever the number of members.
     pub(crate) fn fanout_channel(&self) -> &str {
         &self.fanout
+    }
+
+    /// The channel of node `node`'s backlog probes (the broker's flow control), which only
+    /// that node subscribes to.
+    pub(crate) fn probe_channel(&self, node: u64) -> String {
+        format!("{}probe:{node:016x}", self.prefix)
     }
 
     /// The user whose presence channel `channel` is, if it is one of ours.

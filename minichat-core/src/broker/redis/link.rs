@@ -13,8 +13,10 @@
 //! [`Inbox`], an [`AsyncPushSender`] that decodes each message and calls [`Hub::deliver`] right
 //! there, synchronously: `deliver` never waits (a full subscriber queue evicts that subscriber),
 //! so there is no queue of our own between Redis and the hub's bounded per-connection queues.
-//! (The manager itself relays pushes from the socket to the sender through an internal channel
-//! drained by its own task; since the sender never waits, that channel stays near empty.)
+//! (The manager itself relays pushes from the socket to the sender through an internal channel,
+//! without a bound, drained by its own task. The sender never waits, but under load the task
+//! can still fall behind the socket: the broker keeps that backlog within a few milliseconds by
+//! pacing its publishes with a probe that comes back on this connection, `flow`.)
 //!
 //! `SUBSCRIBE` and `UNSUBSCRIBE` go out under one async mutex, which also guards this node's
 //! record of which channels Redis confirmed ([`Channels`]), so they reach Redis in the order they
@@ -37,6 +39,7 @@
 //! heartbeat, which renews this node's users at once (Redis may have lost them).
 
 use super::envelope;
+use super::flow::Flow;
 use super::{unavailable, CHUNK};
 use crate::error::{Error, Result};
 use crate::hub::{ConnectionId, Event, Hub};
@@ -122,6 +125,7 @@ struct Inbox {
     keys: Keys,
     hub: Hub,
     state: Arc<LinkState>,
+    flow: Arc<Flow>,
 }
 
 impl AsyncPushSender for Inbox {
@@ -136,6 +140,7 @@ impl AsyncPushSender for Inbox {
             PushKind::Disconnection => {
                 tracing::warn!("lost the Redis subscriber connection; reconnecting");
                 self.state.lost();
+                self.flow.forget();
             }
             // Subscription confirmations: the commands that asked for them see them too.
             _ => {}
@@ -170,6 +175,9 @@ impl Inbox {
         };
         if channel == self.keys.fanout_channel().as_bytes() {
             return self.deliver_members(&channel, payload);
+        }
+        if channel == self.flow.channel().as_bytes() {
+            return self.flow.returned(&payload);
         }
         let Some((exclude, event)) = decode(&channel, payload) else {
             return;
@@ -310,6 +318,8 @@ pub(super) struct Subscriber {
     /// Notified after each resync that followed a lost connection (Redis may have lost its
     /// data too: the presence heartbeat renews at once).
     relinked: Arc<Notify>,
+    /// Whose probes come back on this connection (`flow`).
+    flow: Arc<Flow>,
 }
 
 impl Subscriber {
@@ -321,12 +331,14 @@ impl Subscriber {
         keys: Keys,
         hub: Hub,
         relinked: Arc<Notify>,
+        flow: Arc<Flow>,
     ) -> Result<Arc<Subscriber>> {
         let state = Arc::new(LinkState::default());
         let inbox = Inbox {
             keys: keys.clone(),
             hub: hub.clone(),
             state: state.clone(),
+            flow: flow.clone(),
         };
         let cannot = |e: &dyn std::fmt::Display| {
             Error::config("REDIS_URL", format!("cannot connect to Redis: {e}"))
@@ -376,6 +388,7 @@ impl Subscriber {
             state,
             channels: Mutex::new(Channels::default()),
             relinked,
+            flow,
         });
         if let Err(e) = subscriber.listen_presence().await {
             return Err(Error::config(
@@ -463,8 +476,9 @@ impl Subscriber {
     }
 
     /// Listens on the fan-out channel, where a group's copies of an event reach every node at
-    /// once (one subscription per node, made before any user is watched). Not on a cluster,
-    /// where group copies go to each member's shard channel instead.
+    /// once (one subscription per node, made before any user is watched), and on this node's
+    /// probe channel (`flow`). Not on a cluster, where group copies go to each member's shard
+    /// channel instead, and no probes are sent.
     async fn listen_fanout(&self) -> Result<()> {
         let Link::Single(conn) = &self.conn else {
             return Ok(());
@@ -474,7 +488,7 @@ impl Subscriber {
         bounded(
             deadline,
             "the fan-out subscription",
-            conn.subscribe(self.keys.fanout_channel()),
+            conn.subscribe(&[self.keys.fanout_channel(), self.flow.channel()]),
         )
         .await
     }

@@ -9,8 +9,9 @@
 //!
 //! This file is the broker itself: publishing, and what it falls back to while Redis is away.
 //! The pieces it is made of have their own files: [`envelope`] (the bytes on a channel),
-//! [`link`] (the subscriber connection, its push handler and its resync after an outage) and
-//! [`presence`] (the presence records, their scripts and the heartbeat).
+//! [`link`] (the subscriber connection, its push handler and its resync after an outage),
+//! [`flow`] (publishing paced by the subscriber's backlog) and [`presence`] (the presence
+//! records, their scripts and the heartbeat).
 //!
 //! # Redis Cluster
 //!
@@ -53,18 +54,27 @@
 //! Cluster, group copies stay per member (`SPUBLISH` on each member's shard): one channel for
 //! every node would put all group traffic on one shard.
 //!
+//! # Flow control
+//!
+//! Every publish first waits while this node's subscriber connection is more than a few
+//! milliseconds behind its publishes ([`flow`]): the subscriber's pushes queue in process without
+//! a bound, and receiving costs more than publishing, so without it a node sending flat out
+//! outran its own deliveries by seconds.
+//!
 //! [`Broker::user_arrived`] returns once Redis has confirmed the subscription. The service
 //! calls [`Broker::user_left`] for users the hub reports as departed (their last local
 //! connection left); it unsubscribes those still without a connection.
 
 mod envelope;
+mod flow;
 mod link;
 mod presence;
 
 pub use presence::PRESENCE_TTL;
 
 use super::{
-    member_deliveries, publish_each, reached_any, Broker, ClusterPresence, Delivery, LocalBroker,
+    member_deliveries, publish_each, publish_one_by_one, reached_any, Broker, ClusterPresence,
+    Delivery, FanoutOutcome, LocalBroker, MessageFanout,
 };
 use crate::cache::{RecentCache, RedisCache};
 use crate::error::{Backend, Error, Result};
@@ -73,8 +83,8 @@ use crate::hub::{Event, Hub};
 use crate::model::{Seq, UserId};
 use crate::redis_support::{self, Checkout, Keys, RedisConfig, RedisPool, UserPipelines};
 use async_trait::async_trait;
-use bytes::Bytes;
 use envelope::{Envelope, MembersEnvelope};
+use flow::Flow;
 use link::Subscriber;
 use presence::Presence;
 use redis::{RedisResult, Value};
@@ -97,9 +107,10 @@ fn unavailable(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error 
 ///   per delivery, whether any node is subscribed. Each event travels as a small binary header
 ///   (version, flags, excluded connection id, seq) followed by its JSON payload, which receiving
 ///   nodes hand to their hub without copying or parsing it.
-/// - [`publish_message`](Broker::publish_message), for a broker connected with its cache
-///   ([`connect_with_cache`](Self::connect_with_cache)), puts the cache push (`MULTI; LPUSH;
-///   LTRIM; PEXPIRE; EXEC`) and the `PUBLISH`es of a send in that same round trip.
+/// - [`publish_messages`](Broker::publish_messages), for a broker connected with its cache
+///   ([`connect_with_cache`](Self::connect_with_cache)), puts the cache pushes (`MULTI; LPUSH;
+///   LTRIM; PEXPIRE; EXEC`, one per receiver in a row) and the `PUBLISH`es of a run of sends in
+///   that same round trip.
 /// - [`user_arrived`](Broker::user_arrived) returns once Redis has confirmed the subscription; the
 ///   broker unsubscribes in [`user_left`](Broker::user_left), when the user's last local
 ///   connection has left.
@@ -126,8 +137,10 @@ pub struct RedisBroker {
     /// be taken offline after they returned.
     presence_lock: Mutex<()>,
     /// The cache this broker was connected with, whose connections it shares: a send's push
-    /// to it rides in the send's pipeline ([`Broker::publish_message`]).
+    /// to it rides in the send's pipeline ([`Broker::publish_messages`]).
     cache: Option<Arc<RedisCache>>,
+    /// Paces publishing by the subscriber connection's backlog (see `flow`).
+    flow: Arc<Flow>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -150,7 +163,7 @@ impl RedisBroker {
     }
 
     /// [`connect`](Self::connect), but over `cache`'s connections (its shared connection and
-    /// pool) instead of a set of its own: then [`Broker::publish_message`] with that very cache
+    /// pool) instead of a set of its own: then [`Broker::publish_messages`] with that very cache
     /// sends the cache push and the `PUBLISH`es in one pipeline, one round trip per send. With
     /// any other cache it pushes and publishes side by side, as by default. `config` must name
     /// the Redis and prefix `cache` was connected with.
@@ -171,8 +184,15 @@ impl RedisBroker {
     ) -> Result<Self> {
         let keys = Keys::new(&config.prefix);
         let relinked = Arc::new(Notify::new());
-        let subscriber =
-            Subscriber::connect(pool.target(), keys.clone(), hub.clone(), relinked.clone()).await?;
+        let flow = Arc::new(Flow::new(&keys));
+        let subscriber = Subscriber::connect(
+            pool.target(),
+            keys.clone(),
+            hub.clone(),
+            relinked.clone(),
+            flow.clone(),
+        )
+        .await?;
         let presence = Arc::new(Presence::new(
             pool.clone(),
             keys.clone(),
@@ -193,6 +213,7 @@ impl RedisBroker {
             presence,
             presence_lock: Mutex::new(()),
             cache,
+            flow,
             tasks,
         })
     }
@@ -219,6 +240,7 @@ impl RedisBroker {
     /// per delivery, all at once, each to the shard of its user's channel (concurrent ones bound
     /// for one shard share its connection's pipeline).
     async fn publish_remote(&self, deliveries: &[Delivery]) -> Result<Vec<i64>> {
+        self.paced().await;
         let mut pipes = UserPipelines::new(&self.pool);
         for d in deliveries {
             self.publish_commands(pipes.user(), std::slice::from_ref(d));
@@ -232,6 +254,30 @@ impl RedisBroker {
                     .map_err(|e| self.pool.failed(Backend::Broker, e))
             })
             .await
+    }
+
+    /// Returns once this node's subscriber is close enough behind its publishes to publish
+    /// more (see `flow`).
+    async fn paced(&self) {
+        self.flow
+            .paced(|| self.subscriber.is_up(), self.pool.timeout())
+            .await;
+    }
+
+    /// Sends `pipe`, with a backlog probe when one is due (see `flow`), on the shared
+    /// connection (which concurrent sends share), within the backend budget: call it once
+    /// [`paced`](Self::paced).
+    async fn query_probed<T: redis::FromRedisValue + Send>(
+        &self,
+        pipe: &mut redis::Pipeline,
+    ) -> Result<T> {
+        self.flow.probe(pipe);
+        let answered = self.query_shared(pipe).await;
+        if answered.is_err() {
+            // The probe may not have gone out: nothing to wait for.
+            self.flow.forget();
+        }
+        answered
     }
 
     /// Sends `pipe` on the shared connection (which concurrent sends share), within the
@@ -250,69 +296,73 @@ impl RedisBroker {
             .await
     }
 
-    /// One pipelined round trip carrying `cache`'s push of `frame` to `receiver`'s list (its
-    /// `MULTI ... EXEC`) and a `PUBLISH` per delivery: whether the push succeeded, and the
-    /// number of receiving nodes of each delivery. A failed round trip fails both; a failed
-    /// transaction fails only the push, a failed `PUBLISH` only the fan-out.
+    /// One pipelined round trip carrying a run of messages: per run of consecutive messages to
+    /// one receiver, `cache`'s push of their frames to that receiver's list (one `MULTI ...
+    /// EXEC`), then each message's `PUBLISH`es in order. Returns, per message, whether its push
+    /// succeeded and the number of receiving nodes of each delivery. A failed round trip fails
+    /// everything; a failed transaction fails only the pushes it carried, a failed `PUBLISH`
+    /// only its message's fan-out.
     async fn push_and_publish_remote(
         &self,
         cache: &RedisCache,
-        receiver: UserId,
-        frame: &Bytes,
-        deliveries: &[Delivery],
-    ) -> (Result<()>, Result<Vec<i64>>) {
+        messages: &[MessageFanout<'_>],
+    ) -> Vec<(Result<()>, Result<Vec<i64>>)> {
+        self.paced().await;
+        let segments = || messages.chunk_by(|a, b| a.receiver == b.receiver);
         let mut pipe = redis::pipe();
         // Every reply comes back, errors included, and is judged below.
         pipe.ignore_errors();
-        pipe.cmd("MULTI").ignore();
-        cache.push_commands(&mut pipe, receiver, frame);
-        pipe.cmd("EXEC");
-        self.publish_commands(&mut pipe, deliveries);
-        let answered: Result<Vec<RedisResult<Value>>> = self.query_shared(&pipe).await;
+        for segment in segments() {
+            pipe.cmd("MULTI").ignore();
+            cache.push_commands(
+                &mut pipe,
+                segment[0].receiver,
+                segment.iter().map(|m| m.frame),
+            );
+            pipe.cmd("EXEC");
+            for m in segment {
+                self.publish_commands(&mut pipe, m.deliveries);
+            }
+        }
+        let answered: Result<Vec<RedisResult<Value>>> = self.query_probed(&mut pipe).await;
         let mut replies = match answered {
             Ok(replies) => replies.into_iter(),
             Err(e) => {
                 let why = e.to_string();
-                return (
-                    Err(Error::unavailable(Backend::Cache, why.clone())),
-                    Err(Error::unavailable(Backend::Broker, why)),
-                );
+                return messages
+                    .iter()
+                    .map(|_| {
+                        (
+                            Err(Error::unavailable(Backend::Cache, why.clone())),
+                            Err(Error::unavailable(Backend::Broker, why.clone())),
+                        )
+                    })
+                    .collect();
             }
         };
-        let pushed = match replies.next() {
-            // EXEC's answer: one per queued command, each of which must have succeeded.
-            Some(Ok(Value::Array(results)))
-                if !results.iter().any(|r| matches!(r, Value::ServerError(_))) =>
-            {
-                Ok(())
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for segment in segments() {
+            let pushed = exec_outcome(replies.next());
+            for m in segment {
+                let published = publish_outcome(replies.by_ref().take(m.deliveries.len()))
+                    .and_then(|receivers| {
+                        if receivers.len() == m.deliveries.len() {
+                            Ok(receivers)
+                        } else {
+                            Err(Error::unavailable(
+                                Backend::Broker,
+                                "fewer answers than PUBLISHes",
+                            ))
+                        }
+                    });
+                let pushed = match &pushed {
+                    Ok(()) => Ok(()),
+                    Err(why) => Err(Error::unavailable(Backend::Cache, why.clone())),
+                };
+                outcomes.push((pushed, published));
             }
-            Some(Err(e)) => Err(Error::unavailable(Backend::Cache, e)),
-            other => Err(Error::unavailable(
-                Backend::Cache,
-                format!("the cache push's transaction failed: {other:?}"),
-            )),
-        };
-        let published = replies
-            .map(|reply| match reply {
-                Ok(Value::Int(n)) => Ok(n),
-                Ok(other) => Err(Error::unavailable(
-                    Backend::Broker,
-                    format!("unexpected answer to PUBLISH: {other:?}"),
-                )),
-                Err(e) => Err(Error::unavailable(Backend::Broker, e)),
-            })
-            .collect::<Result<Vec<i64>>>()
-            .and_then(|receivers| {
-                if receivers.len() == deliveries.len() {
-                    Ok(receivers)
-                } else {
-                    Err(Error::unavailable(
-                        Backend::Broker,
-                        "fewer answers than PUBLISHes",
-                    ))
-                }
-            });
-        (pushed, published)
+        }
+        outcomes
     }
 
     /// What `publish` returns for `deliveries` once Redis answered (or did not): who was
@@ -355,6 +405,7 @@ impl RedisBroker {
         members: &[(UserId, Seq)],
         own: Option<&Delivery>,
     ) -> Result<bool> {
+        self.paced().await;
         let mut pipe = redis::pipe();
         pipe.cmd("PUBLISH")
             .arg(self.keys.fanout_channel())
@@ -365,7 +416,7 @@ impl RedisBroker {
         }
         pipe.cmd("EXISTS")
             .arg(self.keys.online_args(members.iter().map(|&(user, _)| user)));
-        let (nodes, online): (usize, usize) = self.query_shared(&pipe).await?;
+        let (nodes, online): (usize, usize) = self.query_probed(&mut pipe).await?;
         self.nodes.store(nodes.max(1), Ordering::Relaxed);
         metrics::counter!(crate::telemetry::GROUP_FANOUTS).increment(1);
         Ok(online > 0)
@@ -390,6 +441,34 @@ impl RedisBroker {
     }
 }
 
+/// The push's outcome from `EXEC`'s reply: one answer per queued command, each of which must
+/// have succeeded; the reason otherwise.
+fn exec_outcome(reply: Option<RedisResult<Value>>) -> std::result::Result<(), String> {
+    match reply {
+        Some(Ok(Value::Array(results)))
+            if !results.iter().any(|r| matches!(r, Value::ServerError(_))) =>
+        {
+            Ok(())
+        }
+        Some(Err(e)) => Err(e.to_string()),
+        other => Err(format!("the cache push's transaction failed: {other:?}")),
+    }
+}
+
+/// The number of receiving nodes from each `PUBLISH` reply.
+fn publish_outcome(replies: impl Iterator<Item = RedisResult<Value>>) -> Result<Vec<i64>> {
+    replies
+        .map(|reply| match reply {
+            Ok(Value::Int(n)) => Ok(n),
+            Ok(other) => Err(Error::unavailable(
+                Backend::Broker,
+                format!("unexpected answer to PUBLISH: {other:?}"),
+            )),
+            Err(e) => Err(Error::unavailable(Backend::Broker, e)),
+        })
+        .collect()
+}
+
 impl Drop for RedisBroker {
     fn drop(&mut self) {
         for task in &self.tasks {
@@ -408,13 +487,11 @@ impl Broker for RedisBroker {
         self.settle_publish(remote, deliveries).await
     }
 
-    async fn publish_message(
+    async fn publish_messages(
         &self,
         cache: &dyn RecentCache,
-        receiver: UserId,
-        frame: &Bytes,
-        deliveries: &[Delivery],
-    ) -> (Result<()>, Result<Vec<bool>>) {
+        messages: &[MessageFanout<'_>],
+    ) -> Vec<FanoutOutcome> {
         // Only for the cache whose connections this broker shares, and not while it has stale
         // lists to delete first (its own push does that, after an outage). Not on a cluster
         // either, where one pipeline keeps to one slot: the push and the publishes go side by
@@ -424,16 +501,18 @@ impl Broker for RedisBroker {
             .as_ref()
             .filter(|_| !self.pool.is_cluster())
             .filter(|own| std::ptr::addr_eq(cache, Arc::as_ptr(own)) && !own.has_stale());
-        let Some(own) = own.filter(|_| !deliveries.is_empty()) else {
-            return tokio::join!(cache.push(receiver, frame), self.publish(deliveries));
+        let Some(own) = own else {
+            return publish_one_by_one(self, cache, messages).await;
         };
-        let (pushed, remote) = self
-            .push_and_publish_remote(own, receiver, frame, deliveries)
-            .await;
-        if pushed.is_err() {
-            own.push_failed(receiver);
+        let remote = self.push_and_publish_remote(own, messages).await;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for (m, (pushed, published)) in messages.iter().zip(remote) {
+            if pushed.is_err() {
+                own.push_failed(m.receiver);
+            }
+            outcomes.push((pushed, self.settle_publish(published, m.deliveries).await));
         }
-        (pushed, self.settle_publish(remote, deliveries).await)
+        outcomes
     }
 
     async fn publish_to_members(
