@@ -162,7 +162,7 @@ impl Connection {
                 _ = shutdown.cancelled() => return End::Close(1001, "server shutting down"),
                 // Cancel-safe: an item not returned yet stays in the stream.
                 item = events.next() => match item {
-                    Ok(item) => self.write_item(item).await,
+                    Ok(item) => self.write_items(item, events).await,
                     Err(StreamEnd::Closed(Closed::SlowConsumer)) => {
                         return slow_consumer("its queue filled");
                     }
@@ -225,11 +225,37 @@ impl Connection {
         }
     }
 
-    /// Writes one item of the stream, and counts it once written.
-    async fn write_item(&mut self, item: Item) -> Result<(), End> {
+    /// Writes `first` and the items the stream already has ready behind it (at most
+    /// [`MAX_BURST`]) with one flush: a socket's backlog (a run of messages from one sender,
+    /// say) goes out in a write or two instead of a write per frame. A stream error met while
+    /// looking ahead is left for the next `next`, which returns it again.
+    async fn write_items(&mut self, first: Item, events: &mut EventStream) -> Result<(), End> {
+        self.feed_item(first).await?;
+        // Cancel-safe: an item not returned stays in the stream.
+        if let Some(Ok(second)) = events.next().now_or_never() {
+            // Boxed: the look-ahead takes more room than waiting does, and only a burst needs it.
+            Box::pin(self.feed_burst(second, events)).await?;
+        }
+        self.flush().await
+    }
+
+    /// Feeds `second` and the items ready behind it, up to [`MAX_BURST`] in the burst.
+    async fn feed_burst(&mut self, second: Item, events: &mut EventStream) -> Result<(), End> {
+        self.feed_item(second).await?;
+        for _ in 2..MAX_BURST {
+            match events.next().now_or_never() {
+                Some(Ok(item)) => self.feed_item(item).await?,
+                Some(Err(_)) | None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues one item of the stream for the flush that follows, and counts it.
+    async fn feed_item(&mut self, item: Item) -> Result<(), End> {
         let is_message = item.is_message();
         if let Ok(text) = Utf8Bytes::try_from(item.event.payload) {
-            self.send(Frame::Text(text)).await?;
+            self.feed(Frame::Text(text)).await?;
             match item.source {
                 Source::Live { queued } => self.metrics.live_event_written(queued, is_message),
                 Source::Replay => self.metrics.stored_message_written(true),
@@ -440,6 +466,9 @@ fn written(
 
 /// The most sends a connection hands over as one run (see [`Connection::send_run`]).
 const MAX_RUN: usize = 32;
+
+/// The most stream items a connection writes with one flush (see [`Connection::write_items`]).
+const MAX_BURST: usize = 32;
 
 /// The sends of a run, and per send read (in the client's order) its `client_id` for the ack,
 /// or the error frame that already answers it.

@@ -24,6 +24,12 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
+/// The most frames a socket gathers before writing them (`write_buffer_size`): a burst's
+/// frames, each a few hundred bytes, go out in one write. A socket keeps the buffer's capacity
+/// once it has been busy, so this is also what a busy socket may hold beyond the idle budget
+/// (ARCHITECTURE.md, "Per-socket memory budget").
+const WRITE_CHUNK: usize = 4096;
+
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|v| {
         v.to_str()
@@ -96,7 +102,10 @@ pub fn upgrade(
                 let config = WebSocketConfig::default()
                     // Small, and allocated at once: `LazyRead` reads the socket in big chunks.
                     .read_buffer_size(READ_CHUNK)
-                    .write_buffer_size(0)
+                    // Frames fed before a flush (a burst of events, a run's answers) gather
+                    // up to this much before a write: one syscall for several frames. An idle
+                    // socket never allocates it.
+                    .write_buffer_size(WRITE_CHUNK)
                     .max_write_buffer_size(256 * 1024)
                     .max_message_size(Some(state_for_task.limits.max_ws_message_bytes))
                     .max_frame_size(Some(state_for_task.limits.max_ws_message_bytes));
