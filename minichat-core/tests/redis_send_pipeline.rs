@@ -78,6 +78,25 @@ async fn publish_one(
     outcomes.remove(0)
 }
 
+/// A connection of the test's own to Redis at `url`.
+async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection")
+}
+
+/// Makes `user`'s recent-messages list a string, so that a push to it fails.
+async fn spoil_list(admin: &mut redis::aio::MultiplexedConnection, prefix: &str, user: UserId) {
+    redis::cmd("SET")
+        .arg(format!("{prefix}recent:{{{user}}}"))
+        .arg("not a list")
+        .query_async::<()>(admin)
+        .await
+        .expect("SET");
+}
+
 /// The next event of `sub`, failing the test if none comes within 5 s.
 async fn next(sub: &mut Subscription) -> Event {
     match timeout(Duration::from_secs(5), sub.recv()).await {
@@ -138,17 +157,8 @@ async fn one_pipeline_keeps_each_outcome_apart() {
     // A transaction that fails (the key holds a string) fails the push alone: the fan-out
     // still happens, and the list is stale, so it reads as cold and is deleted.
     let key = format!("{prefix}recent:{{1}}");
-    let mut admin = redis::Client::open(url.as_str())
-        .expect("redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("admin connection");
-    redis::cmd("SET")
-        .arg(&key)
-        .arg("not a list")
-        .query_async::<()>(&mut admin)
-        .await
-        .expect("SET");
+    let mut admin = admin(&url).await;
+    spoil_list(&mut admin, &prefix, 1).await;
     let third = message(3, 1);
     let (frame, deliveries) = send_of(&third);
     let (pushed, published) = publish_one(&broker, cache.as_ref(), &frame, &deliveries).await;
@@ -261,18 +271,9 @@ async fn a_run_goes_out_in_order_with_one_push_per_receiver_in_a_row() {
     let (cache, broker, hub, mut first) = node(&url, &prefix).await;
     let (mut second, _) = hub.subscribe(2);
     broker.user_arrived(2, true).await.expect("watch");
-    let mut admin = redis::Client::open(url.as_str())
-        .expect("redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("admin connection");
+    let mut admin = admin(&url).await;
     // Receiver 2's list holds a string: its transaction fails, and only its push.
-    redis::cmd("SET")
-        .arg(format!("{prefix}recent:{{2}}"))
-        .arg("not a list")
-        .query_async::<()>(&mut admin)
-        .await
-        .expect("SET");
+    spoil_list(&mut admin, &prefix, 2).await;
     let pushes_before = calls(&mut admin, "lpush").await;
 
     // A run to receivers 1, 1, 2, 1: three receivers in a row, so three pushes.

@@ -151,10 +151,12 @@ async fn in_memory() {
     a_run_reaches_everyone_in_order(Chat::in_memory()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_storage_with_redis() {
+/// Runs the test on a chat with Redis under a prefix of its own (deleted afterwards) and
+/// `database_url`'s PostgreSQL, or memory storage without one.
+async fn with_redis(database_url: Option<String>) {
     let prefix = unique_redis_prefix();
     let chat = Chat::connect(&ChatConfig {
+        database_url,
         redis_url: Some(redis_url()),
         redis_prefix: prefix.clone(),
         ..ChatConfig::default()
@@ -166,17 +168,12 @@ async fn memory_storage_with_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_storage_with_redis() {
+    with_redis(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_with_redis() {
     let db = TestDatabase::create().await;
-    let prefix = unique_redis_prefix();
-    let chat = Chat::connect(&ChatConfig {
-        database_url: Some(db.url().to_string()),
-        redis_url: Some(redis_url()),
-        redis_prefix: prefix.clone(),
-        ..ChatConfig::default()
-    })
-    .await
-    .expect("connects");
-    a_run_reaches_everyone_in_order(chat).await;
-    delete_redis_prefix(&redis_url(), &prefix);
+    with_redis(Some(db.url().to_string())).await;
 }
