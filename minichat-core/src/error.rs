@@ -9,6 +9,29 @@ use std::fmt;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A run's rule, in one place: `each` on `items` one after another, in order, until one fails
+/// for want of a backend; the rest are not tried and answer
+/// [`Error::earlier_in_run_unstored`], so a later item never lands without an earlier one.
+pub(crate) async fn one_after_another<I, T, F, Fut>(items: I, mut each: F) -> Vec<Result<T>>
+where
+    I: ExactSizeIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut answers = Vec::with_capacity(items.len());
+    let mut failed = false;
+    for item in items {
+        if failed {
+            answers.push(Err(Error::earlier_in_run_unstored()));
+            continue;
+        }
+        let answer = each(item).await;
+        failed = matches!(answer, Err(Error::Unavailable { .. }));
+        answers.push(answer);
+    }
+    answers
+}
+
 /// Which backend failed, for "storage unavailable" style messages and `/health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -108,5 +131,42 @@ impl Error {
             setting,
             reason: reason.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn a_run_stops_at_the_first_unavailable_backend() {
+        let mut tried = Vec::new();
+        let answers = one_after_another([1, 2, 3, 4].into_iter(), |n| {
+            tried.push(n);
+            std::future::ready(match n {
+                2 => Err(Error::UserNotFound),
+                3 => Err(Error::unavailable(Backend::Storage, "down")),
+                n => Ok(n),
+            })
+        })
+        .now_or_never()
+        .expect("nothing waits");
+        assert_eq!(
+            tried,
+            [1, 2, 3],
+            "nothing is tried after the unavailable one"
+        );
+        assert!(matches!(answers[0], Ok(1)));
+        assert!(
+            matches!(answers[1], Err(Error::UserNotFound)),
+            "a bad one fails no other"
+        );
+        assert!(matches!(answers[2], Err(Error::Unavailable { .. })));
+        assert_eq!(answers.len(), 4);
+        assert_eq!(
+            answers[3].as_ref().err().map(ToString::to_string),
+            Some(Error::earlier_in_run_unstored().to_string())
+        );
     }
 }

@@ -77,18 +77,8 @@ pub trait ChatService: Send + Sync + 'static {
         news: Vec<NewMessage>,
         origin: Option<ConnectionId>,
     ) -> Vec<Result<SentMessage>> {
-        let mut sent = Vec::with_capacity(news.len());
-        let mut failed = false;
-        for new in news {
-            if failed {
-                sent.push(Err(crate::Error::earlier_in_run_unstored()));
-                continue;
-            }
-            let answer = self.send_message(new, origin).await;
-            failed = matches!(answer, Err(crate::Error::Unavailable { .. }));
-            sent.push(answer);
-        }
-        sent
+        crate::error::one_after_another(news.into_iter(), |new| self.send_message(new, origin))
+            .await
     }
 
     /// Messages newest first: a conversation's (its members only:

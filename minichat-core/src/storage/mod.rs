@@ -12,7 +12,7 @@ pub mod provision;
 pub use memory::MemoryStorage;
 pub use postgres::{PostgresConfig, PostgresStorage};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::ReadState;
 use crate::model::{
     Conversation, ConversationChange, ConversationId, ConversationSummary, HistoryQuery, Message,
@@ -64,17 +64,8 @@ pub trait Storage: Send + Sync + 'static {
     ///
     /// [`store_message`]: Storage::store_message
     async fn store_messages(&self, messages: &[&ValidMessage]) -> Vec<Result<StoredMessage>> {
-        let mut answers = Vec::with_capacity(messages.len());
-        for message in messages {
-            let answer = self.store_message(message).await;
-            let failed = matches!(answer, Err(Error::Unavailable { .. }));
-            answers.push(answer);
-            if failed {
-                break;
-            }
-        }
-        answers.resize_with(messages.len(), || Err(Error::earlier_in_run_unstored()));
-        answers
+        crate::error::one_after_another(messages.iter(), |message| self.store_message(message))
+            .await
     }
 
     /// Messages newest first (see [`HistoryQuery`]); `Error::ConversationNotFound` when the

@@ -422,12 +422,9 @@ impl Connection {
             };
             self.send(frame).await?;
         } else {
-            let mut run = Run::default();
-            run.push(first);
-            run.news.append(&mut rest.news);
-            run.answers.append(&mut rest.answers);
-            let mut sent = events.send_messages(run.news).await.into_iter();
-            for answer in run.answers {
+            rest.push_front(first);
+            let mut sent = events.send_messages(rest.news).await.into_iter();
+            for answer in rest.answers {
                 let frame = match answer {
                     Err(refused) => refused,
                     Ok(client_id) => {
@@ -486,6 +483,16 @@ impl Run {
                 self.news.push(new);
             }
             Err(refused) => self.answers.push(Err(refused)),
+        }
+    }
+
+    /// Puts the send read first before those read behind it.
+    fn push_front(&mut self, send: Result<NewMessage, Frame>) {
+        let stored = send.is_ok();
+        self.push(send);
+        self.answers.rotate_right(1);
+        if stored {
+            self.news.rotate_right(1);
         }
     }
 }
