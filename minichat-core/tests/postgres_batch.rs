@@ -220,15 +220,29 @@ async fn busy_writers(
         .await
         .unwrap();
     let mut blockers = Vec::new();
+    // One at a time: two sends queued together would be one batch, and keep one writer busy.
     for i in 0..2 {
         let (storage, m) = (
             storage.clone(),
             message(sender, held, &format!("b{i}"), None),
         );
         blockers.push(tokio::spawn(async move { storage.store_message(&m).await }));
+        until_waiting(admin, i + 1).await;
     }
-    until_waiting(admin, 2).await;
     blockers
+}
+
+/// Waits until `n` jobs wait in the writer's queue (both writers being busy).
+async fn until_queued(storage: &PostgresStorage, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while storage.queued_jobs() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} jobs reached the queue",
+            storage.queued_jobs()
+        );
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn admin(url: &str) -> tokio_postgres::Client {
@@ -276,10 +290,8 @@ async fn a_mixed_batch_answers_each_send_as_sequential_sends_would() {
         let storage = storage.clone();
         handles.push(tokio::spawn(async move { storage.store_message(&m).await }));
     }
-    // Let every send reach the queue before the writers are released.
-    for _ in 0..handles.len() {
-        tokio::task::yield_now().await;
-    }
+    // Every send in the queue before the writers are released.
+    until_queued(&storage, handles.len()).await;
     admin.batch_execute("ROLLBACK").await.unwrap();
     for b in blockers {
         assert!(b.await.unwrap().unwrap().created);
@@ -627,9 +639,7 @@ async fn a_mixed_group_batch_answers_each_send_as_sequential_sends_would() {
         let storage = storage.clone();
         handles.push(tokio::spawn(async move { storage.store_message(&m).await }));
     }
-    for _ in 0..handles.len() {
-        tokio::task::yield_now().await;
-    }
+    until_queued(&storage, handles.len()).await;
     admin.batch_execute("ROLLBACK").await.unwrap();
     for b in blockers {
         assert!(b.await.unwrap().unwrap().created);
@@ -1020,10 +1030,8 @@ async fn queued_runs_are_never_split_across_batches() {
                 .await
         }));
     }
-    // Let every run reach the queue before the writers are released.
-    for _ in 0..runs.len() {
-        tokio::task::yield_now().await;
-    }
+    // Every run in the queue before the writers are released.
+    until_queued(&storage, runs.len()).await;
     admin.batch_execute("ROLLBACK").await.unwrap();
     for b in blockers {
         assert!(b.await.unwrap().unwrap().created);

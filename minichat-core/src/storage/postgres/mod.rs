@@ -121,6 +121,13 @@ impl PostgresStorage {
         self.writer.largest_batch()
     }
 
+    /// How many sends or runs wait in the writer's queue, not yet in a batch (for tests that
+    /// must know a batch will take them together).
+    #[cfg(feature = "test-support")]
+    pub fn queued_jobs(&self) -> usize {
+        self.writer.queued_jobs()
+    }
+
     async fn client(&self) -> Result<Lease> {
         self.pool.lease().await
     }

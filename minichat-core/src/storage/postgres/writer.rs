@@ -208,6 +208,12 @@ impl Writer {
     pub(super) fn largest_batch(&self) -> usize {
         self.largest.load(Ordering::Relaxed)
     }
+
+    /// How many jobs wait in the queue, not yet taken by a writer.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+    pub(super) fn queued_jobs(&self) -> usize {
+        QUEUE - self.queue.capacity()
+    }
 }
 
 /// One writer task: gather a batch, commit it, answer it; until the queue closes.
