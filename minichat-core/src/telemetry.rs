@@ -30,6 +30,10 @@ pub const STORAGE_BATCH_SIZE: &str = "minichat_storage_batch_size";
 /// the last bucket).
 pub const STORAGE_BATCH_SIZE_BUCKETS: &[f64] =
     &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Histogram: how long PostgreSQL storage's batch writer took per batch, from taking it off
+/// the queue to its commit (retries included): the time the batch's rows were locked, and what
+/// a send waits for once its batch started.
+pub const STORAGE_BATCH_SECONDS: &str = "minichat_storage_batch_seconds";
 /// Counter: group fan-outs the Redis broker sent to every node as one members envelope on the
 /// fan-out channel (one per group message or membership change that had more members than
 /// there were nodes), instead of a `PUBLISH` per member.
@@ -62,6 +66,11 @@ pub fn describe() {
         STORAGE_BATCH_SIZE,
         Unit::Count,
         "Sends committed per PostgreSQL transaction by the batch writer"
+    );
+    describe_histogram!(
+        STORAGE_BATCH_SECONDS,
+        Unit::Seconds,
+        "Time per batch of the PostgreSQL batch writer, from the queue to its commit"
     );
     describe_counter!(
         REDIS_RECONNECTS,

@@ -1056,3 +1056,97 @@ async fn queued_runs_are_never_split_across_batches() {
         assert_eq!(stored_seqs(&admin, user).await, expected, "user {user}");
     }
 }
+
+/// Every way a batch's transaction fails ends it: before its last round trip (with `ROLLBACK`),
+/// in its last one (the `COMMIT` pipelined behind a failed insert rolls back), and in either of a
+/// group batch's last two trips. The batch's send fails and stores nothing, no connection is
+/// left in a transaction, and the same send stores once the cause is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_stores_nothing_and_leaves_no_transaction_open() {
+    let db = TestDatabase::create().await;
+    let storage = connect(db.url()).await;
+    let admin = admin(db.url()).await;
+    let (alice, bob, carol) = (
+        user(&storage, "alice").await,
+        user(&storage, "bob").await,
+        user(&storage, "carol").await,
+    );
+    let g = group(&admin, &[alice, bob, carol]).await;
+    storage
+        .store_message(&message(alice, bob, "warm", None))
+        .await
+        .unwrap();
+    let cases = [
+        // Before the last trip: making carol and bob's direct conversation.
+        (
+            "conversations",
+            "kind <> 'direct'",
+            message(carol, bob, "a new pair", None),
+        ),
+        // The last trip of a one-to-one batch: the insert, with COMMIT behind it.
+        (
+            "messages",
+            "content <> 'boom'",
+            message(alice, bob, "boom", None),
+        ),
+        // A group batch's first of two last trips.
+        (
+            "messages",
+            "content <> 'boom'",
+            to_conversation(alice, g, "boom", None),
+        ),
+        // A group batch's stream entries, with COMMIT beside them.
+        (
+            "stream_entries",
+            "seq < 0",
+            to_conversation(alice, g, "to the group", None),
+        ),
+    ];
+    let counts = "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM stream_entries)
+                        + (SELECT count(*) FROM conversations)";
+    let in_transaction = "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'";
+    for (table, check, send) in cases {
+        admin
+            .batch_execute(&format!(
+                "ALTER TABLE {table} ADD CONSTRAINT fails_here CHECK ({check}) NOT VALID"
+            ))
+            .await
+            .unwrap();
+        let before: i64 = admin.query_one(counts, &[]).await.unwrap().get(0);
+        let got = storage.store_message(&send).await;
+        assert!(
+            matches!(
+                got,
+                Err(Error::Unavailable {
+                    backend: Backend::Storage,
+                    ..
+                })
+            ),
+            "{table}: {got:?}"
+        );
+        // The failed send was answered after its transaction ended.
+        let open: i64 = admin.query_one(in_transaction, &[]).await.unwrap().get(0);
+        assert_eq!(open, 0, "{table}: a connection was left in a transaction");
+        let after: i64 = admin.query_one(counts, &[]).await.unwrap().get(0);
+        assert_eq!(after, before, "{table}: the failed batch wrote rows");
+
+        admin
+            .batch_execute(&format!("ALTER TABLE {table} DROP CONSTRAINT fails_here"))
+            .await
+            .unwrap();
+        let stored = storage
+            .store_message(&send)
+            .await
+            .expect("stored once fixed");
+        assert!(stored.created);
+        let open: i64 = admin.query_one(in_transaction, &[]).await.unwrap().get(0);
+        assert_eq!(open, 0, "{table}: a connection was left in a transaction");
+    }
+    // Every seq given once: nothing the failed batches took stayed taken.
+    for user in [alice, bob, carol] {
+        let seqs = stored_seqs(&admin, user).await;
+        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(seqs, expected, "user {user}");
+    }
+}

@@ -258,7 +258,10 @@ async fn write(
         let messages: Vec<&ValidMessage> = batch.iter().flat_map(Job::messages).collect();
         metrics::histogram!(crate::telemetry::STORAGE_BATCH_SIZE).record(messages.len() as f64);
         largest.fetch_max(messages.len(), Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let answers = commit_with_retry(&pool, &directs, &messages).await;
+        metrics::histogram!(crate::telemetry::STORAGE_BATCH_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         drop(messages);
         match answers {
             Ok(answers) => {
@@ -291,8 +294,8 @@ async fn commit_with_retry(
     messages: &[&ValidMessage],
 ) -> std::result::Result<Vec<Result<StoredMessage>>, Error> {
     let (answers, learnt) = pool
-        .transact(|mut lease| async move {
-            let done = batch::commit(&mut lease, messages, directs).await;
+        .transact(|lease| async move {
+            let done = batch::commit(&lease, messages, directs).await;
             (lease, done)
         })
         .await?;
@@ -302,12 +305,12 @@ async fn commit_with_retry(
 
 /// Runs `sql` (prepared once per connection) in the batch's transaction.
 async fn query(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &deadpool_postgres::ClientWrapper,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-    let statement = tx.prepare_cached(sql).await?;
-    tx.query(&statement, params).await
+    let statement = client.prepare_cached(sql).await?;
+    client.query(&statement, params).await
 }
 
 /// The direct conversation of each pair this writer has seen committed, so that a warm pair's

@@ -16,8 +16,18 @@
 //!
 //! Pipelined statements run one after the other in the session, as if awaited in turn (so 3's
 //! snapshot is taken after 2's locks were granted); they only share the trip to the server.
-//! The one-to-one hot path with warm pairs runs 2 and 3, then 5 and 6: with `BEGIN` and
-//! `COMMIT`, four round trips per batch.
+//! `BEGIN` rides with the first statements, and `COMMIT` behind the last ones, so the one-to-one
+//! hot path with warm pairs takes two round trips per batch: `BEGIN`, 2 and 3; then 5, 6 and
+//! `COMMIT`. The row locks are held for one round trip (and the commit's flush), not three.
+//!
+//! The transaction is run by hand (`BEGIN`, `COMMIT`, `ROLLBACK` as simple queries) rather than
+//! through a `Transaction`, which cannot pipeline its `BEGIN` or `COMMIT` and sends a `ROLLBACK`
+//! when dropped, even after a `COMMIT` sent beside it. Every way out ends the transaction: a
+//! failure before the last trip sends `ROLLBACK` (and the connection is closed if even that
+//! fails); in the last trip, a statement that fails aborts the transaction, so the `COMMIT`
+//! behind it rolls back. A caller that gives up mid-batch drops the connection unsettled, and
+//! PostgreSQL rolls back when it closes (`pool.rs`). The last trip's statements are prepared
+//! before it starts: a statement still waiting for its `Parse` would go out after the `COMMIT`.
 
 use super::plan::{self, Pair, Plan, Read, Shape};
 use super::{query, DirectMap, Failure};
@@ -30,21 +40,52 @@ use crate::storage::postgres::{col, unavailable};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeSet, HashMap};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Statement;
 
-type Tx<'a> = deadpool_postgres::Transaction<'a>;
+type Client = deadpool_postgres::ClientWrapper;
 
 /// One transaction for the whole batch. Returns each send's answer and the direct conversations
 /// it learnt (to remember once committed).
 pub(super) async fn commit(
-    client: &mut deadpool_postgres::Object,
+    client: &Client,
     messages: &[&ValidMessage],
     directs: &DirectMap,
 ) -> std::result::Result<(Vec<Result<StoredMessage>>, Vec<(Pair, ConversationId)>), Failure> {
-    let tx = client.transaction().await?;
     let mut learnt = Vec::new();
+    // `BEGIN` first, in the same round trip as the batch's first statements.
+    let (began, staged) = tokio::join!(
+        biased;
+        client.batch_execute("BEGIN"),
+        stage(client, messages, directs, &mut learnt)
+    );
+    let staged = began.map_err(Failure::from).and(staged);
+    let (plan, timestamp, statements) = match staged {
+        Ok(staged) => staged,
+        Err(failure) => return Err(rolled_back(client, failure).await),
+    };
+    let ids = write(client, messages, &plan, &statements, timestamp).await?;
+    Ok((plan.answers(messages, &ids, timestamp), learnt))
+}
 
+/// The statements of the batch's last round trip, prepared before it starts.
+struct Final {
+    insert: Statement,
+    seqs: Statement,
+    /// Only when the batch has a group message.
+    stream: Option<Statement>,
+}
+
+/// Everything before the last round trip, in the open transaction: locks and reads, the plan,
+/// the pairs' conversations (and the time the messages are stamped with), and the last trip's
+/// statements.
+async fn stage(
+    client: &Client,
+    messages: &[&ValidMessage],
+    directs: &DirectMap,
+    learnt: &mut Vec<(Pair, ConversationId)>,
+) -> std::result::Result<(Plan, DateTime<Utc>, Final), Failure> {
     // 1. The conversations sent to by id, then their members.
-    let conversations = lock_conversations(&tx, messages, &mut learnt).await?;
+    let conversations = lock_conversations(client, messages, learnt).await?;
 
     // 2. Every user, in id order.
     let mut ids: Vec<UserId> = Vec::with_capacity(messages.len() * 2);
@@ -68,12 +109,16 @@ pub(super) async fn commit(
         .filter_map(|m| m.client_id().map(|c| (m.sender_id(), c)))
         .unzip();
     let lock_params: [&(dyn ToSql + Sync); 1] = [&ids];
-    let (locked, found) = tokio::join!(query(&tx, LOCK_BATCH_USERS, &lock_params), async {
-        if client_ids.is_empty() {
-            return Ok(Vec::new());
+    let (locked, found) = tokio::join!(
+        biased;
+        query(client, LOCK_BATCH_USERS, &lock_params),
+        async {
+            if client_ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            query(client, FIND_BATCH_CLIENT_IDS, &[&senders, &client_ids]).await
         }
-        query(&tx, FIND_BATCH_CLIENT_IDS, &[&senders, &client_ids]).await
-    });
+    );
     // The locks' error first: a failed statement aborts the one pipelined behind it.
     let locked = locked?;
     let found = found?;
@@ -95,17 +140,41 @@ pub(super) async fn commit(
 
     // 4. The direct conversations of pairs not known yet.
     let timestamp: DateTime<Utc> = now();
-    resolve_pairs(&tx, &mut plan, timestamp, &mut learnt).await?;
+    resolve_pairs(client, &mut plan, timestamp, learnt).await?;
 
-    // 5-7. Messages and seqs, then stream entries.
-    let ids = insert(&tx, messages, &plan, timestamp).await?;
-    tx.commit().await?;
-    Ok((plan.answers(messages, &ids, timestamp), learnt))
+    let groups = plan.rows.iter().any(|r| r.receiver.is_none());
+    let statements = Final {
+        insert: client.prepare_cached(INSERT_BATCH).await?,
+        seqs: client.prepare_cached(UPDATE_BATCH_SEQS).await?,
+        stream: match groups {
+            true => Some(client.prepare_cached(INSERT_BATCH_STREAM).await?),
+            false => None,
+        },
+    };
+    Ok((plan, timestamp, statements))
+}
+
+/// Ends a transaction that failed before its last round trip with `ROLLBACK`, and returns its
+/// failure; if the `ROLLBACK` fails too, the connection is closed rather than pooled again.
+async fn rolled_back(client: &Client, failure: Failure) -> Failure {
+    match client.batch_execute("ROLLBACK").await {
+        Ok(()) => failure,
+        Err(e) => Failure::Other {
+            error: match failure {
+                Failure::Retry(first) => unavailable(first),
+                Failure::Other { error, .. } => error,
+            },
+            reusable: {
+                tracing::debug!(error = %e, "ROLLBACK failed; closing the connection");
+                false
+            },
+        },
+    }
 }
 
 /// Locks the conversations of the batch's sends by id and reads their members.
 async fn lock_conversations(
-    tx: &Tx<'_>,
+    client: &Client,
     messages: &[&ValidMessage],
     learnt: &mut Vec<(Pair, ConversationId)>,
 ) -> std::result::Result<HashMap<ConversationId, Shape>, Failure> {
@@ -123,7 +192,7 @@ async fn lock_conversations(
         return Ok(conversations);
     }
     let mut groups = Vec::new();
-    for row in query(tx, LOCK_BATCH_CONVERSATIONS, &[&ids]).await? {
+    for row in query(client, LOCK_BATCH_CONVERSATIONS, &[&ids]).await? {
         let id: ConversationId = col(&row, 0)?;
         let kind: String = col(&row, 1)?;
         if kind == "direct" {
@@ -136,7 +205,7 @@ async fn lock_conversations(
         }
     }
     if !groups.is_empty() {
-        for row in query(tx, BATCH_MEMBERS, &[&groups]).await? {
+        for row in query(client, BATCH_MEMBERS, &[&groups]).await? {
             let id: ConversationId = col(&row, 0)?;
             if let Some(Shape::Group(members)) = conversations.get_mut(&id) {
                 members.push(col(&row, 1)?); // in user id order
@@ -181,7 +250,7 @@ fn earlier_sends(
 
 /// Gives every row whose pair's conversation was not known its id, making the missing ones.
 async fn resolve_pairs(
-    tx: &Tx<'_>,
+    client: &Client,
     plan: &mut Plan,
     timestamp: DateTime<Utc>,
     learnt: &mut Vec<(Pair, ConversationId)>,
@@ -204,7 +273,7 @@ async fn resolve_pairs(
     let times = vec![timestamp; creators.len()];
     let mut found: HashMap<Pair, ConversationId> = HashMap::with_capacity(creators.len());
     let params: [&(dyn ToSql + Sync); 4] = [&lows, &highs, &by, &times];
-    for row in query(tx, DIRECT_CONVERSATIONS, &params).await? {
+    for row in query(client, DIRECT_CONVERSATIONS, &params).await? {
         found.insert((col(&row, 1)?, col(&row, 2)?), col(&row, 0)?);
     }
     // Made by a transaction that committed after this statement's snapshot: read them again.
@@ -214,7 +283,7 @@ async fn resolve_pairs(
         .filter(|pair| !found.contains_key(pair))
         .unzip();
     if !lows.is_empty() {
-        for row in query(tx, DIRECT_PAIRS, &[&lows, &highs]).await? {
+        for row in query(client, DIRECT_PAIRS, &[&lows, &highs]).await? {
             found.insert((col(&row, 1)?, col(&row, 2)?), col(&row, 0)?);
         }
     }
@@ -229,17 +298,21 @@ async fn resolve_pairs(
     Ok(())
 }
 
-/// Inserts the plan's messages and stream entries and moves its users' seqs; returns each
-/// row's message id.
-async fn insert(
-    tx: &Tx<'_>,
+/// The last round trip: inserts the plan's messages and moves its users' seqs, with `COMMIT`
+/// pipelined behind (a group message's stream entries need the messages' ids: they go with the
+/// `COMMIT` in a trip of their own). Ends the transaction however it goes. Returns each row's
+/// message id.
+async fn write(
+    client: &Client,
     messages: &[&ValidMessage],
     plan: &Plan,
+    statements: &Final,
     timestamp: DateTime<Utc>,
 ) -> std::result::Result<Vec<i64>, Failure> {
     let rows = &plan.rows;
     let mut ids = vec![0i64; rows.len()];
     if rows.is_empty() {
+        client.batch_execute("COMMIT").await?;
         return Ok(ids);
     }
     let senders: Vec<UserId> = rows.iter().map(|r| r.sender).collect();
@@ -260,46 +333,87 @@ async fn insert(
         &client_ids,
         &conversations,
     ];
+    let seqs: Vec<i64> = plan.moved.iter().map(|u| plan.users[u].1).collect();
+    let seq_params: [&(dyn ToSql + Sync); 2] = [&plan.moved, &seqs];
+    // The insert and the seqs share the trip (neither needs the other's answer); the insert's
+    // error first, since a failed statement aborts the next.
+    let inserted = match &statements.stream {
+        None => {
+            let (inserted, moved, committed) = tokio::join!(
+                biased;
+                client.query(&statements.insert, &params),
+                client.query(&statements.seqs, &seq_params),
+                client.batch_execute("COMMIT")
+            );
+            let inserted = inserted?;
+            moved?;
+            committed?;
+            inserted
+        }
+        Some(stream) => {
+            let (inserted, moved) = tokio::join!(
+                biased;
+                client.query(&statements.insert, &params),
+                client.query(&statements.seqs, &seq_params)
+            );
+            let inserted = match (inserted, moved) {
+                (Ok(inserted), Ok(_)) => inserted,
+                (Err(e), _) | (_, Err(e)) => return Err(rolled_back(client, e.into()).await),
+            };
+            let ids = match message_ids(&inserted, &senders, &sender_seqs) {
+                Ok(ids) => ids,
+                Err(failure) => return Err(rolled_back(client, failure).await),
+            };
+            // A group message's other members: one stream entry each.
+            let (mut users, mut seqs, mut message_ids) = (Vec::new(), Vec::new(), Vec::new());
+            for (row, r) in rows.iter().enumerate() {
+                if r.receiver.is_none() {
+                    for &(user, seq) in &r.recipients {
+                        users.push(user);
+                        seqs.push(seq);
+                        message_ids.push(ids[row]);
+                    }
+                }
+            }
+            let stream_params: [&(dyn ToSql + Sync); 3] = [&users, &seqs, &message_ids];
+            let (streamed, committed) = tokio::join!(
+                biased;
+                client.query(stream, &stream_params),
+                client.batch_execute("COMMIT")
+            );
+            streamed?;
+            committed?;
+            return Ok(ids);
+        }
+    };
+    // Committed: what follows only reads the insert's answer.
+    ids = message_ids(&inserted, &senders, &sender_seqs)?;
+    Ok(ids)
+}
+
+/// Each row's message id, from the insert's `RETURNING id, sender_id, sender_seq` (in no
+/// promised order: matched by `(sender, sender_seq)`, which is unique).
+fn message_ids(
+    inserted: &[tokio_postgres::Row],
+    senders: &[UserId],
+    sender_seqs: &[i64],
+) -> std::result::Result<Vec<i64>, Failure> {
+    if inserted.len() != senders.len() {
+        return Err(unavailable("the batch insert returned a wrong number of rows").into());
+    }
     let row_of: HashMap<(UserId, i64), usize> = senders
         .iter()
-        .zip(&sender_seqs)
+        .zip(sender_seqs)
         .enumerate()
         .map(|(row, (sender, seq))| ((*sender, *seq), row))
         .collect();
-    // The seqs move in the same round trip as the insert (pipelined: neither needs the
-    // other's answer); the insert's error first, since a failed statement aborts the next.
-    let seqs: Vec<i64> = plan.moved.iter().map(|u| plan.users[u].1).collect();
-    let seq_params: [&(dyn ToSql + Sync); 2] = [&plan.moved, &seqs];
-    let (inserted, moved) = tokio::join!(
-        query(tx, INSERT_BATCH, &params),
-        query(tx, UPDATE_BATCH_SEQS, &seq_params)
-    );
-    let inserted = inserted?;
-    moved?;
-    if inserted.len() != rows.len() {
-        return Err(unavailable("the batch insert returned a wrong number of rows").into());
-    }
-    for r in &inserted {
+    let mut ids = vec![0i64; senders.len()];
+    for r in inserted {
         let key: (UserId, i64) = (col(r, 1)?, col(r, 2)?);
         let row = *row_of
             .get(&key)
             .ok_or_else(|| unavailable("the batch insert returned an unknown row"))?;
         ids[row] = col(r, 0)?;
-    }
-
-    // A group message's other members: one stream entry each.
-    let (mut users, mut seqs, mut message_ids) = (Vec::new(), Vec::new(), Vec::new());
-    for (row, r) in rows.iter().enumerate() {
-        if r.receiver.is_none() {
-            for &(user, seq) in &r.recipients {
-                users.push(user);
-                seqs.push(seq);
-                message_ids.push(ids[row]);
-            }
-        }
-    }
-    if !users.is_empty() {
-        query(tx, INSERT_BATCH_STREAM, &[&users, &seqs, &message_ids]).await?;
     }
     Ok(ids)
 }
