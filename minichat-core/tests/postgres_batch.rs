@@ -1076,29 +1076,20 @@ async fn a_failed_batch_stores_nothing_and_leaves_no_transaction_open() {
         .store_message(&message(alice, bob, "warm", None))
         .await
         .unwrap();
+    // (table, the check a row fails, the send whose batch writes such a row)
+    let new_direct = ("conversations", "kind <> 'direct'");
+    let boom = ("messages", "content <> 'boom'");
+    let stream_entry = ("stream_entries", "seq < 0");
     let cases = [
         // Before the last trip: making carol and bob's direct conversation.
-        (
-            "conversations",
-            "kind <> 'direct'",
-            message(carol, bob, "a new pair", None),
-        ),
+        (new_direct, message(carol, bob, "a new pair", None)),
         // The last trip of a one-to-one batch: the insert, with COMMIT behind it.
-        (
-            "messages",
-            "content <> 'boom'",
-            message(alice, bob, "boom", None),
-        ),
+        (boom, message(alice, bob, "boom", None)),
         // A group batch's first of two last trips.
-        (
-            "messages",
-            "content <> 'boom'",
-            to_conversation(alice, g, "boom", None),
-        ),
+        (boom, to_conversation(alice, g, "boom", None)),
         // A group batch's stream entries, with COMMIT beside them.
         (
-            "stream_entries",
-            "seq < 0",
+            stream_entry,
             to_conversation(alice, g, "to the group", None),
         ),
     ];
@@ -1106,7 +1097,7 @@ async fn a_failed_batch_stores_nothing_and_leaves_no_transaction_open() {
                         + (SELECT count(*) FROM conversations)";
     let in_transaction = "SELECT count(*) FROM pg_stat_activity
          WHERE datname = current_database() AND state LIKE 'idle in transaction%'";
-    for (table, check, send) in cases {
+    for ((table, check), send) in cases {
         admin
             .batch_execute(&format!(
                 "ALTER TABLE {table} ADD CONSTRAINT fails_here CHECK ({check}) NOT VALID"
