@@ -310,10 +310,9 @@ async fn write(
     timestamp: DateTime<Utc>,
 ) -> std::result::Result<Vec<i64>, Failure> {
     let rows = &plan.rows;
-    let mut ids = vec![0i64; rows.len()];
     if rows.is_empty() {
         client.batch_execute("COMMIT").await?;
-        return Ok(ids);
+        return Ok(Vec::new());
     }
     let senders: Vec<UserId> = rows.iter().map(|r| r.sender).collect();
     let receivers: Vec<Option<UserId>> = rows.iter().map(|r| r.receiver).collect();
@@ -387,8 +386,7 @@ async fn write(
         }
     };
     // Committed: what follows only reads the insert's answer.
-    ids = message_ids(&inserted, &senders, &sender_seqs)?;
-    Ok(ids)
+    message_ids(&inserted, &senders, &sender_seqs)
 }
 
 /// Each row's message id, from the insert's `RETURNING id, sender_id, sender_seq` (in no
