@@ -244,13 +244,13 @@ impl RedisPool {
         &self.inner.target
     }
 
-    /// Whether Redis is a cluster (then a pipeline must keep to one slot, and fan-out is
-    /// sharded).
     /// The budget of one command (the backend timeout).
     pub(crate) fn timeout(&self) -> Duration {
         self.inner.timeout
     }
 
+    /// Whether Redis is a cluster (then a pipeline must keep to one slot, and fan-out is
+    /// sharded).
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self.inner.target, Target::Cluster(_))
     }

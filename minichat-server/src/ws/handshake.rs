@@ -24,8 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
-/// The most frames a socket gathers before writing them (`write_buffer_size`): a burst's
-/// frames, each a few hundred bytes, go out in one write. A socket keeps the buffer's capacity
+/// How many bytes of frames a socket gathers before writing them (`write_buffer_size`): a
+/// burst's frames, each a few hundred bytes, go out in one write. A socket keeps the buffer's capacity
 /// once it has been busy, so this is also what a busy socket may hold beyond the idle budget
 /// (ARCHITECTURE.md, "Per-socket memory budget").
 const WRITE_CHUNK: usize = 4096;
