@@ -1141,3 +1141,46 @@ async fn a_failed_batch_stores_nothing_and_leaves_no_transaction_open() {
         assert_eq!(seqs, expected, "user {user}");
     }
 }
+
+/// A run longer than a batch goes in several batches, in order; when one of them fails, the
+/// rest of the run is not stored (a later message never lands without an earlier one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_stops_at_its_first_failed_batch() {
+    let db = TestDatabase::create().await;
+    let storage = connect(db.url()).await;
+    let admin = admin(db.url()).await;
+    let (alice, bob) = (user(&storage, "alice").await, user(&storage, "bob").await);
+    admin
+        .batch_execute(
+            "ALTER TABLE messages ADD CONSTRAINT fails_here CHECK (content <> 'boom') NOT VALID",
+        )
+        .await
+        .unwrap();
+    // 300 sends: more than one batch (at most 256), the first of them refused by PostgreSQL.
+    let run: Vec<ValidMessage> = (0..300)
+        .map(|i| {
+            let content = if i == 0 {
+                "boom".into()
+            } else {
+                format!("{i}")
+            };
+            message(alice, bob, &content, None)
+        })
+        .collect();
+    let got = storage
+        .store_messages(&run.iter().collect::<Vec<_>>())
+        .await;
+    assert_eq!(got.len(), run.len());
+    for (i, answer) in got.iter().enumerate() {
+        assert!(
+            matches!(answer, Err(Error::Unavailable { .. })),
+            "send {i}: {answer:?}"
+        );
+    }
+    let stored: i64 = admin
+        .query_one("SELECT count(*) FROM messages", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "a later batch of the run was stored");
+}

@@ -164,19 +164,25 @@ impl Writer {
     }
 
     /// Stores `messages` in order, each with its own answer: at most [`MAX_BATCH`] at a time,
-    /// all in one batch, so that their seqs follow their order.
+    /// all in one batch, so that their seqs follow their order. Once a batch of them fails (or
+    /// is not answered within the budget), the rest is not queued: see
+    /// `Storage::store_messages`.
     pub(super) async fn store_run(&self, messages: &[&ValidMessage]) -> Vec<Result<StoredMessage>> {
         let mut answers = Vec::with_capacity(messages.len());
         for run in messages.chunks(MAX_BATCH) {
             let (reply, answer) = oneshot::channel();
             let job = Job::Run(run.iter().map(|&m| m.clone()).collect(), reply);
-            match self.within_budget(job, answer).await {
-                Ok(stored) => answers.extend(stored),
-                Err(e) => {
-                    // The rest is not queued: see `Storage::store_messages`.
-                    answers.push(Err(e));
-                    break;
-                }
+            let stored = self
+                .within_budget(job, answer)
+                .await
+                .unwrap_or_else(|e| vec![Err(e)]);
+            // A batch fails as a whole: every send of it answers unavailable.
+            let failed = stored
+                .iter()
+                .any(|s| matches!(s, Err(Error::Unavailable { .. })));
+            answers.extend(stored);
+            if failed {
+                break;
             }
         }
         answers.resize_with(messages.len(), || Err(Error::earlier_in_run_unstored()));
