@@ -361,3 +361,117 @@ async fn the_backlog_probe_comes_back_so_sends_do_not_wait() {
     }
     delete_redis_prefix(&url, &prefix);
 }
+
+/// The next message on the test's own pub/sub connection, within 5 s: its channel and payload.
+async fn next_published(messages: &mut redis::aio::PubSubStream) -> (String, Vec<u8>) {
+    use futures_util::StreamExt;
+    let msg = timeout(Duration::from_secs(5), messages.next())
+        .await
+        .expect("a PUBLISH within 5 s")
+        .expect("the pub/sub connection is open");
+    (
+        msg.get_channel_name().to_owned(),
+        msg.get_payload_bytes().to_vec(),
+    )
+}
+
+/// The sender's echo of `message`, sent from their connection `origin`.
+fn echo_of(message: &Message, origin: &Subscription) -> (Bytes, [Delivery; 2]) {
+    let (frame, [receiver, mut echo]) = send_of(message);
+    echo.exclude = Some(origin.id());
+    (frame, [receiver, echo])
+}
+
+/// Publishes a marker to `user` through `broker` and asserts it is the next thing on `channel`
+/// (the user's, which `published` listens to): nothing was published there before it. Returns
+/// the marker.
+async fn published_next_is_marker(
+    broker: &RedisBroker,
+    user: UserId,
+    published: &mut redis::aio::PubSubStream,
+    channel: &str,
+) -> Event {
+    let marker = Event {
+        seq: None,
+        payload: Bytes::from(format!("{{\"type\":\"marker\",\"for\":{user}}}")),
+    };
+    broker
+        .publish(&[Delivery {
+            user,
+            exclude: None,
+            event: marker.clone(),
+        }])
+        .await
+        .expect("publish the marker");
+    let (got, payload) = next_published(published).await;
+    assert_eq!(got, channel);
+    assert!(
+        payload.ends_with(&marker.payload),
+        "something was published on {channel} before the marker"
+    );
+    marker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echo_is_published_only_where_another_connection_can_receive_it() {
+    let url = std::env::var("MINICHAT_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = unique_redis_prefix();
+    // Node A with the receiver (user 1), and the sender (user 99) on one connection there.
+    let (cache, a, hub_a, mut receiver) = node(&url, &prefix).await;
+    let (mut origin, _) = hub_a.subscribe(99);
+    a.user_arrived(99, true).await.expect("watch");
+    // The test listens on the sender's channel, to see what is published there.
+    let mut listener = redis::Client::open(url.as_str())
+        .expect("redis URL")
+        .get_async_pubsub()
+        .await
+        .expect("pub/sub connection");
+    let channel = format!("{prefix}user:{{99}}");
+    listener.subscribe(&channel).await.expect("subscribe");
+    let mut published = listener.into_on_message();
+    // Only the sending connection, on this node, and nowhere else: the receiver gets theirs,
+    // the echo is not published at all.
+    let (frame, deliveries) = echo_of(&message(1, 1), &origin);
+    let (pushed, reached) = publish_one(&a, cache.as_ref(), &frame, &deliveries).await;
+    pushed.expect("pushed");
+    assert_eq!(reached.expect("published"), vec![true, false]);
+    assert_eq!(next(&mut receiver).await, deliveries[0].event);
+    let marker = published_next_is_marker(&a, 99, &mut published, &channel).await;
+    assert_eq!(next(&mut origin).await, marker, "the origin gets no echo");
+
+    // A second connection of the sender on this node: published, and it gets the echo.
+    let (mut laptop, _) = hub_a.subscribe(99);
+    let (frame, deliveries) = echo_of(&message(2, 1), &origin);
+    let (_, reached) = publish_one(&a, cache.as_ref(), &frame, &deliveries).await;
+    assert_eq!(reached.expect("published"), vec![true, true]);
+    assert_eq!(next(&mut laptop).await, deliveries[1].event);
+    assert_eq!(next_published(&mut published).await.0, channel);
+    drop(laptop);
+
+    // A connection of the sender on node B instead: published, and node B's gets the echo.
+    let hub_b = Hub::default();
+    let b = RedisBroker::connect(&config(&url, &prefix), hub_b.clone())
+        .await
+        .expect("connect node B");
+    let (mut phone, _) = hub_b.subscribe(99);
+    b.user_arrived(99, true).await.expect("watch");
+    let (frame, deliveries) = echo_of(&message(3, 1), &origin);
+    let (_, reached) = publish_one(&a, cache.as_ref(), &frame, &deliveries).await;
+    assert_eq!(reached.expect("published"), vec![true, true]);
+    assert_eq!(next(&mut phone).await, deliveries[1].event);
+    assert_eq!(next_published(&mut published).await.0, channel);
+
+    // Node B's connection leaves (and so does its presence report): held again.
+    drop(phone);
+    b.user_left(99).await.expect("leave");
+    let (frame, deliveries) = echo_of(&message(4, 1), &origin);
+    let (_, reached) = publish_one(&a, cache.as_ref(), &frame, &deliveries).await;
+    assert_eq!(reached.expect("published"), vec![true, false]);
+    published_next_is_marker(&a, 99, &mut published, &channel).await;
+    // The receiver had the other three, in order (their frame's seq is the message's id).
+    for id in 2..=4 {
+        assert_eq!(next(&mut receiver).await.seq, Some(id));
+    }
+    delete_redis_prefix(&url, &prefix);
+}

@@ -10,8 +10,9 @@
 //! This file is the broker itself: publishing, and what it falls back to while Redis is away.
 //! The pieces it is made of have their own files: [`envelope`] (the bytes on a channel),
 //! [`link`] (the subscriber connection, its push handler and its resync after an outage),
-//! [`flow`] (publishing paced by the subscriber's backlog) and [`presence`] (the presence
-//! records, their scripts and the heartbeat).
+//! [`flow`] (publishing paced by the subscriber's backlog), [`presence`] (the presence
+//! records, their scripts and the heartbeat) and [`run`] (a run of sends' cache pushes and
+//! publishes in one pipeline).
 //!
 //! # Redis Cluster
 //!
@@ -28,7 +29,9 @@
 //! # Delivery
 //!
 //! While Redis is up, a node's own connections also get their events back through its
-//! subscription, never directly, so nothing is delivered twice. While Redis cannot be reached,
+//! subscription, never directly, so nothing is delivered twice. A sender's echo (their own copy,
+//! for their other connections) that no connection can receive is not published at all: see
+//! [`run`] for when that is, and why nothing is lost. While Redis cannot be reached,
 //! `publish` hands each event to the local hub instead (through [`LocalBroker`]) and still
 //! succeeds (once per outage it logs a warning): sends never fail for lack of fan-out, and
 //! storage is the source of truth for whatever other nodes missed. Only the first send of an
@@ -69,6 +72,7 @@ mod envelope;
 mod flow;
 mod link;
 mod presence;
+mod run;
 
 pub use presence::PRESENCE_TTL;
 
@@ -87,7 +91,6 @@ use envelope::{Envelope, MembersEnvelope};
 use flow::Flow;
 use link::Subscriber;
 use presence::Presence;
-use redis::{RedisResult, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{Mutex, Notify};
@@ -296,75 +299,6 @@ impl RedisBroker {
             .await
     }
 
-    /// One pipelined round trip carrying a run of messages: per run of consecutive messages to
-    /// one receiver, `cache`'s push of their frames to that receiver's list (one `MULTI ...
-    /// EXEC`), then each message's `PUBLISH`es in order. Returns, per message, whether its push
-    /// succeeded and the number of receiving nodes of each delivery. A failed round trip fails
-    /// everything; a failed transaction fails only the pushes it carried, a failed `PUBLISH`
-    /// only its message's fan-out.
-    async fn push_and_publish_remote(
-        &self,
-        cache: &RedisCache,
-        messages: &[MessageFanout<'_>],
-    ) -> Vec<(Result<()>, Result<Vec<i64>>)> {
-        self.paced().await;
-        let segments = || messages.chunk_by(|a, b| a.receiver == b.receiver);
-        let mut pipe = redis::pipe();
-        // Every reply comes back, errors included, and is judged below.
-        pipe.ignore_errors();
-        for segment in segments() {
-            pipe.cmd("MULTI").ignore();
-            cache.push_commands(
-                &mut pipe,
-                segment[0].receiver,
-                segment.iter().map(|m| m.frame),
-            );
-            pipe.cmd("EXEC");
-            for m in segment {
-                self.publish_commands(&mut pipe, m.deliveries);
-            }
-        }
-        let answered: Result<Vec<RedisResult<Value>>> = self.query_probed(&mut pipe).await;
-        let mut replies = match answered {
-            Ok(replies) => replies.into_iter(),
-            Err(e) => {
-                let why = e.to_string();
-                return messages
-                    .iter()
-                    .map(|_| {
-                        (
-                            Err(Error::unavailable(Backend::Cache, why.clone())),
-                            Err(Error::unavailable(Backend::Broker, why.clone())),
-                        )
-                    })
-                    .collect();
-            }
-        };
-        let mut outcomes = Vec::with_capacity(messages.len());
-        for segment in segments() {
-            let pushed = exec_outcome(replies.next());
-            for m in segment {
-                let published = publish_outcome(replies.by_ref().take(m.deliveries.len()))
-                    .and_then(|receivers| {
-                        if receivers.len() == m.deliveries.len() {
-                            Ok(receivers)
-                        } else {
-                            Err(Error::unavailable(
-                                Backend::Broker,
-                                "fewer answers than PUBLISHes",
-                            ))
-                        }
-                    });
-                let pushed = match &pushed {
-                    Ok(()) => Ok(()),
-                    Err(why) => Err(Error::unavailable(Backend::Cache, why.clone())),
-                };
-                outcomes.push((pushed, published));
-            }
-        }
-        outcomes
-    }
-
     /// What `publish` returns for `deliveries` once Redis answered (or did not): who was
     /// reached, or, when Redis failed, the local delivery instead.
     async fn settle_publish(
@@ -439,34 +373,6 @@ impl RedisBroker {
             })
             .await
     }
-}
-
-/// The push's outcome from `EXEC`'s reply: one answer per queued command, each of which must
-/// have succeeded; the reason otherwise.
-fn exec_outcome(reply: Option<RedisResult<Value>>) -> std::result::Result<(), String> {
-    match reply {
-        Some(Ok(Value::Array(results)))
-            if !results.iter().any(|r| matches!(r, Value::ServerError(_))) =>
-        {
-            Ok(())
-        }
-        Some(Err(e)) => Err(e.to_string()),
-        other => Err(format!("the cache push's transaction failed: {other:?}")),
-    }
-}
-
-/// The number of receiving nodes from each `PUBLISH` reply.
-fn publish_outcome(replies: impl Iterator<Item = RedisResult<Value>>) -> Result<Vec<i64>> {
-    replies
-        .map(|reply| match reply {
-            Ok(Value::Int(n)) => Ok(n),
-            Ok(other) => Err(Error::unavailable(
-                Backend::Broker,
-                format!("unexpected answer to PUBLISH: {other:?}"),
-            )),
-            Err(e) => Err(Error::unavailable(Backend::Broker, e)),
-        })
-        .collect()
 }
 
 impl Drop for RedisBroker {

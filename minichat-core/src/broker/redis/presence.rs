@@ -133,6 +133,24 @@ impl Presence {
         Ok(went_offline == 1)
     }
 
+    /// Appends a look at `user`'s presence set to `pipe`: two of its nodes at most, which is
+    /// enough for [`elsewhere`](Self::elsewhere) to tell.
+    pub(super) fn nodes_command(&self, pipe: &mut redis::Pipeline, user: UserId) {
+        pipe.cmd("ZRANGE").arg(self.keys.online(user)).arg(0).arg(1);
+    }
+
+    /// From the answer to [`nodes_command`](Self::nodes_command): whether a node other than this
+    /// one may have a connection of the user. Expired reports count (a node that stopped
+    /// without goodbye, until its record goes), and so does an answer that is not understood.
+    pub(super) fn elsewhere(&self, reply: Option<redis::RedisResult<Value>>) -> bool {
+        match reply {
+            Some(Ok(Value::Array(nodes))) => nodes
+                .iter()
+                .any(|n| !matches!(n, Value::BulkString(name) if name == self.node.as_bytes())),
+            _ => true,
+        }
+    }
+
     /// Whether each of `users` has a live report from any node, and when they were last seen.
     pub(super) async fn query(&self, users: &[UserId]) -> Result<Vec<ClusterPresence>> {
         if users.is_empty() {
