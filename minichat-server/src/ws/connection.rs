@@ -71,8 +71,10 @@ impl Connection {
 
     /// Runs the connection to its end. This future lives as long as the socket, so it is kept
     /// small (see ARCHITECTURE.md, "Per-socket memory budget"): what only its start, its end or
-    /// a client's frame needs is boxed and gone again once done.
-    pub(super) async fn run(mut self, since: Option<Seq>) {
+    /// a client's frame needs is boxed and gone again once done. It borrows the connection: an
+    /// `async fn` taking `self` by value keeps both the argument and the moved local in its
+    /// state, a second copy of the connection (360 B per socket).
+    pub(super) async fn run(&mut self, since: Option<Seq>) {
         let opened = Box::pin(self.open(since)).await;
         let end = match opened {
             Ok(mut events) => self.serve(&mut events).await,

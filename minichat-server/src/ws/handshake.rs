@@ -115,9 +115,8 @@ pub fn upgrade(
                     Some(config),
                 )
                 .await;
-                Connection::new(state_for_task, socket, user_id, metrics)
-                    .run(since)
-                    .await;
+                let mut connection = Connection::new(state_for_task, socket, user_id, metrics);
+                connection.run(since).await;
                 drop(permit);
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
