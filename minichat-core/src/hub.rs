@@ -206,13 +206,6 @@ impl Hub {
         lock(self.shard(user)).contains_key(&user)
     }
 
-    /// Whether `user` has a subscriber on this node other than `except`.
-    pub fn has_other_subscriber(&self, user: UserId, except: Option<ConnectionId>) -> bool {
-        lock(self.shard(user))
-            .get(&user)
-            .is_some_and(|slots| slots.iter().any(|slot| Some(slot.id) != except))
-    }
-
     /// How many subscribers `user` has on this node.
     pub fn connections(&self, user: UserId) -> usize {
         lock(self.shard(user)).get(&user).map_or(0, Vec::len)

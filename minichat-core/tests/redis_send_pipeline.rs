@@ -412,8 +412,22 @@ async fn published_next_is_marker(
     marker
 }
 
+/// Publishes a marker to the receiver (user 1) and one to the sender (user 99) through
+/// `broker`, and asserts they are the next things published on their channels: nothing else was.
+/// Returns the two markers.
+async fn nothing_published(
+    broker: &RedisBroker,
+    published: &mut redis::aio::PubSubStream,
+    to_receiver: &str,
+    to_sender: &str,
+) -> (Event, Event) {
+    let marker = published_next_is_marker(broker, 1, published, to_receiver).await;
+    let echo_marker = published_next_is_marker(broker, 99, published, to_sender).await;
+    (marker, echo_marker)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_echo_is_published_only_where_another_connection_can_receive_it() {
+async fn a_delivery_is_published_only_where_another_node_can_receive_it() {
     let url = std::env::var("MINICHAT_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let prefix = unique_redis_prefix();
@@ -421,57 +435,132 @@ async fn an_echo_is_published_only_where_another_connection_can_receive_it() {
     let (cache, a, hub_a, mut receiver) = node(&url, &prefix).await;
     let (mut origin, _) = hub_a.subscribe(99);
     a.user_arrived(99, true).await.expect("watch");
-    // The test listens on the sender's channel, to see what is published there.
+    // The test listens on both users' channels, to see what is published there.
     let mut listener = redis::Client::open(url.as_str())
         .expect("redis URL")
         .get_async_pubsub()
         .await
         .expect("pub/sub connection");
-    let channel = format!("{prefix}user:{{99}}");
-    listener.subscribe(&channel).await.expect("subscribe");
+    let to_sender = format!("{prefix}user:{{99}}");
+    let to_receiver = format!("{prefix}user:{{1}}");
+    listener.subscribe(&to_sender).await.expect("subscribe");
+    listener.subscribe(&to_receiver).await.expect("subscribe");
     let mut published = listener.into_on_message();
-    // Only the sending connection, on this node, and nowhere else: the receiver gets theirs,
-    // the echo is not published at all.
+    // Both users on this node alone: the receiver gets theirs straight from the hub, the echo
+    // has no one to go to, and nothing is published.
     let (frame, deliveries) = echo_of(&message(1, 1), &origin);
     let (pushed, reached) = publish_one(&a, cache.as_ref(), &frame, &deliveries).await;
     pushed.expect("pushed");
-    assert_eq!(reached.expect("published"), vec![true, false]);
+    assert_eq!(reached.expect("reached"), vec![true, true]);
     assert_eq!(next(&mut receiver).await, deliveries[0].event);
-    let marker = published_next_is_marker(&a, 99, &mut published, &channel).await;
-    assert_eq!(next(&mut origin).await, marker, "the origin gets no echo");
+    let (marker, echo_marker) =
+        nothing_published(&a, &mut published, &to_receiver, &to_sender).await;
+    assert_eq!(
+        next(&mut receiver).await,
+        marker,
+        "the receiver got it twice"
+    );
+    assert_eq!(
+        next(&mut origin).await,
+        echo_marker,
+        "the origin got an echo"
+    );
 
-    // A second connection of the sender on this node: published, and it gets the echo.
+    // A second connection of the sender on this node: it gets the echo, still unpublished.
     let (mut laptop, _) = hub_a.subscribe(99);
     let (frame, deliveries) = echo_of(&message(2, 1), &origin);
     let (_, reached) = publish_one(&a, cache.as_ref(), &frame, &deliveries).await;
-    assert_eq!(reached.expect("published"), vec![true, true]);
+    assert_eq!(reached.expect("reached"), vec![true, true]);
+    assert_eq!(next(&mut receiver).await, deliveries[0].event);
     assert_eq!(next(&mut laptop).await, deliveries[1].event);
-    assert_eq!(next_published(&mut published).await.0, channel);
-    drop(laptop);
+    let (marker, echo_marker) =
+        nothing_published(&a, &mut published, &to_receiver, &to_sender).await;
+    assert_eq!(next(&mut receiver).await, marker);
+    assert_eq!(
+        next(&mut laptop).await,
+        echo_marker,
+        "the laptop got the echo twice"
+    );
+    assert_eq!(
+        next(&mut origin).await,
+        echo_marker,
+        "the origin got an echo"
+    );
 
-    // A connection of the sender on node B instead: published, and node B's gets the echo.
+    // The sender and the receiver on node B too: both copies are published, and every
+    // connection on either node gets its copy once.
     let hub_b = Hub::default();
     let b = RedisBroker::connect(&config(&url, &prefix), hub_b.clone())
         .await
         .expect("connect node B");
     let (mut phone, _) = hub_b.subscribe(99);
     b.user_arrived(99, true).await.expect("watch");
+    let (mut tablet, _) = hub_b.subscribe(1);
+    b.user_arrived(1, true).await.expect("watch");
     let (frame, deliveries) = echo_of(&message(3, 1), &origin);
     let (_, reached) = publish_one(&a, cache.as_ref(), &frame, &deliveries).await;
     assert_eq!(reached.expect("published"), vec![true, true]);
+    let mut channels = vec![
+        next_published(&mut published).await.0,
+        next_published(&mut published).await.0,
+    ];
+    channels.sort();
+    let mut expected = vec![to_sender.clone(), to_receiver.clone()];
+    expected.sort();
+    assert_eq!(channels, expected);
+    assert_eq!(next(&mut receiver).await, deliveries[0].event);
+    assert_eq!(next(&mut tablet).await, deliveries[0].event);
+    assert_eq!(next(&mut laptop).await, deliveries[1].event);
     assert_eq!(next(&mut phone).await, deliveries[1].event);
-    assert_eq!(next_published(&mut published).await.0, channel);
+    let (marker, echo_marker) =
+        nothing_published(&a, &mut published, &to_receiver, &to_sender).await;
+    assert_eq!(
+        next(&mut receiver).await,
+        marker,
+        "the receiver got it twice"
+    );
+    assert_eq!(
+        next(&mut laptop).await,
+        echo_marker,
+        "the laptop got the echo twice"
+    );
+    assert_eq!(
+        next(&mut origin).await,
+        echo_marker,
+        "the origin got an echo"
+    );
+    drop(laptop);
 
-    // Node B's connection leaves (and so does its presence report): held again.
+    // Node B's connections leave (and so do its presence reports): straight to the hub again.
     drop(phone);
+    drop(tablet);
     b.user_left(99).await.expect("leave");
+    b.user_left(1).await.expect("leave");
     let (frame, deliveries) = echo_of(&message(4, 1), &origin);
     let (_, reached) = publish_one(&a, cache.as_ref(), &frame, &deliveries).await;
-    assert_eq!(reached.expect("published"), vec![true, false]);
-    published_next_is_marker(&a, 99, &mut published, &channel).await;
-    // The receiver had the other three, in order (their frame's seq is the message's id).
-    for id in 2..=4 {
-        assert_eq!(next(&mut receiver).await.seq, Some(id));
-    }
+    assert_eq!(reached.expect("reached"), vec![true, true]);
+    assert_eq!(next(&mut receiver).await, deliveries[0].event);
+    let (marker, _) = nothing_published(&a, &mut published, &to_receiver, &to_sender).await;
+    assert_eq!(next(&mut receiver).await, marker);
+
+    // A presence set that lost this node (as when Redis lost its data, until the heartbeat
+    // writes it again) is not taken at its word: the delivery is published, and arrives once.
+    let mut admin = admin(&url).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{prefix}online:{{1}}"))
+        .query_async(&mut admin)
+        .await
+        .expect("DEL");
+    let (frame, deliveries) = echo_of(&message(5, 1), &origin);
+    let (_, reached) = publish_one(&a, cache.as_ref(), &frame, &deliveries).await;
+    assert_eq!(reached.expect("published"), vec![true, true]);
+    assert_eq!(next_published(&mut published).await.0, to_receiver);
+    assert_eq!(next(&mut receiver).await, deliveries[0].event);
+    let (marker, _) = nothing_published(&a, &mut published, &to_receiver, &to_sender).await;
+    assert_eq!(
+        next(&mut receiver).await,
+        marker,
+        "the receiver got it twice"
+    );
     delete_redis_prefix(&url, &prefix);
 }

@@ -28,10 +28,12 @@
 //!
 //! # Delivery
 //!
-//! While Redis is up, a node's own connections also get their events back through its
-//! subscription, never directly, so nothing is delivered twice. A sender's echo (their own copy,
-//! for their other connections) that no connection can receive is not published at all: see
-//! [`run`] for when that is, and why nothing is lost. While Redis cannot be reached,
+//! While Redis is up, a node's own connections get each event by one path, so nothing is
+//! delivered twice: back through its subscription, or, for a direct message's deliveries to a
+//! user whose connections are on this node alone (the presence set says so), straight from the
+//! hub, with no `PUBLISH` at all: see [`run`] for when that is, and why nothing is lost. Other
+//! events (group fan-out, read marks, typing, membership changes) always go through Redis.
+//! While Redis cannot be reached,
 //! `publish` hands each event to the local hub instead (through [`LocalBroker`]) and still
 //! succeeds (once per outage it logs a warning): sends never fail for lack of fan-out, and
 //! storage is the source of truth for whatever other nodes missed. Only the first send of an

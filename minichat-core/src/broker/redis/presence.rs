@@ -134,20 +134,23 @@ impl Presence {
     }
 
     /// Appends a look at `user`'s presence set to `pipe`: two of its nodes at most, which is
-    /// enough for [`elsewhere`](Self::elsewhere) to tell.
+    /// enough for [`only_here`](Self::only_here) to tell.
     pub(super) fn nodes_command(&self, pipe: &mut redis::Pipeline, user: UserId) {
         pipe.cmd("ZRANGE").arg(self.keys.online(user)).arg(0).arg(1);
     }
 
-    /// From the answer to [`nodes_command`](Self::nodes_command): whether a node other than this
-    /// one may have a connection of the user. Expired reports count (a node that stopped
-    /// without goodbye, until its record goes), and so does an answer that is not understood.
-    pub(super) fn elsewhere(&self, reply: Option<redis::RedisResult<Value>>) -> bool {
+    /// From the answer to [`nodes_command`](Self::nodes_command): whether this node alone has
+    /// the user's connections, by a set that holds this node and no other. Anything else says
+    /// no: another node's report, expired ones included (a node that stopped without goodbye,
+    /// until its record goes); a set without this node (records behind the subscriptions, as
+    /// after Redis lost its data, since the caller knows the user is here); an answer that is
+    /// not understood.
+    pub(super) fn only_here(&self, reply: Option<redis::RedisResult<Value>>) -> bool {
         match reply {
-            Some(Ok(Value::Array(nodes))) => nodes
-                .iter()
-                .any(|n| !matches!(n, Value::BulkString(name) if name == self.node.as_bytes())),
-            _ => true,
+            Some(Ok(Value::Array(nodes))) => {
+                matches!(nodes.as_slice(), [Value::BulkString(name)] if name == self.node.as_bytes())
+            }
+            _ => false,
         }
     }
 

@@ -1,79 +1,83 @@
 //! A run of direct messages fanned out in one pipeline: the cache pushes and the `PUBLISH`es
-//! together, and each sender's echo only where someone can receive it.
+//! together, and a delivery published only where another node can receive it.
 //!
 //! This file exists because the run is the broker's hot path ([`Broker::publish_messages`]) and
-//! its one subtle rule, when an echo may stay unpublished, needs its argument beside it.
+//! its one subtle rule, when a delivery may skip Redis, needs its argument beside it.
 //!
-//! # Echoes
+//! # Deliveries to this node's users
 //!
-//! Every WebSocket send has an echo: the sender's own copy, for their other connections (their
-//! other devices), with the sending connection excluded. Published like any delivery, it came
-//! back through this node's subscriber as a push to parse and hand to the hub, which then found
-//! no one to give it to whenever the sender had no other connection: the common case, and half
-//! of all the pushes of a node's one-to-one traffic. So an echo whose user has no connection on
-//! this node but the excluded one is *held*: instead of its `PUBLISH`, the run's pipeline carries
-//! a look at the user's presence set (`ZRANGE {prefix}online:{<user>} 0 1`, once per sender), and
-//! the echo is published, in a second round trip, only when a node other than this one is in it.
+//! Published, a delivery comes back through every subscribed node's subscriber as a push to
+//! parse and hand to the hub, this node's own included. When the only connections of its user
+//! are here (one node, or a receiver on the sender's node), that is a `PUBLISH`, a push and a
+//! parse for nothing. So a delivery whose user has a connection on this node, or that is the
+//! sender's echo (their own copy, for their other devices: the sending connection is here), is
+//! *held*: instead of its `PUBLISH`, the run's pipeline carries a look at the user's presence
+//! set (`ZRANGE {prefix}online:{<user>} 0 1`, once per user). If the set holds this node and no
+//! other, the held deliveries go straight to this node's hub; otherwise they are published, in a
+//! second round trip, and reach this node's connections back through its subscription as
+//! before. Either way a delivery reaches this node's connections by one path only, never twice.
 //!
 //! Why nothing is lost: a connection that opens on another node subscribes that node to the
 //! user's channel, then adds the node to the user's presence set, and only then reads storage
 //! for what it missed (`Chat::subscribe`, then the stream's replay). The message was stored
 //! before its run reached the broker. If the presence look came after that node's `ZADD`, the
-//! echo is published and the subscription carries it; if it came before, so did the store, and
-//! the new connection's read of storage, which follows the `ZADD`, holds the message. A new
-//! connection on this node is the same argument with the hub in Redis's place: it joins the hub
-//! before reading storage, and the hub is looked at after the store. Where presence lags behind
-//! the subscriptions (a Redis that lost its data, until the heartbeat writes the records again;
-//! a node whose arrival could not reach Redis, until its resync), an echo that node would have
-//! received is held; its stream then reads it from storage as a gap, before the next event. A
-//! node that died without goodbye still counts until its record expires: echoes are published
-//! to it meanwhile, as they were before.
+//! delivery is published and the subscription carries it; if it came before, so did the store,
+//! and the new connection's read of storage, which follows the `ZADD`, holds the message. A new
+//! connection on this node joins the hub before reading storage, and the hub is looked at (to
+//! hold, and again to deliver) after the store: it gets the delivery live, from storage, or both
+//! (the stream drops the second by its seq). Where presence lags behind the subscriptions, the
+//! look errs towards publishing: a set without this node, though the user is connected here
+//! (a Redis that lost its data, until the heartbeat writes the records again), or an answer not
+//! understood, counts as another node; so does a node that died without goodbye, until its
+//! record expires. Only a node whose own arrival could not reach Redis is missed, until its
+//! resync; its stream then reads the message from storage as a gap, before the next event.
+//!
+//! Held and published deliveries can reach a connection out of seq order (a delivery that goes
+//! straight to the hub can overtake one of another run still on its way back from Redis); the
+//! stream's reorder window puts them back in order, as it does for concurrent sends.
 
 use super::RedisBroker;
 use crate::broker::{Delivery, MessageFanout};
 use crate::cache::RedisCache;
 use crate::error::{Backend, Error, Result};
-use crate::hub::{ConnectionId, Hub};
+use crate::hub::Hub;
 use crate::model::UserId;
 use redis::{RedisResult, Value};
 
-/// The echoes of a run that wait for the presence look: the `(user, excluded connection)` pairs
-/// whose user has no other connection on this node (a run is one sender's, so there is mostly
-/// one).
-struct Held(Vec<(UserId, ConnectionId)>);
+/// The users of a run whose deliveries wait for the presence look (a run is one sender's: mostly
+/// the sender and one receiver).
+struct Held(Vec<UserId>);
 
 impl Held {
-    /// The echoes among `messages`' deliveries that only their excluded connection here could
-    /// receive, looked up in `hub` now (after the messages were stored: see the module docs).
+    /// The users among `messages`' deliveries with a connection on this node, or whose delivery
+    /// is an echo, looked up in `hub` now (after the messages were stored: see the module docs).
     fn of(hub: &Hub, messages: &[MessageFanout<'_>]) -> Held {
         let mut held = Vec::new();
         for d in messages.iter().flat_map(|m| m.deliveries) {
-            if let Some(origin) = d.exclude {
-                if !held.contains(&(d.user, origin))
-                    && !hub.has_other_subscriber(d.user, Some(origin))
-                {
-                    held.push((d.user, origin));
-                }
+            if !held.contains(&d.user) && (d.exclude.is_some() || hub.is_connected(d.user)) {
+                held.push(d.user);
             }
         }
         Held(held)
     }
 
     fn holds(&self, d: &Delivery) -> bool {
-        d.exclude
-            .is_some_and(|origin| self.0.contains(&(d.user, origin)))
+        self.0.contains(&d.user)
     }
 }
 
 impl RedisBroker {
     /// One pipelined round trip carrying a run of messages: per run of consecutive messages to
     /// one receiver, `cache`'s push of their frames to that receiver's list (one `MULTI ...
-    /// EXEC`), then each message's `PUBLISH`es in order, except held echoes (see the module
-    /// docs), whose users' presence sets are read at the end. Held echoes that another node may
-    /// receive go out in a second round trip. Returns, per message, whether its push succeeded
-    /// and the number of receiving nodes of each delivery (0 for an echo left unpublished). A
-    /// failed round trip fails everything; a failed transaction fails only the pushes it
-    /// carried, a failed `PUBLISH` only its message's fan-out.
+    /// EXEC`), then each message's `PUBLISH`es in order, except held deliveries (see the module
+    /// docs), whose users' presence sets are read at the end. Held deliveries of users connected
+    /// here alone are then handed to the hub; the others go out in a second round trip. Returns,
+    /// per message, whether its push succeeded and the number of receiving nodes of each
+    /// delivery (1 for one handed to the hub if its user is connected here, as [`LocalBroker`]
+    /// counts). A failed round trip fails everything; a failed transaction fails only the pushes
+    /// it carried, a failed `PUBLISH` only its message's fan-out.
+    ///
+    /// [`LocalBroker`]: crate::broker::LocalBroker
     pub(super) async fn push_and_publish_remote(
         &self,
         cache: &RedisCache,
@@ -99,7 +103,7 @@ impl RedisBroker {
                 }
             }
         }
-        for &(user, _) in &held.0 {
+        for &user in &held.0 {
             self.presence.nodes_command(&mut pipe, user);
         }
         let answered: Result<Vec<RedisResult<Value>>> = self.query_probed(&mut pipe).await;
@@ -137,12 +141,14 @@ impl RedisBroker {
                 outcomes.push((pushed, published));
             }
         }
-        let elsewhere: Vec<(UserId, ConnectionId)> = held
+        let (here, elsewhere): (Vec<UserId>, Vec<UserId>) = held
             .0
             .iter()
             .copied()
-            .filter(|_| self.presence.elsewhere(replies.next()))
-            .collect();
+            .partition(|_| self.presence.only_here(replies.next()));
+        if !here.is_empty() {
+            self.deliver_here(messages, &Held(here), &mut outcomes);
+        }
         if !elsewhere.is_empty() {
             self.publish_held(messages, &Held(elsewhere), &mut outcomes)
                 .await;
@@ -150,9 +156,31 @@ impl RedisBroker {
         outcomes
     }
 
-    /// The second round trip: `held`'s echoes among `messages`, published in order, their
-    /// receiving nodes written into `outcomes`. When it fails, this node's connections get them
-    /// (as `publish` falls back).
+    /// `held`'s deliveries among `messages`, handed to this node's hub in order, their counts
+    /// written into `outcomes`; none of a message whose publish failed (it falls back whole).
+    fn deliver_here(
+        &self,
+        messages: &[MessageFanout<'_>],
+        held: &Held,
+        outcomes: &mut [(Result<()>, Result<Vec<i64>>)],
+    ) {
+        for (m, (_, published)) in messages.iter().zip(outcomes) {
+            // A message whose publish failed falls back to this node's hub whole (`publish`).
+            let Ok(receivers) = published else { continue };
+            for (j, d) in m.deliveries.iter().enumerate() {
+                if held.holds(d) {
+                    let connected = self.hub.is_connected(d.user);
+                    self.hub.deliver(d.user, d.exclude, &d.event);
+                    receivers[j] = i64::from(connected);
+                }
+            }
+        }
+    }
+
+    /// The second round trip: `held`'s deliveries among `messages`, published in order, their
+    /// receiving nodes written into `outcomes`; none of a message whose publish failed (it falls
+    /// back whole). When the trip fails, this node's connections get them (as `publish` falls
+    /// back).
     async fn publish_held(
         &self,
         messages: &[MessageFanout<'_>],
@@ -161,12 +189,15 @@ impl RedisBroker {
     ) {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        let mut echoes = Vec::new();
-        for (i, m) in messages.iter().enumerate() {
+        let mut sent = Vec::new();
+        for (i, (m, (_, published))) in messages.iter().zip(outcomes.iter()).enumerate() {
+            if published.is_err() {
+                continue;
+            }
             for (j, d) in m.deliveries.iter().enumerate() {
                 if held.holds(d) {
                     self.publish_commands(&mut pipe, std::slice::from_ref(d));
-                    echoes.push((i, j, d));
+                    sent.push((i, j, d));
                 }
             }
         }
@@ -174,7 +205,7 @@ impl RedisBroker {
         match answered {
             Ok(replies) => {
                 self.publish_succeeded();
-                for ((i, j, _), reply) in echoes.into_iter().zip(replies) {
+                for ((i, j, _), reply) in sent.into_iter().zip(replies) {
                     let count = publish_count(Some(reply));
                     if let (Ok(receivers), Ok(n)) = (&mut outcomes[i].1, count) {
                         receivers[j] = n;
@@ -182,9 +213,15 @@ impl RedisBroker {
                 }
             }
             Err(e) => {
-                let local: Vec<Delivery> = echoes.iter().map(|&(_, _, d)| d.clone()).collect();
+                let local: Vec<Delivery> = sent.iter().map(|&(_, _, d)| d.clone()).collect();
                 // Falls back to this node's connections; its answer is always `Ok`.
-                let _ = self.settle_publish(Err(e), &local).await;
+                if let Ok(reached) = self.settle_publish(Err(e), &local).await {
+                    for ((i, j, _), reached) in sent.into_iter().zip(reached) {
+                        if let Ok(receivers) = &mut outcomes[i].1 {
+                            receivers[j] = i64::from(reached);
+                        }
+                    }
+                }
             }
         }
     }
