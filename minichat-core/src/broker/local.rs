@@ -16,19 +16,21 @@ impl LocalBroker {
     pub fn new(hub: Hub) -> Self {
         LocalBroker { hub }
     }
+
+    /// Hands `delivery` to the hub; whether its user has a connection here (what
+    /// [`Broker::publish`] answers per delivery).
+    pub(crate) fn deliver(&self, delivery: &Delivery) -> bool {
+        let connected = self.hub.is_connected(delivery.user);
+        self.hub
+            .deliver(delivery.user, delivery.exclude, &delivery.event);
+        connected
+    }
 }
 
 #[async_trait]
 impl Broker for LocalBroker {
     async fn publish(&self, deliveries: &[Delivery]) -> Result<Vec<bool>> {
-        Ok(deliveries
-            .iter()
-            .map(|d| {
-                let connected = self.hub.is_connected(d.user);
-                self.hub.deliver(d.user, d.exclude, &d.event);
-                connected
-            })
-            .collect())
+        Ok(deliveries.iter().map(|d| self.deliver(d)).collect())
     }
 
     async fn user_arrived(&self, _user: UserId, first_here: bool) -> Result<bool> {

@@ -45,8 +45,9 @@ use crate::model::UserId;
 use redis::{RedisResult, Value};
 
 /// The users of a run whose deliveries wait for the presence look (a run is one sender's: mostly
-/// the sender and one receiver).
-struct Held(Vec<UserId>);
+/// the sender and one receiver), each with what the look said: whether this node alone has the
+/// user's connections (`false` until the answer is in).
+struct Held(Vec<(UserId, bool)>);
 
 impl Held {
     /// The users among `messages`' deliveries with a connection on this node, or whose delivery
@@ -54,15 +55,25 @@ impl Held {
     fn of(hub: &Hub, messages: &[MessageFanout<'_>]) -> Held {
         let mut held = Vec::new();
         for d in messages.iter().flat_map(|m| m.deliveries) {
-            if !held.contains(&d.user) && (d.exclude.is_some() || hub.is_connected(d.user)) {
-                held.push(d.user);
+            if !held.iter().any(|&(user, _)| user == d.user)
+                && (d.exclude.is_some() || hub.is_connected(d.user))
+            {
+                held.push((d.user, false));
             }
         }
         Held(held)
     }
 
+    /// Whether `d` is held: `Some` of whether it goes straight to the hub.
+    fn route(&self, d: &Delivery) -> Option<bool> {
+        self.0
+            .iter()
+            .find(|&&(user, _)| user == d.user)
+            .map(|&(_, here)| here)
+    }
+
     fn holds(&self, d: &Delivery) -> bool {
-        self.0.contains(&d.user)
+        self.route(d).is_some()
     }
 }
 
@@ -84,7 +95,7 @@ impl RedisBroker {
         messages: &[MessageFanout<'_>],
     ) -> Vec<(Result<()>, Result<Vec<i64>>)> {
         self.paced().await;
-        let held = Held::of(&self.hub, messages);
+        let mut held = Held::of(&self.hub, messages);
         let segments = || messages.chunk_by(|a, b| a.receiver == b.receiver);
         let mut pipe = redis::pipe();
         // Every reply comes back, errors included, and is judged below.
@@ -103,7 +114,7 @@ impl RedisBroker {
                 }
             }
         }
-        for &user in &held.0 {
+        for &(user, _) in &held.0 {
             self.presence.nodes_command(&mut pipe, user);
         }
         let answered: Result<Vec<RedisResult<Value>>> = self.query_probed(&mut pipe).await;
@@ -141,23 +152,23 @@ impl RedisBroker {
                 outcomes.push((pushed, published));
             }
         }
-        let (here, elsewhere): (Vec<UserId>, Vec<UserId>) = held
-            .0
-            .iter()
-            .copied()
-            .partition(|_| self.presence.only_here(replies.next()));
-        if !here.is_empty() {
-            self.deliver_here(messages, &Held(here), &mut outcomes);
+        for (_, here) in &mut held.0 {
+            *here = self.presence.only_here(replies.next());
         }
-        if !elsewhere.is_empty() {
-            self.publish_held(messages, &Held(elsewhere), &mut outcomes)
-                .await;
+        if held.0.iter().any(|&(_, here)| here) {
+            self.deliver_here(messages, &held, &mut outcomes);
+        }
+        if held.0.iter().any(|&(_, here)| !here) {
+            self.publish_held(messages, &held, &mut outcomes).await;
         }
         outcomes
     }
 
-    /// `held`'s deliveries among `messages`, handed to this node's hub in order, their counts
-    /// written into `outcomes`; none of a message whose publish failed (it falls back whole).
+    /// The held deliveries among `messages` whose users are connected here alone, handed to this
+    /// node's hub in order (as [`LocalBroker`] does), their counts written into `outcomes`; none
+    /// of a message whose publish failed (it falls back whole).
+    ///
+    /// [`LocalBroker`]: crate::broker::LocalBroker
     fn deliver_here(
         &self,
         messages: &[MessageFanout<'_>],
@@ -168,19 +179,17 @@ impl RedisBroker {
             // A message whose publish failed falls back to this node's hub whole (`publish`).
             let Ok(receivers) = published else { continue };
             for (j, d) in m.deliveries.iter().enumerate() {
-                if held.holds(d) {
-                    let connected = self.hub.is_connected(d.user);
-                    self.hub.deliver(d.user, d.exclude, &d.event);
-                    receivers[j] = i64::from(connected);
+                if held.route(d) == Some(true) {
+                    receivers[j] = i64::from(self.local.deliver(d));
                 }
             }
         }
     }
 
-    /// The second round trip: `held`'s deliveries among `messages`, published in order, their
-    /// receiving nodes written into `outcomes`; none of a message whose publish failed (it falls
-    /// back whole). When the trip fails, this node's connections get them (as `publish` falls
-    /// back).
+    /// The second round trip: the held deliveries among `messages` whose users may be connected
+    /// elsewhere, published in order, their receiving nodes written into `outcomes`; none of a
+    /// message whose publish failed (it falls back whole). When the trip fails, this node's
+    /// connections get them (as `publish` falls back).
     async fn publish_held(
         &self,
         messages: &[MessageFanout<'_>],
@@ -195,7 +204,7 @@ impl RedisBroker {
                 continue;
             }
             for (j, d) in m.deliveries.iter().enumerate() {
-                if held.holds(d) {
+                if held.route(d) == Some(false) {
                     self.publish_commands(&mut pipe, std::slice::from_ref(d));
                     sent.push((i, j, d));
                 }
