@@ -129,21 +129,8 @@ async fn plans_are_index_driven() {
     ];
     for mode in ["force_custom_plan", "force_generic_plan"] {
         for (name, sql, args) in &queries {
-            // Test-only SQL text: the arguments are the constants above.
-            client
-                .batch_execute(&format!(
-                    "SET plan_cache_mode = {mode}; DEALLOCATE ALL; PREPARE q AS {sql}"
-                ))
-                .await
-                .unwrap();
-            let plan: Vec<String> = client
-                .query(&format!("EXPLAIN EXECUTE q({args})"), &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let plan = plan.join("\n");
+            let setup = format!("SET plan_cache_mode = {mode}");
+            let plan = explain(&client, &setup, sql, args).await;
             eprintln!("---- {name}({args}) {mode}\n{plan}");
             let tables: &[&str] = if *name == "search" {
                 &["users"]
@@ -158,6 +145,23 @@ async fn plans_are_index_driven() {
             }
         }
     }
+}
+
+/// The plan of `sql` with `args` (test-only SQL text: the arguments are this file's
+/// constants), prepared after `setup` ran.
+async fn explain(client: &tokio_postgres::Client, setup: &str, sql: &str, args: &str) -> String {
+    client
+        .batch_execute(&format!("{setup}; DEALLOCATE ALL; PREPARE q AS {sql}"))
+        .await
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(&format!("EXPLAIN EXECUTE q({args})"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    plan.join("\n")
 }
 
 /// The batch writer's statements (every one, with arguments of its types), in the order a
@@ -195,23 +199,9 @@ async fn batch_plans_use_indexes_from_the_start() {
     let client = connect_one(&pg).await.unwrap();
     for mode in ["force_custom_plan", "force_generic_plan"] {
         for (name, sql, args) in BATCH_STATEMENTS {
-            // Test-only SQL text: the arguments are the constants above.
-            client
-                .batch_execute(&format!(
-                    "{BEGIN_BATCH}; SET LOCAL plan_cache_mode = {mode}; DEALLOCATE ALL; \
-                     PREPARE q AS {sql}"
-                ))
-                .await
-                .unwrap();
-            let plan: Vec<String> = client
-                .query(&format!("EXPLAIN EXECUTE q({args})"), &[])
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let setup = format!("{BEGIN_BATCH}; SET LOCAL plan_cache_mode = {mode}");
+            let plan = explain(&client, &setup, sql, args).await;
             client.batch_execute("ROLLBACK").await.unwrap();
-            let plan = plan.join("\n");
             eprintln!("---- {name} {mode}\n{plan}");
             assert!(!plan.contains("Seq Scan"), "{name} {mode}:\n{plan}");
         }
