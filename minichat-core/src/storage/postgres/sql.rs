@@ -308,22 +308,20 @@ pub(super) const CHECK: &str = "SELECT 1";
 // Plans checked with EXPLAIN of the generic plans on 100,000 direct conversations and 100 groups
 // of 500: every statement reads by the index its comment names (the unnest joins are nested
 // loops over it), none scans a table sequentially. The `batch_plans_use_indexes_from_the_start`
-// test in `plans.rs` checks the generic plans on an empty, never analyzed database too.
+// test in `plans.rs` checks their custom and generic plans on an empty, never analyzed database.
 
 /// Opens a batch's transaction, with sequential scans off for its statements.
 ///
 /// A connection plans a prepared statement afresh for its first five runs, then may keep one
 /// generic plan, made for the tables as they were then and remade only after an ANALYZE. On a
-/// new database the client-id lookup's generic plan saw a near-empty `messages` and scanned it,
-/// once per batch, at a cost that grew with the table for as long as no ANALYZE ran
-/// (autovacuum off, as on the machine the benchmarks ran on, or before its first pass).
-/// Measured at 5,000 sends/s from a new database: 1,465 sequential scans of `messages` reading
-/// 17.3M rows in 6 s, batches growing from 8 to 70 sends and from 2 to 23 ms within the run,
-/// delivery p99 150–300 ms. Whether a connection kept that plan depended on the batches it ran
-/// first, which is why the same load was fast after a `chat --max` run and slow without one
-/// (BENCHMARKS.md, "Run of stop 27"). Every statement of a batch has an index to read by, so
-/// with this setting each plan is the index one however small the tables are. `SET LOCAL`
-/// keeps it to the batch's transaction, and it rides in `BEGIN`'s message: no round trip.
+/// new database the client-id lookup's generic plan saw a near-empty `messages` and scanned it
+/// once per batch, at a cost that grew with the table for as long as no ANALYZE ran (autovacuum
+/// off, or before its first pass): at 5,000 sends/s from a new database, 985 scans read 17.6M
+/// rows in 10 s and delivery p99 was 128 ms (BENCHMARKS.md, "Run of stop 27"). Whether a
+/// connection kept that plan depended on the batches it ran first. Every statement of a batch
+/// has an index to read by, so with this setting each plan is the index one however small the
+/// tables are. `SET LOCAL` keeps it to the batch's transaction, and it rides in `BEGIN`'s
+/// message: no round trip.
 pub(super) const BEGIN_BATCH: &str = "BEGIN; SET LOCAL enable_seqscan = off";
 
 /// Locks the conversations a batch sends to by id, in id order, `FOR SHARE` (a membership
