@@ -71,6 +71,16 @@ fn assert_clean(code: i32, report: &Value, deliveries_per_ack: u64) {
     ] {
         assert_eq!(count(report, field), 0, "{field}: {report}");
     }
+    // Every delivery is in the second its send was scheduled in; the slow ones are among them.
+    let seconds = report["delivery_by_second"]
+        .as_array()
+        .unwrap_or_else(|| panic!("delivery_by_second in {report}"));
+    let by_second: u64 = seconds.iter().map(|s| count(s, "deliveries")).sum();
+    assert_eq!(by_second, sent * deliveries_per_ack, "{report}");
+    for (at, second) in seconds.iter().enumerate() {
+        assert_eq!(count(second, "second"), at as u64, "{report}");
+        assert!(count(second, "over_10ms") <= count(second, "deliveries"));
+    }
     for latency in ["ack_latency_ms", "delivery_latency_ms"] {
         let summary = &report[latency];
         let (p50, max) = (summary["p50"].as_f64(), summary["max"].as_f64());

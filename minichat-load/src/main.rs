@@ -9,6 +9,7 @@ mod ledger;
 mod report;
 mod scenarios;
 mod target;
+mod timeline;
 mod ws;
 
 use args::{Cli, Scenario};

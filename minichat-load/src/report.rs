@@ -2,6 +2,7 @@
 //! summary on stderr, and whether the run's checks passed (the exit code).
 
 use crate::histogram::Summary;
+use crate::timeline::{self, SecondFigures};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -55,6 +56,9 @@ pub struct Report {
     /// From the scheduled (or actual) send time to the arrival at the receiver's socket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery_latency_ms: Option<Summary>,
+    /// Deliveries by second of their scheduled send time: when the slow ones happened.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub delivery_by_second: Vec<SecondFigures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdleFigures>,
 }
@@ -133,6 +137,9 @@ impl Report {
                     s.p50, s.p90, s.p99, s.p999, s.max, s.count
                 ));
             }
+        }
+        if let Some(line) = timeline::describe(&self.delivery_by_second) {
+            text.push_str(&format!("  {line}\n"));
         }
         if let Some(idle) = &self.idle {
             text.push_str(&format!(

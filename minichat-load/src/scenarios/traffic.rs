@@ -14,6 +14,7 @@ use crate::histogram::Latency;
 use crate::ledger::{self, SocketRecord};
 use crate::report::Report;
 use crate::target::{Deployment, User};
+use crate::timeline::Timeline;
 use crate::ws::{self, Socket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -91,6 +92,7 @@ struct ReaderResult {
     record: SocketRecord,
     ack: Latency,
     delivery: Latency,
+    delivery_by_second: Timeline,
     errors: BTreeMap<u16, u64>,
     acked: u64,
     disconnected: bool,
@@ -194,6 +196,7 @@ pub async fn run(
     drop(kept);
     let mut records = Vec::new();
     let (mut ack, mut delivery) = (Latency::new(), Latency::new());
+    let mut delivery_by_second = Timeline::default();
     let mut last = run.start;
     for reader in readers {
         let Some(result) = reader
@@ -204,6 +207,7 @@ pub async fn run(
         };
         ack.merge(&result.ack);
         delivery.merge(&result.delivery);
+        delivery_by_second.merge(&result.delivery_by_second);
         report.acked += result.acked;
         for (status, count) in result.errors {
             report.errors += count;
@@ -231,6 +235,7 @@ pub async fn run(
     report.seq_errors = Some(outcome.seq_errors);
     report.ack_latency_ms = ack.summary();
     report.delivery_latency_ms = delivery.summary();
+    report.delivery_by_second = delivery_by_second.seconds();
     Ok(())
 }
 
@@ -375,9 +380,9 @@ async fn read(
                 };
                 let from = run.sender_of.get(&sender_id).copied().unwrap_or(u32::MAX);
                 result.record.delivered(ledger::key(from, k), seq);
-                result
-                    .delivery
-                    .record(now.saturating_duration_since(run.start + scheduled));
+                let latency = now.saturating_duration_since(run.start + scheduled);
+                result.delivery.record(latency);
+                result.delivery_by_second.record(scheduled, latency);
                 result.last_event = Some(now);
                 run.delivered.fetch_add(1, Ordering::AcqRel);
             }
