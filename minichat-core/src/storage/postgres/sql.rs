@@ -308,21 +308,30 @@ pub(super) const CHECK: &str = "SELECT 1";
 // Plans checked with EXPLAIN of the generic plans on 100,000 direct conversations and 100 groups
 // of 500: every statement reads by the index its comment names (the unnest joins are nested
 // loops over it), none scans a table sequentially. The `batch_plans_use_indexes_from_the_start`
-// test in `plans.rs` checks their custom and generic plans on an empty, never analyzed database.
+// test in `plans.rs` checks their custom and generic plans on never analyzed tables, empty and
+// nearly empty.
 
-/// Opens a batch's transaction, with sequential scans off for its statements.
+/// Opens a batch's transaction, with sequential scans, hash joins and merge joins off for its
+/// statements: each of them then reads every table by an index keyed on the batch's own ids.
 ///
 /// A connection plans a prepared statement afresh for its first five runs, then may keep one
 /// generic plan, made for the tables as they were then and remade only after an ANALYZE. On a
-/// new database the client-id lookup's generic plan saw a near-empty `messages` and scanned it
-/// once per batch, at a cost that grew with the table for as long as no ANALYZE ran (autovacuum
-/// off, or before its first pass): at 5,000 sends/s from a new database, 985 scans read 17.6M
-/// rows in 10 s and delivery p99 was 128 ms (BENCHMARKS.md, "Run of stop 27"). Whether a
-/// connection kept that plan depended on the batches it ran first. Every statement of a batch
-/// has an index to read by, so with this setting each plan is the index one however small the
-/// tables are. `SET LOCAL` keeps it to the batch's transaction, and it rides in `BEGIN`'s
-/// message: no round trip.
-pub(super) const BEGIN_BATCH: &str = "BEGIN; SET LOCAL enable_seqscan = off";
+/// new database the client-id lookup's generic plan saw a near-empty `messages` and read all of
+/// it once per batch, at a cost that grew with the table for as long as no ANALYZE ran
+/// (autovacuum off, or before its first pass):
+/// - on empty tables, a sequential scan: at 5,000 sends/s from a new database, 985 scans read
+///   17.6M rows in 10 s and delivery p99 was 128 ms (BENCHMARKS.md, "Run of stop 27");
+/// - with sequential scans off, on a few dozen rows, a hash join over a bitmap scan of the whole
+///   client-id index: after 2 s at 400 sends/s, the next 10 s at 5,000/s read 38.5M index
+///   entries and delivery p99 was 30 ms (7 ms with joins off; "Run of stop 28").
+///
+/// Whether a connection kept such a plan depended on the batches it ran first. Every statement
+/// of a batch joins a few keys (an `unnest` of the batch's ids) to an index on them, so a nested
+/// loop over that index is the right plan however small or large the tables are, and with these
+/// settings it is the only one left. `SET LOCAL` keeps them to the batch's transaction, and they
+/// ride in `BEGIN`'s message: no round trip.
+pub(super) const BEGIN_BATCH: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
+     SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
 
 /// Locks the conversations a batch sends to by id, in id order, `FOR SHARE` (a membership
 /// change locks its row `FOR UPDATE`, so the members read next stay as read until commit), and
