@@ -52,8 +52,12 @@ struct State {
     client_id_of: Vec<Option<String>>,
     /// Per user, every event of their stream, oldest first: position `k` holds seq `k + 1`.
     stream: HashMap<UserId, Vec<Entry>>,
-    /// `(sender, client_id)` → message index.
-    client_ids: HashMap<(UserId, String), usize>,
+    /// Per sender, `client_id` → message index. One map per sender rather than one for all:
+    /// a map grows by rehashing everything it holds under the state's lock, which for one map
+    /// of every message stalled every operation for ~400 ms at ~920,000 messages
+    /// (BENCHMARKS.md, "Run of stop 28"); a sender's own map is as large as their own sends.
+    /// It also looks up by `&str`, with no key to allocate.
+    client_ids: HashMap<UserId, HashMap<String, usize>>,
     /// `conversations[id - 1]`.
     conversations: Vec<ConversationState>,
     /// `(lower id, higher id)` → their direct conversation.
@@ -110,9 +114,7 @@ impl State {
     /// The earlier send of `message`'s `(sender, client_id)`, if any, as its answer.
     fn earlier_send(&self, message: &ValidMessage) -> Option<Result<StoredMessage>> {
         let client_id = message.client_id()?;
-        let &idx = self
-            .client_ids
-            .get(&(message.sender_id(), client_id.to_owned()))?;
+        let &idx = self.client_ids.get(&message.sender_id())?.get(client_id)?;
         let earlier = &self.messages[idx];
         Some(if message.same_as(earlier) {
             Ok(StoredMessage {
@@ -228,7 +230,9 @@ impl Storage for MemoryStorage {
         if let Some(client_id) = message.client_id() {
             state
                 .client_ids
-                .insert((sender_id, client_id.to_owned()), idx);
+                .entry(sender_id)
+                .or_default()
+                .insert(client_id.to_owned(), idx);
         }
         Ok(StoredMessage {
             message: state.messages[idx].clone(),
