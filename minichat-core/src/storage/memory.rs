@@ -5,6 +5,7 @@
 //! proportional to what they return. The rules of who may do what come from the model; this
 //! file only keeps the state (conversations' membership rules live in `model/conversation.rs`).
 
+mod chunked;
 mod conversations;
 
 use super::{ReadReceipt, Storage};
@@ -18,6 +19,7 @@ use crate::model::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use chunked::Chunked;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
@@ -43,13 +45,14 @@ struct State {
     /// `users[id - 1]`.
     users: Vec<User>,
     by_username: HashMap<String, UserId>,
-    /// `messages[id - 1]`.
-    messages: Vec<Message>,
+    /// `messages[id - 1]`. Chunked, as are the two lists beside it, so that growing never
+    /// copies every message under the lock (`memory/chunked.rs`).
+    messages: Chunked<Message>,
     /// `sender_seq[i]`: `messages[i]`'s seq in its sender's stream.
-    sender_seq: Vec<Seq>,
+    sender_seq: Chunked<Seq>,
     /// `client_id_of[i]`: the client id `messages[i]` was sent with, if any (replayed to its
     /// sender only).
-    client_id_of: Vec<Option<String>>,
+    client_id_of: Chunked<Option<String>>,
     /// Per user, every event of their stream, oldest first: position `k` holds seq `k + 1`.
     stream: HashMap<UserId, Vec<Entry>>,
     /// Per sender, `client_id` → message index. One map per sender rather than one for all:
