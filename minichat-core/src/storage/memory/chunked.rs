@@ -2,10 +2,10 @@
 //!
 //! This file exists because the memory storage keeps every message in lists indexed by
 //! position, under its one lock. A `Vec` grows by copying everything into a block twice as
-//! large: at 2^19 and 2^20 messages that copy stopped every operation for ~250 and ~450 ms
-//! (BENCHMARKS.md, "Run of stop 28"). Here a new chunk is started when the last one is full:
-//! a chunk grows as a `Vec` does until it holds [`CHUNK`] entries (so a copy moves at most that
-//! many, and a small store stays small), and the list of chunks grows by copying a pointer
+//! large: at 2^19 and 2^20 messages that copy stopped every operation for up to ~250 and
+//! ~650 ms (BENCHMARKS.md, "Run of stop 28"). Here a new chunk is started when the last one is
+//! full: a chunk grows as a `Vec` does until it holds [`CHUNK`] entries (so a copy moves at most
+//! that many, and a small store stays small), and the list of chunks grows by copying a pointer
 //! each.
 
 use std::ops::Index;
@@ -38,9 +38,7 @@ impl<T> Chunked<T> {
     pub(super) fn push(&mut self, value: T) {
         match self.chunks.last_mut() {
             Some(last) if last.len() < CHUNK => last.push(value),
-            _ => {
-                self.chunks.push(vec![value]);
-            }
+            _ => self.chunks.push(vec![value]),
         }
         self.len += 1;
     }

@@ -17,10 +17,10 @@
 //! Pipelined statements run one after the other in the session, as if awaited in turn (so 3's
 //! snapshot is taken after 2's locks were granted); they only share the trip to the server.
 //! `BEGIN` ([`BEGIN_BATCH`], which leaves nested loops over indexes as the only plans: no plan
-//! made on near-empty tables reads them whole later) rides with the first statements, and `COMMIT` behind the last ones,
-//! so the one-to-one hot path with warm pairs takes two round trips per batch: `BEGIN`, 2 and
-//! 3; then 5, 6 and `COMMIT`. The row locks are held for one round trip (and the commit's
-//! flush), not three.
+//! made on near-empty tables reads them whole later) rides with the first statements, and
+//! `COMMIT` behind the last ones, so the one-to-one hot path with warm pairs takes two round
+//! trips per batch: `BEGIN`, 2 and 3; then 5, 6 and `COMMIT`. The row locks are held for one
+//! round trip (and the commit's flush), not three.
 //!
 //! The transaction is run by hand (`BEGIN`, `COMMIT`, `ROLLBACK` as simple queries) rather than
 //! through a `Transaction`, which cannot pipeline its `BEGIN` or `COMMIT` and sends a `ROLLBACK`
